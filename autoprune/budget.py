@@ -1,0 +1,102 @@
+"""Budgets: ``50%flops``, ``40%params``, ``60MMACs``, ``120MFLOPs``, joined by commas.
+
+One convention throughout: we count MACs (multiply-accumulates of conv and linear layers) and
+FLOPs = 2 x MACs. A percentage is the same whichever of the two is named.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from autoprune.errors import UserError
+from autoprune.pruning.space import Cost
+
+_PREFIX = {"": 1.0, "k": 1e3, "m": 1e6, "g": 1e9}
+_RELATIVE = re.compile(r"^(?P<num>\d+(?:\.\d+)?)\s*%\s*(?P<metric>flops|macs|params)$", re.IGNORECASE)
+_ABSOLUTE = re.compile(r"^(?P<num>\d+(?:\.\d+)?)\s*(?P<prefix>[kmg]?)\s*(?P<metric>flops|macs|params)$", re.IGNORECASE)
+_LATENCY = re.compile(r"^\d+(?:\.\d+)?\s*ms$", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """A ceiling on one cost metric, ``macs`` or ``params``: a fraction of the baseline or an absolute count."""
+
+    metric: str
+    fraction: float | None
+    absolute: float | None
+    text: str
+
+    def limit(self, base: Cost) -> float:
+        if self.fraction is not None:
+            return self.fraction * getattr(base, self.metric)
+        return float(self.absolute)  # type: ignore[arg-type]
+
+    def violation(self, cost: Cost, base: Cost) -> float:
+        """value / limit - 1: <= 0 means within budget (Optuna's constraint convention)."""
+        return getattr(cost, self.metric) / self.limit(base) - 1.0
+
+
+@dataclass(frozen=True)
+class Budget:
+    constraints: tuple[Constraint, ...]
+    text: str
+
+    @property
+    def primary(self) -> Constraint:
+        return self.constraints[0]
+
+    def violations(self, cost: Cost, base: Cost) -> dict[str, float]:
+        return {c.text: c.violation(cost, base) for c in self.constraints}
+
+    def feasible(self, cost: Cost, base: Cost) -> bool:
+        return all(v <= 1e-12 for v in self.violations(cost, base).values())
+
+    def describe(self, base: Cost) -> str:
+        parts = []
+        for c in self.constraints:
+            limit = c.limit(base)
+            unit = "MACs" if c.metric == "macs" else "params"
+            parts.append(f"{c.text} (<= {limit / 1e6:.3f}M {unit}, {limit / getattr(base, c.metric):.1%} of baseline)")
+        return ", ".join(parts)
+
+
+def parse_budget(text: str) -> Budget:
+    """Parse a budget string; every malformed or impossible budget is a ``UserError``."""
+    parts = [p.strip() for p in str(text).split(",") if p.strip()]
+    if not parts:
+        raise UserError(f"budget '{text}' is empty (examples: 50%flops, 40%params, 60MMACs)")
+    constraints = []
+    for part in parts:
+        constraints.append(_parse_one(part))
+    metrics = [c.metric for c in constraints]
+    if len(set(metrics)) != len(metrics):
+        raise UserError(f"budget '{text}' constrains the same metric twice")
+    return Budget(tuple(constraints), ",".join(parts))
+
+
+def _parse_one(part: str) -> Constraint:
+    rel = _RELATIVE.match(part)
+    if rel:
+        value = float(rel["num"])
+        if not 0.0 < value < 100.0:
+            raise UserError(f"budget '{part}': a percentage must be above 0 and below 100")
+        return Constraint(_metric(rel["metric"]), value / 100.0, None, part)
+    absolute = _ABSOLUTE.match(part)
+    if absolute:
+        value = float(absolute["num"]) * _PREFIX[absolute["prefix"].lower()]
+        metric = absolute["metric"].lower()
+        if metric == "flops":
+            value /= 2.0  # FLOPs = 2 x MACs
+        if value <= 0:
+            raise UserError(f"budget '{part}' must be positive")
+        return Constraint(_metric(metric), None, value, part)
+    if _LATENCY.match(part):
+        raise UserError(f"budget '{part}': latency budgets are not supported yet; use FLOPs/MACs or params")
+    raise UserError(
+        f"budget '{part}' not understood (examples: 50%flops, 40%params, 60MMACs, 120MFLOPs, 2.5Mparams)"
+    )
+
+
+def _metric(word: str) -> str:
+    return "params" if word.lower() == "params" else "macs"

@@ -1,0 +1,126 @@
+"""The command line: ``autoprune search`` (the main job) and ``autoprune train`` (a baseline)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from autoprune.errors import UserError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit code 2, no usage dump
+        print(f"autoprune: error: {message}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="resnet20", help="zoo name, package.module:factory or file.py:factory")
+    p.add_argument("--data", default="fashion-mnist", help="fashion-mnist[:DIR], cifar10:DIR, imagefolder:DIR, npz:FILE, or a factory")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--holdout", type=int, default=5000, help="training images held out for scoring candidates")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _parser() -> argparse.ArgumentParser:
+    from autoprune.pruning.criteria import list_criteria
+    from autoprune.search import list_strategies
+
+    parser = _Parser(prog="autoprune", description="Find how wide each layer of a trained network should be.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    s = sub.add_parser("search", help="search per-group pruning ratios under a budget, fine-tune the best")
+    _add_common(s)
+    s.add_argument("--budget", default="50%flops", help="e.g. 50%%flops, 40%%params, 60MMACs, 120MFLOPs; join with ','")
+    s.add_argument("--weights", default=None, help="state dict of the trained model (default: the shipped one for resnet20 on fashion-mnist)")
+    s.add_argument("--strategy", default="tpe", choices=list_strategies())
+    s.add_argument("--criterion", default="l1", choices=list_criteria())
+    s.add_argument("--space", default=None, help="search-space YAML (default: by model family)")
+    s.add_argument("--trials", type=int, default=40)
+    s.add_argument("--tolerance", type=float, default=0.02, help="random strategy: accept candidates within this fraction below the budget")
+    s.add_argument("--calib-batches", type=int, default=20, help="training batches for adaptive-BN recalibration")
+    s.add_argument("--score-images", type=int, default=2000, help="held-out images used to score a candidate")
+    s.add_argument("--no-adaptive-bn", dest="adaptive_bn", action="store_false", help="score without recalibrating BN (for comparison)")
+    s.add_argument("--finetune-top", type=int, default=3, help="fine-tune the best K feasible candidates")
+    s.add_argument("--finetune-epochs", type=float, default=1.0, help="fractions allowed, e.g. 0.1")
+    s.add_argument("--finetune-lr", type=float, default=0.01)
+    s.add_argument("--out", default=None, help="run directory (default results/<timestamp>)")
+    s.add_argument("--resume", action="store_true", help="continue the run in --out")
+    s.add_argument("--limit-train", type=int, default=None, help="use only this many training images (quick runs)")
+
+    t = sub.add_parser("train", help="train a baseline model and save its state dict")
+    _add_common(t)
+    t.add_argument("--epochs", type=float, default=30)
+    t.add_argument("--lr", type=float, default=0.1)
+    t.add_argument("--out", required=True, help="where to write the state dict (.pt)")
+    t.add_argument("--limit-train", type=int, default=None)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "train":
+            return _cmd_train(args)
+        return _cmd_search(args)
+    except UserError as exc:
+        print(f"autoprune: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("autoprune: interrupted", file=sys.stderr)
+        return 130
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    import json
+
+    import torch
+
+    from autoprune.data import load_data
+    from autoprune.device import resolve_device
+    from autoprune.measure import accuracy
+    from autoprune.models import create_model
+    from autoprune.progress import console
+    from autoprune.train import train
+
+    if args.epochs <= 0:
+        raise UserError("--epochs must be positive")
+    device = resolve_device(args.device)
+    out = Path(args.out)
+    torch.manual_seed(args.seed)
+    data = load_data(args.data, holdout=args.holdout, seed=args.seed, limit_train=args.limit_train)
+    model = create_model(args.model, in_channels=data.in_channels, num_classes=data.num_classes)
+    result = train(
+        model, data, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
+        device=device, seed=args.seed, quiet=args.quiet,
+    )
+    test_acc = accuracy(model, data.test, device=device)
+    holdout_acc = accuracy(model, data.holdout, device=device)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    torch.save(state, out)
+    meta = {
+        "model": args.model, "data": args.data, "epochs": args.epochs, "lr": args.lr,
+        "batch_size": args.batch_size, "seed": args.seed, "holdout": args.holdout,
+        "test_acc": test_acc, "holdout_acc": holdout_acc, "seconds": round(result.seconds, 1),
+        "command": "autoprune " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("autoprune") else None,
+    }
+    out.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
+    console.print(
+        f"trained {args.model} on {args.data} for {args.epochs} epochs in {result.seconds:.0f} s: "
+        f"test accuracy {test_acc:.2%}, holdout {holdout_acc:.2%} -> {out}"
+    )
+    return 0
+
+
+def _cmd_search(args: argparse.Namespace) -> int:
+    from autoprune.pipeline import run_search_from_args
+
+    return run_search_from_args(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,260 @@
+"""Registered data sources and the spec parser (``fashion-mnist``, ``cifar10:DIR``, ...)."""
+
+from __future__ import annotations
+
+import gzip
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from autoprune.data.bundle import DataBundle, make_bundle
+from autoprune.errors import UserError
+from autoprune.specs import call_with_supported, is_callable_spec, load_callable
+
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+FASHION_MNIST_HINT = "apt-get update && apt-get install -y dataset-fashion-mnist"
+
+Arrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
+
+@dataclass(frozen=True)
+class DataSource:
+    name: str
+    loader: Callable[[str | None], Arrays]
+    needs_arg: bool
+    augment: tuple[str, ...]
+    help: str
+
+
+_SOURCES: dict[str, DataSource] = {}
+
+
+def register_data(name: str, *, needs_arg: bool, augment: tuple[str, ...], help: str):
+    def wrap(fn: Callable[[str | None], Arrays]) -> Callable[[str | None], Arrays]:
+        _SOURCES[name] = DataSource(name, fn, needs_arg, augment, help)
+        return fn
+
+    return wrap
+
+
+def list_data_sources() -> list[str]:
+    return sorted(_SOURCES)
+
+
+def get_data_source(name: str) -> DataSource:
+    if name not in _SOURCES:
+        raise UserError(
+            f"unknown data '{name}' (choose from {', '.join(list_data_sources())}, "
+            "or give package.module:factory / file.py:factory)"
+        )
+    return _SOURCES[name]
+
+
+def load_data(spec: str, *, holdout: int = 5000, seed: int = 0, limit_train: int | None = None) -> DataBundle:
+    """Parse a data spec and load it. ``holdout`` images of the training set are set apart for scoring."""
+    name, _, arg = spec.partition(":")
+    if name in _SOURCES:
+        source = get_data_source(name)
+        if source.needs_arg and not arg:
+            raise UserError(f"data '{spec}': '{name}' needs a path, as in '{name}:PATH'")
+        arrays, augment = source.loader(arg or None), source.augment
+    elif is_callable_spec(spec):
+        arrays, augment = _from_factory(spec), ()
+    else:
+        get_data_source(name)  # raises the "unknown data" error
+        raise AssertionError("unreachable")
+    x_train = arrays[0]
+    if holdout >= len(x_train):
+        holdout = max(1, len(x_train) // 10)
+    try:
+        return make_bundle(
+            spec, *arrays, holdout=holdout, seed=seed, augment=augment, limit_train=limit_train
+        )
+    except ValueError as exc:
+        raise UserError(str(exc)) from exc
+
+
+# --- Fashion-MNIST (gzipped IDX) ------------------------------------------------------------
+
+
+def _read_idx(path: Path, header: int) -> np.ndarray:
+    with gzip.open(path, "rb") as fh:
+        raw = fh.read()
+    return np.frombuffer(raw, dtype=np.uint8, offset=header)
+
+
+@register_data(
+    "fashion-mnist",
+    needs_arg=False,
+    augment=("crop", "flip"),
+    help=f"Fashion-MNIST IDX files (default dir {FASHION_MNIST_DIR}; fashion-mnist:DIR for another)",
+)
+def _fashion_mnist(arg: str | None) -> Arrays:
+    root = Path(arg or FASHION_MNIST_DIR).expanduser()
+    files = {
+        split: (root / f"{split}-images-idx3-ubyte.gz", root / f"{split}-labels-idx1-ubyte.gz")
+        for split in ("train", "t10k")
+    }
+    missing = [str(p) for pair in files.values() for p in pair if not p.is_file()]
+    if missing:
+        hint = f"; install it with: {FASHION_MNIST_HINT}" if arg is None else ""
+        raise UserError(f"Fashion-MNIST not found in {root} (missing {missing[0]}){hint}")
+    out = []
+    for split in ("train", "t10k"):
+        images, labels = files[split]
+        y = _read_idx(labels, 8)
+        x = _read_idx(images, 16).reshape(len(y), 28, 28)
+        out += [x, y]
+    return out[0], out[1], out[2], out[3]
+
+
+# --- CIFAR-10 (python batches) ----------------------------------------------------------------
+
+
+@register_data(
+    "cifar10",
+    needs_arg=True,
+    augment=("crop", "flip"),
+    help="CIFAR-10 python batches directory (data_batch_1..5, test_batch)",
+)
+def _cifar10(arg: str | None) -> Arrays:
+    root = Path(arg or "").expanduser()
+    if not root.is_dir():
+        raise UserError(f"CIFAR-10 directory {root} not found")
+    train_files = sorted(root.glob("data_batch_*"))
+    test_file = root / "test_batch"
+    if not train_files or not test_file.is_file():
+        raise UserError(f"{root} does not hold CIFAR-10 python batches (data_batch_*, test_batch)")
+
+    def read(path: Path) -> tuple[np.ndarray, np.ndarray]:
+        with open(path, "rb") as fh:
+            # The CIFAR-10 python format is a pickled dict of arrays; it is the user's own file.
+            batch = pickle.load(fh, encoding="bytes")
+        data = batch.get(b"data", batch.get("data"))
+        labels = batch.get(b"labels", batch.get("labels"))
+        return np.asarray(data, dtype=np.uint8).reshape(-1, 3, 32, 32), np.asarray(labels)
+
+    parts = [read(p) for p in train_files]
+    x_test, y_test = read(test_file)
+    return (
+        np.concatenate([p[0] for p in parts]),
+        np.concatenate([p[1] for p in parts]),
+        x_test,
+        y_test,
+    )
+
+
+# --- image folders ----------------------------------------------------------------------------
+
+_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+
+@register_data(
+    "imagefolder",
+    needs_arg=True,
+    augment=("crop",),
+    help="DIR/train/<class>/*.png and DIR/test/<class>/*.png (or DIR/<class>/ with a seeded 20%% test split)",
+)
+def _imagefolder(arg: str | None) -> Arrays:
+    from PIL import Image
+
+    root = Path(arg or "").expanduser()
+    if not root.is_dir():
+        raise UserError(f"image folder {root} not found")
+    if (root / "train").is_dir() and ((root / "test").is_dir() or (root / "val").is_dir()):
+        test_root = root / "test" if (root / "test").is_dir() else root / "val"
+        splits = {"train": root / "train", "test": test_root}
+    else:
+        splits = {"all": root}
+    classes = sorted(p.name for p in next(iter(splits.values())).iterdir() if p.is_dir())
+    if not classes:
+        raise UserError(f"image folder {root} has no class sub-folders")
+    size: tuple[int, int] | None = None
+    mode: str | None = None
+    loaded: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for split, split_root in splits.items():
+        xs, ys = [], []
+        for label, cls in enumerate(classes):
+            for path in sorted((split_root / cls).iterdir()) if (split_root / cls).is_dir() else []:
+                if path.suffix.lower() not in _IMAGE_SUFFIXES:
+                    continue
+                with Image.open(path) as img:
+                    if mode is None:
+                        mode = "L" if img.mode in ("L", "1", "I;16") else "RGB"
+                        size = img.size
+                    img = img.convert(mode)
+                    if img.size != size:
+                        img = img.resize(size)
+                    xs.append(np.asarray(img, dtype=np.uint8))
+                ys.append(label)
+        if not xs:
+            raise UserError(f"image folder {split_root} holds no images")
+        loaded[split] = (np.stack(xs), np.asarray(ys))
+    if "all" in loaded:
+        x, y = loaded["all"]
+        order = np.random.default_rng(0).permutation(len(y))
+        n_test = max(1, len(y) // 5)
+        test, train = order[:n_test], order[n_test:]
+        return x[train], y[train], x[test], y[test]
+    return (*loaded["train"], *loaded["test"])  # type: ignore[return-value]
+
+
+# --- npz ----------------------------------------------------------------------------------------
+
+
+@register_data(
+    "npz",
+    needs_arg=True,
+    augment=(),
+    help="an .npz file with arrays x_train, y_train, x_test, y_test",
+)
+def _npz(arg: str | None) -> Arrays:
+    path = Path(arg or "").expanduser()
+    if not path.is_file():
+        raise UserError(f"npz file {path} not found")
+    with np.load(path, allow_pickle=False) as npz:
+        return _arrays_from_mapping(dict(npz), f"npz:{path}")
+
+
+# --- user factories -----------------------------------------------------------------------------
+
+
+def _from_factory(spec: str) -> Arrays:
+    fn = load_callable(spec, "data")
+    result = call_with_supported(fn)
+    if isinstance(result, dict):
+        return _arrays_from_mapping(result, spec)
+    if isinstance(result, (tuple, list)) and len(result) == 2:
+        return (*_materialise(result[0], spec), *_materialise(result[1], spec))  # type: ignore[return-value]
+    if isinstance(result, (tuple, list)) and len(result) == 4:
+        return tuple(np.asarray(_numpy(a)) for a in result)  # type: ignore[return-value]
+    raise UserError(
+        f"data '{spec}': the factory must return a dict with x_train, y_train, x_test, y_test, "
+        "a 4-tuple of those arrays, or a (train, test) pair of torch Datasets"
+    )
+
+
+def _arrays_from_mapping(mapping: dict[str, Any], spec: str) -> Arrays:
+    keys = ("x_train", "y_train", "x_test", "y_test")
+    missing = [k for k in keys if k not in mapping]
+    if missing:
+        raise UserError(f"data '{spec}': missing arrays {', '.join(missing)}")
+    return tuple(np.asarray(_numpy(mapping[k])) for k in keys)  # type: ignore[return-value]
+
+
+def _numpy(a: Any) -> np.ndarray:
+    return a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
+
+
+def _materialise(dataset: Any, spec: str) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        items = [dataset[i] for i in range(len(dataset))]
+    except Exception as exc:
+        raise UserError(f"data '{spec}': cannot read the returned dataset: {exc}") from exc
+    xs = [_numpy(x) for x, _ in items]
+    ys = [int(y) for _, y in items]
+    return np.stack(xs), np.asarray(ys)

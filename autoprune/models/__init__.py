@@ -1,0 +1,72 @@
+"""Model zoo and model specs: ``create_model(spec, in_channels=, num_classes=)`` is the one door in."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from autoprune.errors import UserError
+from autoprune.models import zoo  # noqa: F401  (fills the registry)
+from autoprune.models.registry import get_model_entry, list_models, register_model
+from autoprune.specs import call_with_supported, is_callable_spec, load_callable
+
+__all__ = ["create_model", "list_models", "load_weights", "model_family", "register_model"]
+
+
+def create_model(spec: str, *, in_channels: int, num_classes: int) -> nn.Module:
+    """Build a model from a zoo name, ``package.module:factory`` or ``path/file.py:factory``.
+
+    A factory receives ``in_channels=`` and ``num_classes=`` where its signature accepts them.
+    """
+    if not is_callable_spec(spec):
+        return get_model_entry(spec).factory(in_channels=in_channels, num_classes=num_classes)
+    fn = load_callable(spec, "model")
+    try:
+        model = call_with_supported(fn, in_channels=in_channels, num_classes=num_classes)
+    except Exception as exc:
+        raise UserError(f"model '{spec}': the factory raised {type(exc).__name__}: {exc}") from exc
+    if not isinstance(model, nn.Module):
+        raise UserError(f"model '{spec}': the factory returned {type(model).__name__}, not an nn.Module")
+    return model
+
+
+def model_family(spec: str) -> str | None:
+    """The search-space family of a zoo model (``resnet``, ``vgg``, ...); None for user models."""
+    return None if is_callable_spec(spec) else get_model_entry(spec).family
+
+
+def load_weights(model: nn.Module, path: str | Path) -> None:
+    """Load a plain state dict (never unpickling arbitrary objects) and say clearly if it does not fit."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise UserError(f"weights file {path} not found")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise UserError(f"weights {path} cannot be read as a state dict: {exc}") from exc
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise UserError(f"weights {path} hold a {type(state).__name__}, not a state dict")
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    mismatched = [
+        k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)
+    ]
+    if missing or unexpected or mismatched:
+        parts = []
+        if mismatched:
+            k = mismatched[0]
+            parts.append(
+                f"{len(mismatched)} shape mismatches (e.g. {k}: file {tuple(state[k].shape)} "
+                f"vs model {tuple(own[k].shape)})"
+            )
+        if missing:
+            parts.append(f"{len(missing)} missing keys (e.g. {missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]})")
+        raise UserError(f"weights {path} do not fit the model: " + "; ".join(parts))
+    model.load_state_dict(state)

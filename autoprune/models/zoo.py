@@ -1,0 +1,171 @@
+"""CIFAR-style networks that adapt to the data's input channels and classes.
+
+All end in global average pooling, so any input of at least 8x8 pixels (28x28 Fashion-MNIST,
+32x32 CIFAR) works without changing the classifier.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from autoprune.models.registry import register_model
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, in_planes: int, planes: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or in_planes != planes:
+            # A 1x1 projection rather than zero padding: a real layer the dependency graph can follow.
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_planes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes)
+            )
+
+    def forward(self, x):
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + self.shortcut(x))
+
+
+class CifarResNet(nn.Module):
+    def __init__(self, depth: int, in_channels: int, num_classes: int) -> None:
+        super().__init__()
+        if (depth - 2) % 6:
+            raise ValueError("CIFAR ResNet depth must be 6n+2")
+        n = (depth - 2) // 6
+        self.conv1 = nn.Conv2d(in_channels, 16, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(16)
+        self.relu = nn.ReLU(inplace=True)
+        planes, layers = 16, []
+        for stage, width in enumerate((16, 32, 64)):
+            blocks = []
+            for i in range(n):
+                stride = 2 if stage > 0 and i == 0 else 1
+                blocks.append(BasicBlock(planes, width, stride))
+                planes = width
+            layers.append(nn.Sequential(*blocks))
+        self.layer1, self.layer2, self.layer3 = layers
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(64, num_classes)
+        _init(self)
+
+    def forward(self, x):
+        x = self.relu(self.bn1(self.conv1(x)))
+        x = self.layer3(self.layer2(self.layer1(x)))
+        return self.fc(self.pool(x).flatten(1))
+
+
+@register_model(family="resnet")
+def resnet20(in_channels: int = 3, num_classes: int = 10) -> nn.Module:
+    return CifarResNet(20, in_channels, num_classes)
+
+
+@register_model(family="resnet")
+def resnet32(in_channels: int = 3, num_classes: int = 10) -> nn.Module:
+    return CifarResNet(32, in_channels, num_classes)
+
+
+@register_model(family="resnet")
+def resnet56(in_channels: int = 3, num_classes: int = 10) -> nn.Module:
+    return CifarResNet(56, in_channels, num_classes)
+
+
+_VGG_CFG = {
+    11: [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512],
+    16: [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512],
+}
+
+
+class CifarVGG(nn.Module):
+    def __init__(self, depth: int, in_channels: int, num_classes: int) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        channels = in_channels
+        for v in _VGG_CFG[depth]:
+            if v == "M":
+                layers.append(nn.MaxPool2d(2))
+            else:
+                layers += [nn.Conv2d(channels, v, 3, padding=1, bias=False), nn.BatchNorm2d(v), nn.ReLU(inplace=True)]
+                channels = v
+        self.features = nn.Sequential(*layers)
+        # Global pooling replaces the fifth max-pool so that 28x28 inputs work as well as 32x32.
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(channels, num_classes)
+        _init(self)
+
+    def forward(self, x):
+        return self.classifier(self.pool(self.features(x)).flatten(1))
+
+
+@register_model(family="vgg")
+def vgg11_bn(in_channels: int = 3, num_classes: int = 10) -> nn.Module:
+    return CifarVGG(11, in_channels, num_classes)
+
+
+@register_model(family="vgg")
+def vgg16_bn(in_channels: int = 3, num_classes: int = 10) -> nn.Module:
+    return CifarVGG(16, in_channels, num_classes)
+
+
+class InvertedResidual(nn.Module):
+    def __init__(self, inp: int, out: int, stride: int, expand: int) -> None:
+        super().__init__()
+        hidden = inp * expand
+        self.use_residual = stride == 1 and inp == out
+        layers: list[nn.Module] = []
+        if expand != 1:
+            layers += [nn.Conv2d(inp, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU6(inplace=True)]
+        layers += [
+            nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False),
+            nn.BatchNorm2d(hidden),
+            nn.ReLU6(inplace=True),
+            nn.Conv2d(hidden, out, 1, bias=False),
+            nn.BatchNorm2d(out),
+        ]
+        self.conv = nn.Sequential(*layers)
+
+    def forward(self, x):
+        return x + self.conv(x) if self.use_residual else self.conv(x)
+
+
+class CifarMobileNetV2(nn.Module):
+    # (expansion, channels, blocks, stride); strides of the first stages are 1 for small images.
+    _CFG = [(1, 16, 1, 1), (6, 24, 2, 1), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)]
+
+    def __init__(self, in_channels: int, num_classes: int) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [
+            nn.Conv2d(in_channels, 32, 3, 1, 1, bias=False), nn.BatchNorm2d(32), nn.ReLU6(inplace=True)
+        ]
+        channels = 32
+        for expand, out, blocks, stride in self._CFG:
+            for i in range(blocks):
+                layers.append(InvertedResidual(channels, out, stride if i == 0 else 1, expand))
+                channels = out
+        layers += [nn.Conv2d(channels, 1280, 1, bias=False), nn.BatchNorm2d(1280), nn.ReLU6(inplace=True)]
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(1280, num_classes)
+        _init(self)
+
+    def forward(self, x):
+        return self.classifier(self.pool(self.features(x)).flatten(1))
+
+
+@register_model(family="mobilenet")
+def mobilenet_v2(in_channels: int = 3, num_classes: int = 10) -> nn.Module:
+    return CifarMobileNetV2(in_channels, num_classes)
+
+
+def _init(model: nn.Module) -> None:
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)

@@ -1,0 +1,333 @@
+"""The whole job: model + data + budget -> searched, fine-tuned subnets and their Pareto front.
+
+``search()`` is the one function behind both ``autoprune search`` and the Python API.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import torch
+from rich.table import Table
+from torch import nn
+
+from autoprune.budget import Budget, parse_budget
+from autoprune.data import DataBundle, load_data
+from autoprune.device import resolve_device
+from autoprune.errors import UserError
+from autoprune.measure import AdaptiveBNEvaluator, accuracy
+from autoprune.models import create_model, load_weights, model_family
+from autoprune.progress import console, progress_bar
+from autoprune.pruning.config import load_space_config
+from autoprune.pruning.criteria import get_criterion
+from autoprune.pruning.space import PruningSpace
+from autoprune.report import pareto_front, plot_pareto, write_report
+from autoprune.results import STUDY_NAME, RunDir, SubnetRecord, save_subnet, trials_frame
+from autoprune.search import SearchContext, get_strategy
+from autoprune.train import train
+
+SHIPPED_WEIGHTS = {("resnet20", "fashion-mnist"): Path(__file__).parent / "checkpoints" / "resnet20_fashion-mnist.pt"}
+
+
+@dataclass
+class SearchConfig:
+    model: str = "resnet20"
+    data: str = "fashion-mnist"
+    budget: str = "50%flops"
+    weights: str | None = None
+    strategy: str = "tpe"
+    criterion: str = "l1"
+    space: str | None = None
+    trials: int = 40
+    tolerance: float = 0.02
+    calib_batches: int = 20
+    score_images: int = 2000
+    adaptive_bn: bool = True
+    finetune_top: int = 3
+    finetune_epochs: float = 1.0
+    finetune_lr: float = 0.01
+    batch_size: int = 128
+    holdout: int = 5000
+    limit_train: int | None = None
+    seed: int = 0
+    device: str = "cpu"
+    out: str | None = None
+
+
+@dataclass
+class SearchResult:
+    run_dir: Path
+    baseline: dict
+    subnets: list[SubnetRecord]
+    pareto: pd.DataFrame
+    trials: pd.DataFrame
+    best: SubnetRecord | None = field(default=None)
+
+
+def search(
+    model: str | nn.Module = "resnet20",
+    data: str = "fashion-mnist",
+    *,
+    budget: str = "50%flops",
+    resume: bool = False,
+    quiet: bool = False,
+    **options,
+) -> SearchResult:
+    """Search per-group pruning ratios under ``budget``, fine-tune the best, return the Pareto front.
+
+    ``model`` is a model spec (zoo name, ``pkg.module:factory``, ``file.py:factory``) or an
+    ``nn.Module`` holding trained weights; ``options`` are the fields of ``SearchConfig``.
+    """
+    unknown = set(options) - set(SearchConfig.__dataclass_fields__)
+    if unknown:
+        raise TypeError(f"unknown search options: {sorted(unknown)}")
+    module = model if isinstance(model, nn.Module) else None
+    config = SearchConfig(model="<python object>" if module else model, data=data, budget=budget, **options)
+    started = time.perf_counter()
+    setup = _prepare(config, module, resume)  # every check happens here, before any work
+    run, space, data_bundle, budget_obj = setup.run, setup.space, setup.data, setup.budget
+    timings = dict(run.read_status().get("timings", {})) if resume else {}
+
+    tic = time.perf_counter()
+    study = _search_phase(config, setup, quiet)
+    timings["search"] = timings.get("search", 0.0) + time.perf_counter() - tic
+    trials = trials_frame(study, space.group_names)
+    run.write_table("trials.csv", trials)
+
+    tic = time.perf_counter()
+    subnets = _finetune_phase(config, setup, study, quiet)
+    timings["fine-tune"] = timings.get("fine-tune", 0.0) + time.perf_counter() - tic
+    timings["setup"] = setup.seconds
+
+    front = pareto_front(subnets)
+    pareto = pd.DataFrame([s.row() for s in front])
+    run.write_table("pareto.csv", pareto)
+    run.write_json("pareto.json", {"budget": config.budget, "baseline": setup.baseline,
+                                   "front": [asdict(s) for s in front]})
+    limit = budget_obj.primary.limit(space.base_cost) if budget_obj.primary.metric == "macs" else None
+    plot_pareto(run.path / "pareto.png", trials, subnets, front, setup.baseline, limit)
+    timings["total"] = timings.get("total", 0.0) + time.perf_counter() - started
+    write_report(run.path / "report.md", config=asdict(config), budget_text=budget_obj.describe(space.base_cost),
+                 baseline=setup.baseline, subnets=subnets, front=front, trials=trials, timings=timings)
+    run.write_status(status="complete", timings=timings, finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
+    if not quiet:
+        _print_summary(setup.baseline, subnets, front, run)
+    best = max(subnets, key=lambda s: s.test_acc) if subnets else None
+    return SearchResult(run.path, setup.baseline, subnets, pareto, trials, best)
+
+
+@dataclass
+class _Setup:
+    run: RunDir
+    data: DataBundle
+    space: PruningSpace
+    budget: Budget
+    evaluator: AdaptiveBNEvaluator
+    baseline: dict
+    seconds: float
+
+
+def _prepare(config: SearchConfig, module: nn.Module | None, resume: bool) -> _Setup:
+    """Validate everything the user gave, then create the run directory and measure the baseline."""
+    tic = time.perf_counter()
+    run = RunDir.check(config.out, resume)
+    if resume:
+        _check_resume_config(run, config)
+    budget = parse_budget(config.budget)
+    get_criterion(config.criterion)
+    for name, value in (("--trials", config.trials), ("--calib-batches", config.calib_batches),
+                        ("--score-images", config.score_images), ("--batch-size", config.batch_size)):
+        if value < 1:
+            raise UserError(f"{name} must be at least 1")
+    if config.finetune_top < 0 or config.finetune_epochs < 0:
+        raise UserError("--finetune-top and --finetune-epochs must not be negative")
+    if not 0 < config.tolerance < 1:
+        raise UserError("--tolerance must be between 0 and 1")
+    config.device = resolve_device(config.device)
+    torch.manual_seed(config.seed)
+    data = load_data(config.data, holdout=config.holdout, seed=config.seed, limit_train=config.limit_train)
+    model = module if module is not None else _load_model(config, data)
+    space_config = load_space_config(config.space, None if module is not None else model_family(config.model))
+    space = PruningSpace(model, data.example_input(), space_config, criterion=config.criterion, seed=config.seed)
+    strategy_context = SearchContext(space, budget, config.seed, config.tolerance)
+    get_strategy(config.strategy, strategy_context)
+    smallest = space.smallest_cost()
+    if not budget.feasible(smallest, space.base_cost):
+        raise UserError(
+            f"budget {config.budget} cannot be met in this search space: the smallest subnet keeps "
+            f"{smallest.macs / space.base_cost.macs:.1%} of MACs and {smallest.params / space.base_cost.params:.1%} "
+            "of params (raise ratio.max in the space file)"
+        )
+    # Nothing is written before this line: a bad input leaves no half-made run behind.
+    run.create()
+    config.out = str(run.path)
+    run.write_config({**asdict(config), "space_config": space_config.to_dict(), "data_summary": data.summary(),
+                      "groups": space.describe()})
+    run.write_status(status="running", backend="local", workers=1, started=time.strftime("%Y-%m-%dT%H:%M:%S"))
+    holdout = data.holdout.subset(torch.arange(min(config.score_images, len(data.holdout))))
+    scoring = DataBundle(data.name, data.train, holdout, data.test, data.num_classes, data.augment)
+    evaluator = AdaptiveBNEvaluator(scoring, calib_batches=config.calib_batches, batch_size=config.batch_size,
+                                    device=config.device, seed=config.seed, adaptive=config.adaptive_bn)
+    baseline = {
+        "macs": space.base_cost.macs,
+        "params": space.base_cost.params,
+        "proxy_acc": accuracy(model, holdout, device=config.device),
+        "test_acc": accuracy(model, data.test, device=config.device),
+    }
+    model.cpu()
+    return _Setup(run, data, space, budget, evaluator, baseline, time.perf_counter() - tic)
+
+
+def _load_model(config: SearchConfig, data: DataBundle) -> nn.Module:
+    model = create_model(config.model, in_channels=data.in_channels, num_classes=data.num_classes)
+    weights = config.weights
+    if weights is None:
+        shipped = SHIPPED_WEIGHTS.get((config.model, config.data.partition(":")[0]))
+        if shipped is None or not shipped.is_file():
+            raise UserError(
+                f"--weights is needed: no shipped checkpoint for {config.model} on {config.data} "
+                f"(train one with: autoprune train --model {config.model} --data {config.data} --out FILE)"
+            )
+        weights = str(shipped)
+        config.weights = weights
+    load_weights(model, weights)
+    return model.eval()
+
+
+def _check_resume_config(run: RunDir, config: SearchConfig) -> None:
+    saved = run.read_config()
+    for key in ("model", "data", "budget", "strategy", "criterion", "seed"):
+        if key in saved and saved[key] != getattr(config, key) and getattr(config, key) != SearchConfig.__dataclass_fields__[key].default:
+            raise UserError(f"--resume: {key} differs from the run's ({saved[key]!r}); resume with the same settings")
+        if key in saved:
+            setattr(config, key, saved[key])
+    for key in ("weights", "space", "calib_batches", "score_images", "adaptive_bn", "tolerance", "holdout",
+                "limit_train", "batch_size"):
+        if key in saved:
+            setattr(config, key, saved[key])
+
+
+def _search_phase(config: SearchConfig, setup: _Setup, quiet: bool) -> optuna.Study:
+    """Ask the strategy for candidates until ``config.trials`` trials are complete."""
+    space, budget, base = setup.space, setup.budget, setup.space.base_cost
+    strategy = get_strategy(config.strategy, SearchContext(space, budget, config.seed, config.tolerance))
+    optuna.logging.set_verbosity(logging.WARNING)
+    study = optuna.create_study(storage=setup.run.storage_url, study_name=STUDY_NAME, direction="maximize",
+                                sampler=strategy.sampler(), load_if_exists=True)
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,
+                                                       optuna.trial.TrialState.WAITING)):
+        # left behind by a killed run: close it so it is neither counted nor repeated
+        if t.state == optuna.trial.TrialState.RUNNING:
+            study.tell(t.number, state=optuna.trial.TrialState.FAIL)
+    done = _complete_count(study)
+    best = max((t.user_attrs.get("proxy_acc") or 0.0 for t in study.trials), default=0.0)
+    with progress_bar("search", config.trials, quiet=quiet) as bar:
+        bar.advance(done)
+        while done < config.trials:
+            tic = time.perf_counter()
+            trial, ratios = strategy.ask(study)
+            cost = space.cost(ratios)
+            for name, violation in budget.violations(cost, base).items():
+                trial.set_constraint(name, violation)
+            feasible = budget.feasible(cost, base)
+            trial.set_user_attr("macs", cost.macs)
+            trial.set_user_attr("params", cost.params)
+            trial.set_user_attr("feasible", feasible)
+            proxy = 0.0
+            if feasible:
+                subnet, _ = space.prune(ratios)
+                proxy = setup.evaluator.score(subnet)
+                trial.set_user_attr("proxy_acc", proxy)
+                best = max(best, proxy)
+            trial.set_user_attr("seconds", round(time.perf_counter() - tic, 4))
+            study.tell(trial, proxy)
+            setup.run.write_table("trials.csv", trials_frame(study, space.group_names))
+            done += 1
+            bar.advance()
+            bar.note(f"best proxy {best:.2%}")
+    return study
+
+
+def _complete_count(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
+
+
+def _finetune_phase(config: SearchConfig, setup: _Setup, study: optuna.Study, quiet: bool) -> list[SubnetRecord]:
+    """Fine-tune the best feasible candidates and measure them on the test split."""
+    scored = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+              if t.user_attrs.get("feasible") and t.user_attrs.get("proxy_acc") is not None]
+    scored.sort(key=lambda t: (-t.user_attrs["proxy_acc"], t.number))
+    chosen, seen = [], set()
+    for t in scored:
+        key = tuple(sorted(t.params.items()))
+        if key not in seen:
+            seen.add(key)
+            chosen.append(t)
+        if len(chosen) == config.finetune_top:
+            break
+    records = []
+    for rank, t in enumerate(chosen, 1):
+        subnet_id = f"t{t.number:04d}"
+        directory = setup.run.subnet_dir(subnet_id)
+        if (directory / "spec.json").exists():  # fine-tuned before a resume
+            records.append(_record_from_spec(directory))
+            continue
+        ratios = {g.name: float(t.params.get(g.name, 0.0)) for g in setup.space.groups}
+        subnet, kept = setup.space.prune(ratios)
+        setup.evaluator.recalibrate(subnet.to(config.device))
+        result = train(subnet, setup.data, epochs=config.finetune_epochs, lr=config.finetune_lr,
+                       batch_size=config.batch_size, device=config.device, seed=config.seed + rank,
+                       description=f"fine-tune {subnet_id} ({rank}/{len(chosen)})", quiet=quiet)
+        test_acc = accuracy(subnet, setup.data.test, device=config.device)
+        holdout_acc = accuracy(subnet, setup.data.holdout, device=config.device)
+        cost = setup.space.cost(ratios)
+        spec = {
+            "id": subnet_id, "trial": t.number, "model": None if config.model == "<python object>" else config.model,
+            "data": config.data, "in_channels": setup.data.in_channels, "num_classes": setup.data.num_classes,
+            "input_shape": list(setup.data.input_shape), "criterion": config.criterion, "seed": config.seed,
+            "base_weights": config.weights, "ratios": ratios,
+            "channels": {g.name: g.channels for g in setup.space.groups}, "kept": kept,
+            "macs": cost.macs, "params": cost.params, "proxy_acc": t.user_attrs["proxy_acc"],
+            "test_acc": test_acc, "holdout_acc": holdout_acc, "finetune_epochs": config.finetune_epochs,
+            "finetune_seconds": round(result.seconds, 2),
+        }
+        save_subnet(directory, subnet.cpu(), spec)
+        records.append(_record_from_spec(directory))
+    return records
+
+
+def _record_from_spec(directory: Path) -> SubnetRecord:
+    import json
+
+    spec = json.loads((directory / "spec.json").read_text())
+    return SubnetRecord(
+        id=spec["id"], trial=spec["trial"], macs=spec["macs"], params=spec["params"], proxy_acc=spec["proxy_acc"],
+        test_acc=spec["test_acc"], holdout_acc=spec["holdout_acc"], finetune_seconds=spec["finetune_seconds"],
+        ratios=spec["ratios"], path=str(directory),
+    )
+
+
+def _print_summary(baseline: dict, subnets: list[SubnetRecord], front: list[SubnetRecord], run: RunDir) -> None:
+    table = Table(title="fine-tuned subnets")
+    for col in ("subnet", "MACs (M)", "MACs %", "params (M)", "proxy acc", "test acc", "Pareto"):
+        table.add_column(col, justify="right")
+    table.add_row("baseline", f"{baseline['macs'] / 1e6:.2f}", "100.0", f"{baseline['params'] / 1e6:.3f}",
+                  f"{baseline['proxy_acc']:.2%}", f"{baseline['test_acc']:.2%}", "")
+    front_ids = {s.id for s in front}
+    for s in sorted(subnets, key=lambda r: -r.test_acc):
+        table.add_row(s.id, f"{s.macs / 1e6:.2f}", f"{100 * s.macs / baseline['macs']:.1f}", f"{s.params / 1e6:.3f}",
+                      f"{s.proxy_acc:.2%}", f"{s.test_acc:.2%}", "yes" if s.id in front_ids else "")
+    console.print(table)
+    console.print(f"report: {run.path / 'report.md'}")
+
+
+def run_search_from_args(args: argparse.Namespace) -> int:
+    options = {k: getattr(args, k) for k in SearchConfig.__dataclass_fields__ if k not in ("model", "data", "budget")}
+    search(args.model, args.data, budget=args.budget, resume=args.resume, quiet=args.quiet, **options)
+    return 0

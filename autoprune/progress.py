@@ -1,0 +1,52 @@
+"""Progress bars for every long step (rich), silenced with ``quiet``."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+console = Console(stderr=True)
+
+
+@contextmanager
+def progress_bar(description: str, total: int, *, quiet: bool = False) -> Iterator["Bar"]:
+    """A bar with ``advance(n)`` and ``note(text)``; a no-op when quiet."""
+    if quiet:
+        yield Bar(None, None)
+        return
+    progress = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[note]}"),
+        console=console,
+        transient=False,
+    )
+    with progress:
+        task = progress.add_task(description, total=total, note="")
+        yield Bar(progress, task)
+
+
+class Bar:
+    def __init__(self, progress: Progress | None, task) -> None:
+        self._progress, self._task = progress, task
+
+    def advance(self, n: int = 1) -> None:
+        if self._progress is not None:
+            self._progress.advance(self._task, n)
+
+    def note(self, text: str) -> None:
+        if self._progress is not None:
+            self._progress.update(self._task, note=text)

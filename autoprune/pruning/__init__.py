@@ -1,0 +1,1 @@
+"""What can be pruned (``PruningSpace``) and in which order channels go (criteria)."""

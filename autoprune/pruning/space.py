@@ -1,0 +1,291 @@
+"""The PruningSpace: a model's prunable groups, one ratio each, and the map from ratios to a subnet.
+
+Structure comes from Torch-Pruning's dependency graph; what we add is stable names (the module
+path of each group's root layer), ratios keyed by those names and applied to the copy being
+pruned, a channel ranking computed once per criterion, an exact analytic cost model so a
+candidate's MACs and params are known before anything is pruned, and a check that the pruned
+widths are the ones asked for.
+"""
+
+from __future__ import annotations
+
+import copy
+import fnmatch
+import math
+from dataclasses import dataclass, field
+from typing import Mapping
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from autoprune.errors import UserError
+from autoprune.pruning.config import SpaceConfig
+from autoprune.pruning.criteria import get_criterion
+
+_ROOT_TYPES = (nn.Conv2d, nn.Linear)
+
+
+@dataclass(frozen=True)
+class Cost:
+    """Multiply-accumulates of conv and linear layers (FLOPs = 2 x MACs) and learnable parameters."""
+
+    macs: int
+    params: int
+
+
+@dataclass
+class Group:
+    name: str
+    channels: int
+    members: list[str]
+    low: float
+    high: float
+    order: list[int] = field(repr=False, default_factory=list)  # least important channel first
+
+
+@dataclass
+class _LayerShape:
+    """What the cost model needs of one layer with parameters."""
+
+    kind: str  # conv | depthwise | linear | norm | other
+    in_dim: int = 0
+    out_dim: int = 0
+    kernel: int = 0  # weights per (input, output) channel pair
+    positions: int = 0  # output positions (conv) or tokens (linear) per image
+    has_bias: bool = False
+    fixed_params: int = 0  # parameters of layers not modelled by width
+
+
+class PruningSpace:
+    """Prunable groups of ``model`` and the ratio -> subnet map.
+
+    ``model`` is never modified; every subnet is pruned on a deep copy.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        example_input: torch.Tensor,
+        config: SpaceConfig | None = None,
+        *,
+        criterion: str = "l1",
+        seed: int = 0,
+    ) -> None:
+        self.config = config or SpaceConfig()
+        self.criterion = criterion
+        self.seed = seed
+        self.model = model.cpu().eval()
+        self.example_input = example_input[:1].detach().cpu()
+        names = {m: n for n, m in self.model.named_modules()}
+        self._shapes, classifier = _trace_shapes(self.model, self.example_input, names)
+        ignored = [m for m in (classifier,) if m is not None]
+        graph = _build_graph(self.model, self.example_input)
+        score = get_criterion(criterion, seed)
+        self.groups: list[Group] = []
+        # group name -> [(module name, "in"/"out", units per channel)]
+        self._effects: dict[str, list[tuple[str, str, int]]] = {}
+        for tp_group in graph.get_all_groups(ignored_layers=ignored, root_module_types=_ROOT_TYPES):
+            root = tp_group[0].dep.target.module
+            name = names[root]
+            if any(fnmatch.fnmatchcase(name, pattern) for pattern in self.config.skip):
+                continue
+            channels = len(tp_group[0].idxs)
+            low, high = self.config.bounds_for(name)
+            effects, members = [], []
+            for dep, idxs in tp_group:
+                target = names.get(dep.target.module)
+                if target is None or target not in self._shapes:
+                    continue
+                dim = "out" if graph.is_out_channel_pruning_fn(dep.handler) else "in"
+                effects.append((target, dim, len(idxs) // channels))
+                if dim == "out" and target not in members:
+                    members.append(target)
+            with torch.no_grad():
+                importance = score(tp_group)
+            order = torch.argsort(importance.detach().float().cpu(), stable=True).tolist()
+            self.groups.append(Group(name, channels, members, low, high, order))
+            self._effects[name] = effects
+        if not self.groups:
+            raise UserError("the model has no prunable groups (no conv/linear layers left after skips)")
+        self._by_name = {g.name: g for g in self.groups}
+        self.base_cost = self.cost({})
+
+    # --- ratios -> widths and cost ---------------------------------------------------------
+
+    @property
+    def group_names(self) -> list[str]:
+        return [g.name for g in self.groups]
+
+    def kept_channels(self, ratios: Mapping[str, float]) -> dict[str, int]:
+        """Channels each group keeps at ``ratios`` (missing groups keep all)."""
+        self._check_names(ratios)
+        step, floor = self.config.round_to, self.config.min_channels
+        kept = {}
+        for g in self.groups:
+            ratio = float(ratios.get(g.name, 0.0))
+            if ratio <= 0:
+                kept[g.name] = g.channels
+                continue
+            k = g.channels * (1.0 - ratio)
+            k = int(max(step, round(k / step) * step)) if step > 1 else int(round(k))
+            kept[g.name] = max(min(k, g.channels), min(floor, g.channels), 1)
+        return kept
+
+    def cost(self, ratios: Mapping[str, float]) -> Cost:
+        """Exact MACs and params of the subnet at ``ratios``, without pruning anything."""
+        return self.cost_of_widths(self.kept_channels(ratios))
+
+    def cost_of_widths(self, kept: Mapping[str, int]) -> Cost:
+        in_cut: dict[str, int] = {}
+        out_cut: dict[str, int] = {}
+        for name, width in kept.items():
+            removed = self._by_name[name].channels - width
+            if removed <= 0:
+                continue
+            for module, dim, units in self._effects[name]:
+                target = out_cut if dim == "out" else in_cut
+                target[module] = target.get(module, 0) + removed * units
+        macs = params = 0
+        for module, s in self._shapes.items():
+            out_dim = s.out_dim - out_cut.get(module, 0)
+            in_dim = 1 if s.kind == "depthwise" else s.in_dim - in_cut.get(module, 0)
+            if s.kind in ("conv", "depthwise", "linear"):
+                macs += s.kernel * s.positions * in_dim * out_dim
+                params += s.kernel * in_dim * out_dim + (out_dim if s.has_bias else 0)
+            elif s.kind == "norm":
+                params += 2 * out_dim if s.has_bias else out_dim
+            params += s.fixed_params
+        return Cost(int(macs), int(params))
+
+    def uniform_ratios(self, ratio: float) -> dict[str, float]:
+        return {g.name: min(max(ratio, g.low), g.high) for g in self.groups}
+
+    def smallest_cost(self) -> Cost:
+        return self.cost({g.name: g.high for g in self.groups})
+
+    # --- pruning -----------------------------------------------------------------------------
+
+    def kept_indices(self, ratios: Mapping[str, float]) -> dict[str, list[int]]:
+        """Indices of the channels each group keeps, by the criterion's ranking."""
+        kept = self.kept_channels(ratios)
+        return {g.name: sorted(g.order[g.channels - kept[g.name] :]) for g in self.groups}
+
+    def prune(self, ratios: Mapping[str, float]) -> tuple[nn.Module, dict[str, list[int]]]:
+        """A pruned deep copy of the model at ``ratios`` and the kept channel indices per group."""
+        kept = self.kept_indices(ratios)
+        subnet = copy.deepcopy(self.model)
+        apply_kept(subnet, self.example_input, kept, {g.name: g.channels for g in self.groups})
+        return subnet, kept
+
+    def describe(self) -> list[dict]:
+        return [
+            {"name": g.name, "channels": g.channels, "low": g.low, "high": g.high, "members": g.members}
+            for g in self.groups
+        ]
+
+    def _check_names(self, ratios: Mapping[str, float]) -> None:
+        unknown = [k for k in ratios if k not in self._by_name]
+        if unknown:
+            raise KeyError(f"unknown group(s) {unknown}; groups are {self.group_names}")
+
+
+def apply_kept(
+    model: nn.Module,
+    example_input: torch.Tensor,
+    kept: Mapping[str, list[int]],
+    channels: Mapping[str, int] | None = None,
+) -> nn.Module:
+    """Prune ``model`` in place so that each named group keeps exactly the given channel indices.
+
+    Groups are looked up by root-module name on THIS model, so the dependency graph's module keys
+    are the ones being pruned. The widths are checked afterwards.
+    """
+    graph = _build_graph(model, example_input)
+    modules = dict(model.named_modules())
+    for name, keep in kept.items():
+        if name not in modules:
+            raise KeyError(f"group root '{name}' is not a module of this model")
+        root = modules[name]
+        width = _out_width(root)
+        if channels is not None and channels[name] != width:
+            raise ValueError(f"group '{name}' has {width} channels, expected {channels[name]}")
+        keep_set = set(keep)
+        drop = [i for i in range(width) if i not in keep_set]
+        if not drop:
+            continue
+        handler = graph.get_pruner_of_module(root).prune_out_channels
+        graph.get_pruning_group(root, handler, idxs=drop).prune()
+    for name, keep in kept.items():
+        got = _out_width(modules[name])
+        if got != len(keep):
+            raise RuntimeError(f"pruning '{name}' left {got} channels, asked for {len(keep)}")
+    return model
+
+
+def _out_width(module: nn.Module) -> int:
+    return module.out_channels if isinstance(module, nn.Conv2d) else module.out_features
+
+
+def _build_graph(model: nn.Module, example_input: torch.Tensor) -> tp.DependencyGraph:
+    # Tracing needs autograd: it must not run under no_grad / inference_mode.
+    with torch.enable_grad():
+        return tp.DependencyGraph().build_dependency(model, example_inputs=example_input)
+
+
+def _trace_shapes(
+    model: nn.Module, example_input: torch.Tensor, names: dict[nn.Module, str]
+) -> tuple[dict[str, _LayerShape], nn.Module | None]:
+    """One forward pass recording every parameterised layer's shape; also finds the classifier.
+
+    The classifier is the last conv/linear executed whose output width equals the model's: its
+    outputs are the classes, which must never be pruned.
+    """
+    shapes: dict[str, _LayerShape] = {}
+    executed: list[nn.Module] = []
+
+    def hook(module: nn.Module, inputs, output) -> None:
+        name = names[module]
+        if name in shapes or not isinstance(output, torch.Tensor):
+            return
+        if isinstance(module, _ROOT_TYPES):
+            executed.append(module)
+        shapes[name] = _shape_of(module, inputs[0], output)
+
+    handles = [
+        m.register_forward_hook(hook)
+        for m in model.modules()
+        if any(True for _ in m.parameters(recurse=False))
+    ]
+    try:
+        with torch.no_grad():
+            out = model(example_input)
+    except Exception as exc:
+        raise UserError(f"the model does not run on the data's input shape {tuple(example_input.shape)}: {exc}") from exc
+    finally:
+        for h in handles:
+            h.remove()
+    width = out.shape[1] if isinstance(out, torch.Tensor) and out.ndim >= 2 else None
+    classifier = next((m for m in reversed(executed) if _out_width(m) == width), None)
+    return shapes, classifier
+
+
+def _shape_of(module: nn.Module, inp: torch.Tensor, out: torch.Tensor) -> _LayerShape:
+    own = sum(p.numel() for p in module.parameters(recurse=False))
+    if isinstance(module, nn.Conv2d):
+        kernel = module.kernel_size[0] * module.kernel_size[1]
+        positions = math.prod(out.shape[2:])
+        bias = module.bias is not None
+        if module.groups == 1:
+            return _LayerShape("conv", module.in_channels, module.out_channels, kernel, positions, bias)
+        if module.groups == module.in_channels == module.out_channels:
+            return _LayerShape("depthwise", 1, module.out_channels, kernel, positions, bias)
+        return _LayerShape("other", fixed_params=own)  # grouped convs are rare: counted as they are
+    if isinstance(module, nn.Linear):
+        tokens = out.numel() // out.shape[-1]
+        return _LayerShape("linear", module.in_features, module.out_features, 1, tokens, module.bias is not None)
+    if isinstance(module, (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm)):
+        bias = getattr(module, "bias", None) is not None
+        width = own // (2 if bias else 1)
+        return _LayerShape("norm", width, width, has_bias=bias)
+    return _LayerShape("other", fixed_params=own)

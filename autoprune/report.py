@@ -1,0 +1,122 @@
+"""Pareto front, plot and markdown report of a run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import pandas as pd
+
+from autoprune.results import SubnetRecord
+
+
+def pareto_front(records: Sequence[SubnetRecord]) -> list[SubnetRecord]:
+    """Subnets not beaten on both test accuracy (higher) and MACs (lower), cheapest first."""
+    front = []
+    for r in records:
+        dominated = any(
+            (o.test_acc >= r.test_acc and o.macs <= r.macs) and (o.test_acc > r.test_acc or o.macs < r.macs)
+            for o in records
+        )
+        if not dominated:
+            front.append(r)
+    return sorted(front, key=lambda r: r.macs)
+
+
+def plot_pareto(
+    path: Path,
+    trials: pd.DataFrame,
+    subnets: Sequence[SubnetRecord],
+    front: Sequence[SubnetRecord],
+    baseline: dict,
+    budget_macs: float | None,
+) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    base_macs = baseline["macs"]
+    fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=120)
+    scored = trials[trials["proxy_acc"].notna()]
+    if len(scored):
+        ax.scatter(scored["macs"] / 1e6, scored["proxy_acc"] * 100, s=14, alpha=0.3, color="tab:gray",
+                   label="candidates (adaptive-BN proxy, holdout)")
+    if subnets:
+        ax.scatter([s.macs / 1e6 for s in subnets], [s.test_acc * 100 for s in subnets], s=40,
+                   color="tab:blue", label="fine-tuned subnets (test)")
+    if front:
+        ax.plot([s.macs / 1e6 for s in front], [s.test_acc * 100 for s in front], "-o", color="tab:red",
+                label="Pareto front (test)")
+    ax.scatter([base_macs / 1e6], [baseline["test_acc"] * 100], marker="*", s=160, color="black",
+               label="baseline (test)")
+    if budget_macs is not None:
+        ax.axvline(budget_macs / 1e6, color="tab:green", linestyle="--", label="budget")
+    ax.set_xlabel("MACs (millions; FLOPs = 2 x MACs)")
+    ax.set_ylabel("top-1 accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title("accuracy vs cost")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def write_report(
+    path: Path,
+    *,
+    config: dict,
+    budget_text: str,
+    baseline: dict,
+    subnets: Sequence[SubnetRecord],
+    front: Sequence[SubnetRecord],
+    trials: pd.DataFrame,
+    timings: dict[str, float],
+) -> None:
+    base_macs, base_params = baseline["macs"], baseline["params"]
+    front_ids = {s.id for s in front}
+    lines = [
+        f"# autoprune run: {config['model']} on {config['data']}",
+        "",
+        f"- budget: {budget_text}",
+        f"- strategy: {config['strategy']}, criterion: {config['criterion']}, trials: {config['trials']}",
+        f"- scoring: {'adaptive BN' if config['adaptive_bn'] else 'vanilla (no BN recalibration)'}"
+        f" with {config['calib_batches']} calibration batches of {config['batch_size']}, "
+        f"{config['score_images']} held-out training images",
+        f"- fine-tuning: top {config['finetune_top']} for {config['finetune_epochs']} epochs "
+        f"(lr {config['finetune_lr']}, SGD, cosine)",
+        "",
+        "MACs count multiply-accumulates of conv and linear layers; FLOPs = 2 x MACs.",
+        "",
+        "## Baseline vs subnets",
+        "",
+        "| subnet | MACs (M) | MACs % | params (M) | proxy acc | test acc | delta vs baseline | Pareto |",
+        "|---|---:|---:|---:|---:|---:|---:|:---:|",
+        f"| baseline | {base_macs / 1e6:.2f} | 100.0 | {base_params / 1e6:.3f} | "
+        f"{baseline['proxy_acc']:.2%} | {baseline['test_acc']:.2%} | | |",
+    ]
+    for s in sorted(subnets, key=lambda r: -r.test_acc):
+        lines.append(
+            f"| {s.id} | {s.macs / 1e6:.2f} | {100 * s.macs / base_macs:.1f} | {s.params / 1e6:.3f} | "
+            f"{s.proxy_acc:.2%} | {s.test_acc:.2%} | {100 * (s.test_acc - baseline['test_acc']):+.2f} pp | "
+            f"{'yes' if s.id in front_ids else ''} |"
+        )
+    states = trials["state"].value_counts().to_dict() if len(trials) else {}
+    scored = trials[trials["proxy_acc"].notna()] if len(trials) else trials
+    lines += [
+        "",
+        "![accuracy vs MACs](pareto.png)",
+        "",
+        "## Search",
+        "",
+        f"- trials: {len(trials)} ({', '.join(f'{v} {k}' for k, v in sorted(states.items()))})",
+    ]
+    if len(scored):
+        lines.append(
+            f"- proxy accuracy of scored candidates: best {scored['proxy_acc'].max():.2%}, "
+            f"median {scored['proxy_acc'].median():.2%}; median {scored['seconds'].median():.2f} s per candidate"
+        )
+    lines += ["", "## Time spent", "", "| phase | seconds |", "|---|---:|"]
+    lines += [f"| {phase} | {seconds:.1f} |" for phase, seconds in timings.items()]
+    lines += ["", "Subnets load with `autoprune.load_subnet('subnets/<id>')`.", ""]
+    path.write_text("\n".join(lines))

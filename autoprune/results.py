@@ -1,0 +1,178 @@
+"""The run directory: one schema for everything a search writes, and subnets that load safely.
+
+Layout of ``results/<run>/``::
+
+    config.yaml      everything resolved (re-read by --resume)
+    run.json         status (running | complete), backend, timings
+    study.db         the Optuna study (SQLite): the source of truth for trials
+    trials.csv       one row per trial
+    pareto.csv/json  non-dominated fine-tuned subnets (test accuracy vs MACs)
+    pareto.png       candidates and fine-tuned subnets against MACs, budget line
+    report.md        baseline vs subnets, budget, time spent
+    subnets/<id>/    spec.json + weights.pt (a plain state dict)
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pandas as pd
+import torch
+import yaml
+from torch import nn
+
+from autoprune.errors import UserError
+
+SPEC_FORMAT = "autoprune.subnet/1"
+STUDY_NAME = "autoprune"
+
+
+class RunDir:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    @staticmethod
+    def check(path: str | Path | None, resume: bool) -> "RunDir":
+        """Validate ``--out`` / ``--resume`` before any work; create nothing yet."""
+        if path is None:
+            if resume:
+                raise UserError("--resume needs --out pointing at the run to continue")
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            path = Path("results") / stamp
+        run = RunDir(Path(path).expanduser())
+        holds_run = (run.path / "config.yaml").exists() or (run.path / "study.db").exists()
+        if resume and not holds_run:
+            raise UserError(f"--resume: {run.path} holds no run to continue")
+        if not resume and holds_run:
+            raise UserError(f"{run.path} already holds a run; pass --resume to continue it or choose another --out")
+        if not resume and run.path.exists() and any(run.path.iterdir()):
+            raise UserError(f"{run.path} exists and is not empty; choose another --out")
+        return run
+
+    def create(self) -> None:
+        (self.path / "subnets").mkdir(parents=True, exist_ok=True)
+
+    # --- files ------------------------------------------------------------------------------
+
+    @property
+    def storage_url(self) -> str:
+        return f"sqlite:///{(self.path / 'study.db').resolve()}"
+
+    def read_config(self) -> dict:
+        return yaml.safe_load((self.path / "config.yaml").read_text()) or {}
+
+    def write_config(self, config: dict) -> None:
+        _atomic_write(self.path / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+
+    def read_status(self) -> dict:
+        path = self.path / "run.json"
+        return json.loads(path.read_text()) if path.exists() else {}
+
+    def write_status(self, **fields: Any) -> None:
+        status = self.read_status()
+        status.update(fields)
+        _atomic_write(self.path / "run.json", json.dumps(status, indent=2) + "\n")
+
+    def write_table(self, name: str, frame: pd.DataFrame) -> None:
+        tmp = self.path / f".{name}.tmp"
+        frame.to_csv(tmp, index=False)
+        os.replace(tmp, self.path / name)
+
+    def write_json(self, name: str, payload: Any) -> None:
+        _atomic_write(self.path / name, json.dumps(payload, indent=2) + "\n")
+
+    def subnet_dir(self, subnet_id: str) -> Path:
+        return self.path / "subnets" / subnet_id
+
+
+def trials_frame(study: optuna.Study, group_names: list[str]) -> pd.DataFrame:
+    """The trials table: number, state, ratios per group, cost, proxy accuracy, seconds."""
+    rows = []
+    for t in study.trials:
+        attrs = t.user_attrs
+        state = t.state.name.lower()
+        if t.state == optuna.trial.TrialState.COMPLETE and not attrs.get("feasible", True):
+            state = "infeasible"
+        row = {
+            "number": t.number,
+            "state": state,
+            "macs": attrs.get("macs"),
+            "params": attrs.get("params"),
+            "proxy_acc": attrs.get("proxy_acc"),
+            "seconds": attrs.get("seconds"),
+        }
+        for name in group_names:
+            row[f"ratio:{name}"] = t.params.get(name)
+        if "error" in attrs:
+            row["error"] = attrs["error"]
+        rows.append(row)
+    columns = ["number", "state", "macs", "params", "proxy_acc", "seconds"] + [f"ratio:{n}" for n in group_names]
+    frame = pd.DataFrame(rows)
+    return frame.reindex(columns=columns + [c for c in frame.columns if c not in columns])
+
+
+@dataclass
+class SubnetRecord:
+    id: str
+    trial: int
+    macs: int
+    params: int
+    proxy_acc: float
+    test_acc: float
+    holdout_acc: float
+    finetune_seconds: float
+    ratios: dict[str, float]
+    path: str
+
+    def row(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "ratios"}
+
+
+def save_subnet(directory: Path, subnet: nn.Module, spec: dict) -> None:
+    """Write ``weights.pt`` (a plain state dict) then ``spec.json``; the spec marks it complete."""
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in subnet.state_dict().items()}
+    tmp = directory / ".weights.pt.tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, directory / "weights.pt")
+    _atomic_write(directory / "spec.json", json.dumps({"format": SPEC_FORMAT, **spec}, indent=2) + "\n")
+
+
+def load_subnet(path: str | Path, base_model: nn.Module | None = None) -> nn.Module:
+    """Rebuild a saved subnet: the base architecture, pruned to the kept channels, with its weights.
+
+    ``path`` is a ``subnets/<id>`` directory (or its spec.json). ``base_model`` is needed only when
+    the search was given a Python model object rather than a model spec.
+    """
+    from autoprune.models import create_model
+    from autoprune.pruning.space import apply_kept
+
+    path = Path(path)
+    directory = path.parent if path.name == "spec.json" else path
+    spec = json.loads((directory / "spec.json").read_text())
+    if spec.get("format") != SPEC_FORMAT:
+        raise ValueError(f"{directory / 'spec.json'} is not an autoprune subnet spec")
+    if base_model is not None:
+        model = copy.deepcopy(base_model).cpu()
+    elif spec.get("model"):
+        model = create_model(spec["model"], in_channels=spec["in_channels"], num_classes=spec["num_classes"])
+    else:
+        raise ValueError("this subnet was searched from a Python model object: pass base_model=")
+    example = torch.zeros(1, *spec["input_shape"])
+    apply_kept(model.eval(), example, spec["kept"], spec["channels"])
+    state = torch.load(directory / "weights.pt", map_location="cpu", weights_only=True)
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
