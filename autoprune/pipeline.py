@@ -168,7 +168,7 @@ def _prepare(config: SearchConfig, module: nn.Module | None, resume: bool) -> _S
     run.create()
     config.out = str(run.path)
     run.write_config({**asdict(config), "space_config": space_config.to_dict(), "data_summary": data.summary(),
-                      "groups": space.describe()})
+                      "groups": space.describe(), "unprunable_groups": space.unprunable})
     run.write_status(status="running", backend="local", workers=1, started=time.strftime("%Y-%m-%dT%H:%M:%S"))
     holdout = data.holdout.subset(torch.arange(min(config.score_images, len(data.holdout))))
     scoring = DataBundle(data.name, data.train, holdout, data.test, data.num_classes, data.augment)

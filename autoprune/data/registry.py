@@ -193,7 +193,8 @@ def _imagefolder(arg: str | None) -> Arrays:
                 ys.append(label)
         if not xs:
             raise UserError(f"image folder {split_root} holds no images")
-        loaded[split] = (np.stack(xs), np.asarray(ys))
+        images = np.stack(xs)
+        loaded[split] = (images.transpose(0, 3, 1, 2) if images.ndim == 4 else images, np.asarray(ys))
     if "all" in loaded:
         x, y = loaded["all"]
         order = np.random.default_rng(0).permutation(len(y))

@@ -51,7 +51,7 @@ class _LayerShape:
     kind: str  # conv | depthwise | linear | norm | other
     in_dim: int = 0
     out_dim: int = 0
-    kernel: int = 0  # weights per (input, output) channel pair
+    kernel: int = 0  # weights per (input, output) channel pair; divided by the groups of a grouped conv
     positions: int = 0  # output positions (conv) or tokens (linear) per image
     has_bias: bool = False
     fixed_params: int = 0  # parameters of layers not modelled by width
@@ -75,7 +75,7 @@ class PruningSpace:
         self.config = config or SpaceConfig()
         self.criterion = criterion
         self.seed = seed
-        self.model = model.cpu().eval()
+        self.model = copy.deepcopy(model).cpu().eval()
         self.example_input = example_input[:1].detach().cpu()
         names = {m: n for n, m in self.model.named_modules()}
         self._shapes, classifier = _trace_shapes(self.model, self.example_input, names)
@@ -83,12 +83,17 @@ class PruningSpace:
         graph = _build_graph(self.model, self.example_input)
         score = get_criterion(criterion, seed)
         self.groups: list[Group] = []
+        self.unprunable: dict[str, str] = {}
         # group name -> [(module name, "in"/"out", units per channel)]
         self._effects: dict[str, list[tuple[str, str, int]]] = {}
         for tp_group in graph.get_all_groups(ignored_layers=ignored, root_module_types=_ROOT_TYPES):
             root = tp_group[0].dep.target.module
             name = names[root]
             if any(fnmatch.fnmatchcase(name, pattern) for pattern in self.config.skip):
+                continue
+            if any(_is_grouped(dep.target.module) for dep, _ in tp_group):
+                # Torch-Pruning cannot cut the channels of a grouped (not depthwise) conv cleanly
+                self.unprunable[name] = "touches a grouped convolution"
                 continue
             channels = len(tp_group[0].idxs)
             low, high = self.config.bounds_for(name)
@@ -101,13 +106,20 @@ class PruningSpace:
                 effects.append((target, dim, len(idxs) // channels))
                 if dim == "out" and target not in members:
                     members.append(target)
-            with torch.no_grad():
-                importance = score(tp_group)
+            try:
+                with torch.no_grad():
+                    importance = score(tp_group)
+            except Exception as exc:  # a layer pattern the criterion cannot rank
+                raise UserError(f"criterion '{criterion}' cannot rank the channels of group '{name}': {exc}") from exc
             order = torch.argsort(importance.detach().float().cpu(), stable=True).tolist()
             self.groups.append(Group(name, channels, members, low, high, order))
             self._effects[name] = effects
         if not self.groups:
-            raise UserError("the model has no prunable groups (no conv/linear layers left after skips)")
+            detail = "; ".join(f"{k}: {v}" for k, v in self.unprunable.items())
+            raise UserError(
+                "the model has no prunable groups (no conv/linear layers left after skips)"
+                + (f" ({detail})" if detail else "")
+            )
         self._by_name = {g.name: g for g in self.groups}
         self.base_cost = self.cost({})
 
@@ -156,7 +168,7 @@ class PruningSpace:
             elif s.kind == "norm":
                 params += 2 * out_dim if s.has_bias else out_dim
             params += s.fixed_params
-        return Cost(int(macs), int(params))
+        return Cost(int(round(macs)), int(round(params)))
 
     def uniform_ratios(self, ratio: float) -> dict[str, float]:
         return {g.name: min(max(ratio, g.low), g.high) for g in self.groups}
@@ -223,6 +235,14 @@ def apply_kept(
     return model
 
 
+def _is_grouped(module: nn.Module) -> bool:
+    return (
+        isinstance(module, nn.Conv2d)
+        and module.groups > 1
+        and not (module.groups == module.in_channels == module.out_channels)
+    )
+
+
 def _out_width(module: nn.Module) -> int:
     return module.out_channels if isinstance(module, nn.Conv2d) else module.out_features
 
@@ -280,7 +300,8 @@ def _shape_of(module: nn.Module, inp: torch.Tensor, out: torch.Tensor) -> _Layer
             return _LayerShape("conv", module.in_channels, module.out_channels, kernel, positions, bias)
         if module.groups == module.in_channels == module.out_channels:
             return _LayerShape("depthwise", 1, module.out_channels, kernel, positions, bias)
-        return _LayerShape("other", fixed_params=own)  # grouped convs are rare: counted as they are
+        # other grouped convs: each output sees in/groups inputs; the group count stays
+        return _LayerShape("conv", module.in_channels, module.out_channels, kernel / module.groups, positions, bias)
     if isinstance(module, nn.Linear):
         tokens = out.numel() // out.shape[-1]
         return _LayerShape("linear", module.in_features, module.out_features, 1, tokens, module.bias is not None)

@@ -1,0 +1,45 @@
+"""A tiny learnable data set and a baseline trained on it, shared by the end-to-end tests."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from autoprune.cli import main
+
+
+def _images(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """4 classes of 16x16 gray images: a bright square in the class's quadrant, plus noise."""
+    y = rng.integers(0, 4, n)
+    x = rng.integers(0, 60, (n, 16, 16)).astype(np.uint8)
+    for i, label in enumerate(y):
+        r, c = divmod(int(label), 2)
+        x[i, r * 8 + 2 : r * 8 + 6, c * 8 + 2 : c * 8 + 6] += 180
+    return x, y
+
+
+@pytest.fixture(scope="session")
+def tiny_npz(tmp_path_factory) -> str:
+    rng = np.random.default_rng(0)
+    x_train, y_train = _images(640, rng)
+    x_test, y_test = _images(200, rng)
+    path = tmp_path_factory.mktemp("data") / "tiny.npz"
+    np.savez(path, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
+    return f"npz:{path}"
+
+
+@pytest.fixture(scope="session")
+def tiny_weights(tiny_npz, tmp_path_factory) -> str:
+    out = tmp_path_factory.mktemp("weights") / "resnet20.pt"
+    code = main(["train", "--model", "resnet20", "--data", tiny_npz, "--epochs", "3", "--holdout", "120",
+                 "--batch-size", "64", "--out", str(out), "--quiet"])
+    assert code == 0
+    return str(out)
+
+
+@pytest.fixture
+def search_args(tiny_npz, tiny_weights):
+    """Arguments of a small but complete search on the tiny data."""
+    return ["search", "--model", "resnet20", "--data", tiny_npz, "--weights", tiny_weights,
+            "--budget", "50%flops", "--holdout", "120", "--batch-size", "64", "--calib-batches", "2",
+            "--score-images", "120", "--finetune-epochs", "0.3", "--quiet"]

@@ -1,0 +1,84 @@
+"""Bad input stops before any work: one line 'autoprune: error: ...', exit code 2, nothing written."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from autoprune.cli import main
+from autoprune.models import create_model
+
+
+def _run(args, capsys) -> tuple[int, list[str]]:
+    try:
+        code = main(args)
+    except SystemExit as exc:  # argparse's own errors
+        code = exc.code
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    return code, lines
+
+
+def _replace(args: list[str], flag: str, value: str) -> list[str]:
+    args = list(args)
+    if flag in args:
+        args[args.index(flag) + 1] = value
+    else:
+        args += [flag, value]
+    return args
+
+
+@pytest.mark.parametrize(
+    "flag,value,needle",
+    [
+        ("--model", "nosuchnet", "unknown model"),
+        ("--data", "nosuchdata", "unknown data"),
+        ("--data", "fashion-mnist:/nonexistent/dir", "not found"),
+        ("--data", "cifar10:/nonexistent/dir", "not found"),
+        ("--budget", "150%flops", "percentage"),
+        ("--budget", "0%flops", "percentage"),
+        ("--budget", "abc", "not understood"),
+        ("--budget", "1%flops", "cannot be met"),
+        ("--weights", "/nonexistent/w.pt", "not found"),
+        ("--strategy", "nosuch", "invalid choice"),
+        ("--criterion", "nosuch", "invalid choice"),
+        ("--space", "/nonexistent/space.yaml", "not found"),
+    ],
+)
+def test_bad_input_is_one_line(tmp_path, capsys, search_args, flag, value, needle):
+    out = tmp_path / "run"
+    code, lines = _run(_replace(search_args, flag, value) + ["--out", str(out)], capsys)
+    assert code == 2
+    assert len(lines) == 1 and lines[0].startswith("autoprune: error:") and needle in lines[0], lines
+    assert not out.exists()
+
+
+def test_weights_of_another_model(tmp_path, capsys, search_args):
+    weights = tmp_path / "resnet32.pt"
+    torch.save(create_model("resnet32", in_channels=1, num_classes=4).state_dict(), weights)
+    code, lines = _run(_replace(search_args, "--weights", str(weights)) + ["--out", str(tmp_path / "r")], capsys)
+    assert code == 2 and len(lines) == 1 and "do not fit" in lines[0]
+    assert not (tmp_path / "r").exists()
+
+
+def test_out_holding_another_run_needs_resume(tmp_path, capsys, search_args):
+    out = str(tmp_path / "run")
+    assert main(search_args + ["--trials", "1", "--finetune-top", "0", "--out", out]) == 0
+    capsys.readouterr()
+    code, lines = _run(search_args + ["--trials", "1", "--out", out], capsys)
+    assert code == 2 and len(lines) == 1 and "--resume" in lines[0]
+
+
+def test_resume_without_a_run(tmp_path, capsys, search_args):
+    code, lines = _run(search_args + ["--out", str(tmp_path / "none"), "--resume"], capsys)
+    assert code == 2 and len(lines) == 1 and "no run" in lines[0]
+
+
+def test_no_traceback_from_the_console_script(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "autoprune.cli", "search", "--budget", "abc",
+                           "--out", str(tmp_path / "x")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
+    assert "Traceback" not in proc.stderr and proc.stderr.startswith("autoprune: error:")

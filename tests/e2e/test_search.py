@@ -1,0 +1,118 @@
+"""End-to-end searches on tiny data, through the CLI and the Python API."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+import autoprune
+from autoprune.cli import main
+from autoprune.data import load_data
+from autoprune.measure import accuracy
+from autoprune.models import create_model, load_weights
+
+
+def _subnets(run: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(run.glob("subnets/*/spec.json"))]
+
+
+def test_search_writes_a_complete_run(tmp_path, search_args, tiny_npz):
+    run = tmp_path / "run"
+    assert main(search_args + ["--trials", "6", "--finetune-top", "2", "--out", str(run)]) == 0
+
+    for name in ("config.yaml", "run.json", "study.db", "trials.csv", "pareto.csv", "pareto.json",
+                 "pareto.png", "report.md"):
+        assert (run / name).is_file(), name
+    assert json.loads((run / "run.json").read_text())["status"] == "complete"
+    trials = pd.read_csv(run / "trials.csv")
+    assert len(trials) == 6 and list(trials["number"]) == list(range(6))
+    assert any(c.startswith("ratio:") for c in trials.columns)
+
+    pareto = json.loads((run / "pareto.json").read_text())
+    base_macs = pareto["baseline"]["macs"]
+    subnets = _subnets(run)
+    assert 1 <= len(subnets) <= 2
+    data = load_data(tiny_npz, holdout=120, seed=0)
+    for spec in subnets:
+        assert spec["macs"] <= 0.5 * base_macs
+        subnet = autoprune.load_subnet(run / "subnets" / spec["id"])
+        # the reloaded subnet has the searched widths and scores exactly what was recorded
+        assert sum(p.numel() for p in subnet.parameters()) == spec["params"]
+        assert accuracy(subnet, data.test) == spec["test_acc"]
+        state = torch.load(run / "subnets" / spec["id"] / "weights.pt", weights_only=True)
+        assert all(isinstance(v, torch.Tensor) for v in state.values())
+    assert {r["id"] for r in pareto["front"]} <= {s["id"] for s in subnets}
+    assert "baseline" in (run / "report.md").read_text()
+
+
+def test_random_strategy_lands_just_under_budget(tmp_path, search_args):
+    run = tmp_path / "run"
+    args = search_args + ["--strategy", "random", "--trials", "4", "--finetune-top", "1", "--tolerance", "0.03",
+                          "--out", str(run)]
+    assert main(args) == 0
+    trials = pd.read_csv(run / "trials.csv")
+    base = json.loads((run / "pareto.json").read_text())["baseline"]["macs"]
+    assert (trials["state"] == "complete").all()
+    use = trials["macs"] / base
+    assert ((use <= 0.5) & (use >= 0.5 * 0.97)).all(), use.tolist()
+
+
+def test_same_seed_same_search(tmp_path, search_args):
+    frames = []
+    for name in ("a", "b"):
+        assert main(search_args + ["--trials", "4", "--finetune-top", "0", "--out", str(tmp_path / name)]) == 0
+        frames.append(pd.read_csv(tmp_path / name / "trials.csv").drop(columns=["seconds"]))
+    pd.testing.assert_frame_equal(frames[0], frames[1])
+
+
+def test_python_api_with_a_model_object(tmp_path, tiny_npz, tiny_weights):
+    data = load_data(tiny_npz, holdout=120, seed=0)
+    model = create_model("resnet20", in_channels=1, num_classes=data.num_classes)
+    load_weights(model, tiny_weights)
+    result = autoprune.search(model, tiny_npz, budget="40%params", trials=3, finetune_top=1, finetune_epochs=0.2,
+                              holdout=120, batch_size=64, calib_batches=2, score_images=120,
+                              out=str(tmp_path / "api"), quiet=True)
+    assert result.best is not None and len(result.pareto) >= 1
+    assert result.best.params <= 0.4 * result.baseline["params"]
+    subnet = autoprune.load_subnet(result.best.path, base_model=model)
+    assert accuracy(subnet, data.test) == result.best.test_acc
+
+
+def test_resume_after_a_killed_run(tmp_path, search_args):
+    run = tmp_path / "run"
+    args = search_args + ["--trials", "30", "--finetune-top", "1", "--out", str(run)]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "autoprune.cli", *args], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    before = None
+    while time.time() < deadline:
+        if (run / "trials.csv").exists():
+            frame = pd.read_csv(run / "trials.csv")
+            if len(frame) >= 4:
+                before = frame
+                break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert before is not None, "the search never wrote four trials"
+    assert json.loads((run / "run.json").read_text())["status"] == "running"
+
+    assert main(args + ["--resume"]) == 0
+    after = pd.read_csv(run / "trials.csv")
+    finished = after[after["state"].isin(["complete", "infeasible"])]
+    assert len(finished) == 30
+    assert after["number"].is_unique
+    # trials finished before the kill are kept as they were, not run again
+    kept = after.set_index("number").loc[before["number"]]
+    ratio_cols = [c for c in before.columns if c.startswith("ratio:")]
+    pd.testing.assert_frame_equal(kept[ratio_cols].reset_index(drop=True), before[ratio_cols].reset_index(drop=True))
+    assert json.loads((run / "run.json").read_text())["status"] == "complete"

@@ -1,0 +1,103 @@
+import pytest
+
+from autoprune.budget import parse_budget
+from autoprune.errors import UserError
+from autoprune.pruning.space import Cost
+
+BASE = Cost(macs=100_000_000, params=4_000_000)
+
+
+@pytest.mark.parametrize("text", ["50%flops", "50%macs", "50 % FLOPs", "50%MACs"])
+def test_percentage_of_flops_or_macs_is_a_macs_fraction(text):
+    (constraint,) = parse_budget(text).constraints
+    assert constraint.metric == "macs"
+    assert constraint.fraction == pytest.approx(0.5)
+    assert constraint.absolute is None
+    assert constraint.limit(BASE) == pytest.approx(50_000_000)
+
+
+def test_percentage_of_params():
+    (constraint,) = parse_budget("40%params").constraints
+    assert constraint.metric == "params"
+    assert constraint.fraction == pytest.approx(0.4)
+    assert constraint.limit(BASE) == pytest.approx(1_600_000)
+
+
+@pytest.mark.parametrize(
+    "text, metric, absolute",
+    [
+        ("60MMACs", "macs", 6e7),
+        ("120MFLOPs", "macs", 6e7),
+        ("1.5GFLOPs", "macs", 7.5e8),
+        ("500kmacs", "macs", 5e5),
+        ("2.5Mparams", "params", 2.5e6),
+    ],
+)
+def test_absolute_budgets_count_macs_with_flops_twice_macs(text, metric, absolute):
+    (constraint,) = parse_budget(text).constraints
+    assert constraint.metric == metric
+    assert constraint.fraction is None
+    assert constraint.absolute == pytest.approx(absolute)
+    assert constraint.limit(BASE) == pytest.approx(absolute)
+
+
+def test_absolute_limit_does_not_depend_on_the_base():
+    constraint = parse_budget("60MMACs").primary
+    assert constraint.limit(Cost(1, 1)) == constraint.limit(BASE) == pytest.approx(6e7)
+
+
+def test_violation_is_value_over_limit_minus_one():
+    budget = parse_budget("50%flops")
+    assert budget.violations(Cost(75_000_000, 1), BASE) == {"50%flops": pytest.approx(0.5)}
+    assert budget.violations(Cost(25_000_000, 1), BASE) == {"50%flops": pytest.approx(-0.5)}
+
+
+def test_joined_budget_honours_every_constraint():
+    budget = parse_budget("50%flops, 40%params")
+    assert [c.metric for c in budget.constraints] == ["macs", "params"]
+    assert budget.primary.metric == "macs"
+    assert budget.text == "50%flops,40%params"
+
+    assert budget.feasible(Cost(50_000_000, 1_600_000), BASE)
+    assert budget.feasible(Cost(10_000_000, 100_000), BASE)
+
+    over_macs = Cost(50_000_001, 1_000_000)
+    assert not budget.feasible(over_macs, BASE)
+    v = budget.violations(over_macs, BASE)
+    assert v["50%flops"] == pytest.approx(2e-8)
+    assert v["40%params"] == pytest.approx(-0.375)
+
+    over_params = Cost(10_000_000, 2_000_000)
+    assert not budget.feasible(over_params, BASE)
+    v = budget.violations(over_params, BASE)
+    assert v["50%flops"] == pytest.approx(-0.8)
+    assert v["40%params"] == pytest.approx(0.25)
+
+
+def test_mixed_relative_and_absolute_budget():
+    budget = parse_budget("60MMACs,2.5Mparams")
+    assert budget.feasible(Cost(60_000_000, 2_500_000), BASE)
+    assert not budget.feasible(Cost(60_000_000, 2_500_001), BASE)
+    assert not budget.feasible(Cost(60_000_100, 2_000_000), BASE)
+
+
+@pytest.mark.parametrize(
+    "text, fragment",
+    [
+        ("150%flops", "below 100"),
+        ("100%params", "below 100"),
+        ("0%flops", "above 0"),
+        ("0MMACs", "positive"),
+        ("abc", "not understood"),
+        ("50%watts", "not understood"),
+        ("", "empty"),
+        (" , ", "empty"),
+        ("50%flops,60%flops", "same metric twice"),
+        ("50%flops,60MMACs", "same metric twice"),
+        ("8ms", "latency"),
+        ("2.5 ms", "latency"),
+    ],
+)
+def test_bad_budgets_are_user_errors(text, fragment):
+    with pytest.raises(UserError, match=fragment):
+        parse_budget(text)
