@@ -5,21 +5,32 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: demo test venv clean
+FMNIST_DIR := /usr/share/datasets/fashion-mnist
+
+.PHONY: demo test venv data clean
 
 venv: $(VENV)/.installed
 
+# The default data set is Debian's dataset-fashion-mnist; as root it is installed here.
+data:
+	@if [ ! -f $(FMNIST_DIR)/train-images-idx3-ubyte.gz ]; then \
+		if [ "$$(id -u)" = 0 ]; then \
+			apt-get update && apt-get install -y dataset-fashion-mnist; \
+		else \
+			echo "Fashion-MNIST is missing: run  sudo apt-get install -y dataset-fashion-mnist"; exit 1; \
+		fi; \
+	fi
+
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $@
 
-demo: venv
+demo: venv data
 	$(BIN)/autoprune search --budget 50%flops --out results/demo-$$(date +%Y%m%d-%H%M%S)
 
-test: venv
+test: venv data
 	$(BIN)/python -m pytest -q
 
 clean:

@@ -26,18 +26,24 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from autoprune.pruning.criteria import list_criteria
-    from autoprune.search import list_strategies
+    from autoprune.pruning.criteria import describe_criteria
+    from autoprune.search import describe_strategies
+
+    strategies, criteria = describe_strategies(), describe_criteria()
 
     parser = _Parser(prog="autoprune", description="Find how wide each layer of a trained network should be.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    fmt = argparse.ArgumentDefaultsHelpFormatter
 
-    s = sub.add_parser("search", help="search per-group pruning ratios under a budget, fine-tune the best")
+    s = sub.add_parser("search", help="search per-group pruning ratios under a budget, fine-tune the best",
+                       formatter_class=fmt)
     _add_common(s)
     s.add_argument("--budget", default="50%flops", help="e.g. 50%%flops, 40%%params, 60MMACs, 120MFLOPs; join with ','")
     s.add_argument("--weights", default=None, help="state dict of the trained model (default: the shipped one for resnet20 on fashion-mnist)")
-    s.add_argument("--strategy", default="tpe", choices=list_strategies())
-    s.add_argument("--criterion", default="l1", choices=list_criteria())
+    s.add_argument("--strategy", default="tpe", choices=list(strategies),
+                   help="; ".join(f"{k}: {v}" for k, v in strategies.items()))
+    s.add_argument("--criterion", default="l1", choices=list(criteria),
+                   help="filter importance; " + "; ".join(f"{k}: {v}" for k, v in criteria.items()))
     s.add_argument("--space", default=None, help="search-space YAML (default: by model family)")
     s.add_argument("--trials", type=int, default=40)
     s.add_argument("--tolerance", type=float, default=0.02, help="random strategy: accept candidates within this fraction below the budget")
@@ -51,7 +57,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--resume", action="store_true", help="continue the run in --out")
     s.add_argument("--limit-train", type=int, default=None, help="use only this many training images (quick runs)")
 
-    t = sub.add_parser("train", help="train a baseline model and save its state dict")
+    t = sub.add_parser("train", help="train a baseline model and save its state dict", formatter_class=fmt)
     _add_common(t)
     t.add_argument("--epochs", type=float, default=30)
     t.add_argument("--lr", type=float, default=0.1)

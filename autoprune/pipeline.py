@@ -91,7 +91,7 @@ def search(
     config = SearchConfig(model="<python object>" if module else model, data=data, budget=budget, **options)
     started = time.perf_counter()
     setup = _prepare(config, module, resume)  # every check happens here, before any work
-    run, space, data_bundle, budget_obj = setup.run, setup.space, setup.data, setup.budget
+    run, space, budget_obj = setup.run, setup.space, setup.budget
     timings = dict(run.read_status().get("timings", {})) if resume else {}
 
     tic = time.perf_counter()
@@ -265,12 +265,12 @@ def _finetune_phase(config: SearchConfig, setup: _Setup, study: optuna.Study, qu
     scored.sort(key=lambda t: (-t.user_attrs["proxy_acc"], t.number))
     chosen, seen = [], set()
     for t in scored:
+        if len(chosen) >= config.finetune_top:
+            break
         key = tuple(sorted(t.params.items()))
-        if key not in seen:
+        if key not in seen:  # the same ratios proposed twice are one subnet
             seen.add(key)
             chosen.append(t)
-        if len(chosen) == config.finetune_top:
-            break
     records = []
     for rank, t in enumerate(chosen, 1):
         subnet_id = f"t{t.number:04d}"

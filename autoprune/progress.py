@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 from rich.console import Console
 from rich.progress import (
@@ -19,7 +19,7 @@ console = Console(stderr=True)
 
 
 @contextmanager
-def progress_bar(description: str, total: int, *, quiet: bool = False) -> Iterator["Bar"]:
+def progress_bar(description: str, total: int, *, quiet: bool = False) -> Iterator[Bar]:
     """A bar with ``advance(n)`` and ``note(text)``; a no-op when quiet."""
     if quiet:
         yield Bar(None, None)

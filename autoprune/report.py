@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import pandas as pd
 
@@ -80,11 +80,15 @@ def write_report(
         "",
         f"- budget: {budget_text}",
         f"- strategy: {config['strategy']}, criterion: {config['criterion']}, trials: {config['trials']}",
-        f"- scoring: {'adaptive BN' if config['adaptive_bn'] else 'vanilla (no BN recalibration)'}"
-        f" with {config['calib_batches']} calibration batches of {config['batch_size']}, "
-        f"{config['score_images']} held-out training images",
-        f"- fine-tuning: top {config['finetune_top']} for {config['finetune_epochs']} epochs "
-        f"(lr {config['finetune_lr']}, SGD, cosine)",
+        (
+            f"- scoring: {'adaptive BN' if config['adaptive_bn'] else 'vanilla (no BN recalibration)'}"
+            f" with {config['calib_batches']} calibration batches of {config['batch_size']}, "
+            f"{config['score_images']} held-out training images"
+        ),
+        (
+            f"- fine-tuning: top {config['finetune_top']} for {config['finetune_epochs']} epochs "
+            f"(lr {config['finetune_lr']}, SGD, cosine)"
+        ),
         "",
         "MACs count multiply-accumulates of conv and linear layers; FLOPs = 2 x MACs.",
         "",
@@ -92,8 +96,10 @@ def write_report(
         "",
         "| subnet | MACs (M) | MACs % | params (M) | proxy acc | test acc | delta vs baseline | Pareto |",
         "|---|---:|---:|---:|---:|---:|---:|:---:|",
-        f"| baseline | {base_macs / 1e6:.2f} | 100.0 | {base_params / 1e6:.3f} | "
-        f"{baseline['proxy_acc']:.2%} | {baseline['test_acc']:.2%} | | |",
+        (
+            f"| baseline | {base_macs / 1e6:.2f} | 100.0 | {base_params / 1e6:.3f} | "
+            f"{baseline['proxy_acc']:.2%} | {baseline['test_acc']:.2%} | | |"
+        ),
     ]
     for s in sorted(subnets, key=lambda r: -r.test_acc):
         lines.append(

@@ -39,7 +39,7 @@ class RunDir:
         self.path = path
 
     @staticmethod
-    def check(path: str | Path | None, resume: bool) -> "RunDir":
+    def check(path: str | Path | None, resume: bool) -> RunDir:
         """Validate ``--out`` / ``--resume`` before any work; create nothing yet."""
         if path is None:
             if resume:

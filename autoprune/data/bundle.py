@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -20,7 +20,7 @@ class Split:
     def __len__(self) -> int:
         return int(self.y.shape[0])
 
-    def subset(self, index: np.ndarray | torch.Tensor) -> "Split":
+    def subset(self, index: np.ndarray | torch.Tensor) -> Split:
         index = torch.as_tensor(index, dtype=torch.long)
         return Split(self.x[index], self.y[index])
 

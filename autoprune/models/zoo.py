@@ -6,6 +6,8 @@ All end in global average pooling, so any input of at least 8x8 pixels (28x28 Fa
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from torch import nn
 
 from autoprune.models.registry import register_model
@@ -135,7 +137,7 @@ class InvertedResidual(nn.Module):
 
 class CifarMobileNetV2(nn.Module):
     # (expansion, channels, blocks, stride); strides of the first stages are 1 for small images.
-    _CFG = [(1, 16, 1, 1), (6, 24, 2, 1), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)]
+    _CFG: ClassVar[list[tuple[int, int, int, int]]] = [(1, 16, 1, 1), (6, 24, 2, 1), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)]
 
     def __init__(self, in_channels: int, num_classes: int) -> None:
         super().__init__()

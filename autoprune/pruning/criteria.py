@@ -6,7 +6,7 @@ depthwise pair), so importance is computed over all of the group's weights at on
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch_pruning as tp
@@ -27,6 +27,10 @@ def register_criterion(name: str, help: str):
 
 def list_criteria() -> list[str]:
     return sorted(_CRITERIA)
+
+
+def describe_criteria() -> dict[str, str]:
+    return {name: _CRITERIA[name][1] for name in list_criteria()}
 
 
 def get_criterion(name: str, seed: int = 0) -> Criterion:

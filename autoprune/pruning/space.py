@@ -12,8 +12,8 @@ from __future__ import annotations
 import copy
 import fnmatch
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
 
 import torch
 import torch_pruning as tp
@@ -51,7 +51,7 @@ class _LayerShape:
     kind: str  # conv | depthwise | linear | norm | other
     in_dim: int = 0
     out_dim: int = 0
-    kernel: int = 0  # weights per (input, output) channel pair; divided by the groups of a grouped conv
+    kernel: float = 0  # weights per (input, output) channel pair; divided by the groups of a grouped conv
     positions: int = 0  # output positions (conv) or tokens (linear) per image
     has_bias: bool = False
     fixed_params: int = 0  # parameters of layers not modelled by width
@@ -140,7 +140,7 @@ class PruningSpace:
                 kept[g.name] = g.channels
                 continue
             k = g.channels * (1.0 - ratio)
-            k = int(max(step, round(k / step) * step)) if step > 1 else int(round(k))
+            k = int(max(step, round(k / step) * step)) if step > 1 else round(k)
             kept[g.name] = max(min(k, g.channels), min(floor, g.channels), 1)
         return kept
 
@@ -168,7 +168,7 @@ class PruningSpace:
             elif s.kind == "norm":
                 params += 2 * out_dim if s.has_bias else out_dim
             params += s.fixed_params
-        return Cost(int(round(macs)), int(round(params)))
+        return Cost(round(macs), round(params))
 
     def uniform_ratios(self, ratio: float) -> dict[str, float]:
         return {g.name: min(max(ratio, g.low), g.high) for g in self.groups}

@@ -7,8 +7,8 @@ resume logic and one trials schema; they differ in how the next candidate is cho
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import optuna
 
@@ -71,6 +71,10 @@ def register_strategy(name: str, help: str):
 
 def list_strategies() -> list[str]:
     return sorted(_STRATEGIES)
+
+
+def describe_strategies() -> dict[str, str]:
+    return {name: _STRATEGIES[name][1] for name in list_strategies()}
 
 
 def get_strategy(name: str, context: SearchContext) -> Strategy:

@@ -78,7 +78,7 @@ def test_resume_without_a_run(tmp_path, capsys, search_args):
 
 def test_no_traceback_from_the_console_script(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "autoprune.cli", "search", "--budget", "abc",
-                           "--out", str(tmp_path / "x")], capture_output=True, text=True, timeout=120)
+                           "--out", str(tmp_path / "x")], capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
     assert "Traceback" not in proc.stderr and proc.stderr.startswith("autoprune: error:")
