@@ -27,7 +27,7 @@ from autoprune.progress import console, progress_bar
 from autoprune.pruning.config import load_space_config
 from autoprune.pruning.criteria import get_criterion
 from autoprune.pruning.space import PruningSpace
-from autoprune.report import pareto_front, plot_pareto, write_report
+from autoprune.report import export_run
 from autoprune.results import STUDY_NAME, RunDir, SubnetRecord, save_subnet, trials_frame
 from autoprune.search import SearchContext, get_strategy
 from autoprune.train import train
@@ -105,20 +105,14 @@ def search(
     timings["fine-tune"] = timings.get("fine-tune", 0.0) + time.perf_counter() - tic
     timings["setup"] = setup.seconds
 
-    front = pareto_front(subnets)
-    pareto = pd.DataFrame([s.row() for s in front])
-    run.write_table("pareto.csv", pareto)
-    run.write_json("pareto.json", {"budget": config.budget, "baseline": setup.baseline,
-                                   "front": [asdict(s) for s in front]})
-    limit = budget_obj.primary.limit(space.base_cost) if budget_obj.primary.metric == "macs" else None
-    plot_pareto(run.path / "pareto.png", trials, subnets, front, setup.baseline, limit)
     timings["total"] = timings.get("total", 0.0) + time.perf_counter() - started
-    write_report(run.path / "report.md", config=asdict(config), budget_text=budget_obj.describe(space.base_cost),
-                 baseline=setup.baseline, subnets=subnets, front=front, trials=trials, timings=timings)
+    front = export_run(run.path, config=asdict(config), budget=budget_obj, base=space.base_cost,
+                       baseline=setup.baseline, trials=trials, subnets=subnets, timings=timings)
     run.write_status(status="complete", timings=timings, finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
     if not quiet:
         _print_summary(setup.baseline, subnets, front, run)
     best = max(subnets, key=lambda s: s.test_acc) if subnets else None
+    pareto = pd.DataFrame([s.row() for s in front])
     return SearchResult(run.path, setup.baseline, subnets, pareto, trials, best)
 
 

@@ -2,12 +2,39 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 
 import pandas as pd
 
+from autoprune.budget import Budget
+from autoprune.pruning.space import Cost
 from autoprune.results import SubnetRecord
+
+
+def export_run(
+    run_dir: Path,
+    *,
+    config: dict,
+    budget: Budget,
+    base: Cost,
+    baseline: dict,
+    trials: pd.DataFrame,
+    subnets: Sequence[SubnetRecord],
+    timings: dict[str, float],
+) -> list[SubnetRecord]:
+    """Write pareto.csv/.json, pareto.png and report.md; return the front."""
+    front = pareto_front(subnets)
+    pd.DataFrame([s.row() for s in front]).to_csv(run_dir / "pareto.csv", index=False)
+    payload = {"budget": config["budget"], "baseline": baseline, "front": [asdict(s) for s in front]}
+    (run_dir / "pareto.json").write_text(json.dumps(payload, indent=2) + "\n")
+    limit = budget.primary.limit(base) if budget.primary.metric == "macs" else None
+    plot_pareto(run_dir / "pareto.png", trials, subnets, front, baseline, limit)
+    write_report(run_dir / "report.md", config=config, budget_text=budget.describe(base), baseline=baseline,
+                 subnets=subnets, front=front, trials=trials, timings=timings)
+    return front
 
 
 def pareto_front(records: Sequence[SubnetRecord]) -> list[SubnetRecord]:

@@ -85,9 +85,6 @@ class RunDir:
         frame.to_csv(tmp, index=False)
         os.replace(tmp, self.path / name)
 
-    def write_json(self, name: str, payload: Any) -> None:
-        _atomic_write(self.path / name, json.dumps(payload, indent=2) + "\n")
-
     def subnet_dir(self, subnet_id: str) -> Path:
         return self.path / "subnets" / subnet_id
 

@@ -1,3 +1,5 @@
+import json
+
 import pytest
 import torch
 from torch import nn
@@ -170,3 +172,14 @@ def test_load_weights_of_something_else(tmp_path):
     torch.save([1, 2, 3], path)
     with pytest.raises(UserError, match="not a state dict"):
         load_weights(nn.Linear(2, 2), path)
+
+
+def test_shipped_baseline_fits_resnet20_on_fashion_mnist():
+    from autoprune.pipeline import SHIPPED_WEIGHTS
+
+    path = SHIPPED_WEIGHTS[("resnet20", "fashion-mnist")]
+    model = create_model("resnet20", in_channels=1, num_classes=10)
+    load_weights(model, path)
+    meta = json.loads(path.with_suffix(".json").read_text())
+    assert meta["model"] == "resnet20" and meta["data"] == "fashion-mnist"
+    assert meta["test_acc"] > 0.85
