@@ -26,8 +26,11 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from autoprune.pipeline import SearchConfig
     from autoprune.pruning.criteria import describe_criteria
     from autoprune.search import describe_strategies
+
+    d = SearchConfig()  # the one home of the search defaults
 
     strategies, criteria = describe_strategies(), describe_criteria()
 
@@ -38,21 +41,21 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("search", help="search per-group pruning ratios under a budget, fine-tune the best",
                        formatter_class=fmt)
     _add_common(s)
-    s.add_argument("--budget", default="50%flops", help="e.g. 50%%flops, 40%%params, 60MMACs, 120MFLOPs; join with ','")
+    s.add_argument("--budget", default=d.budget, help="e.g. 50%%flops, 40%%params, 60MMACs, 120MFLOPs; join with ','")
     s.add_argument("--weights", default=None, help="state dict of the trained model (default: the shipped one for resnet20 on fashion-mnist)")
-    s.add_argument("--strategy", default="tpe", choices=list(strategies),
+    s.add_argument("--strategy", default=d.strategy, choices=list(strategies),
                    help="; ".join(f"{k}: {v}" for k, v in strategies.items()))
-    s.add_argument("--criterion", default="l1", choices=list(criteria),
+    s.add_argument("--criterion", default=d.criterion, choices=list(criteria),
                    help="filter importance; " + "; ".join(f"{k}: {v}" for k, v in criteria.items()))
     s.add_argument("--space", default=None, help="search-space YAML (default: by model family)")
-    s.add_argument("--trials", type=int, default=40)
-    s.add_argument("--tolerance", type=float, default=0.02, help="random strategy: accept candidates within this fraction below the budget")
-    s.add_argument("--calib-batches", type=int, default=20, help="training batches for adaptive-BN recalibration")
-    s.add_argument("--score-images", type=int, default=2000, help="held-out images used to score a candidate")
+    s.add_argument("--trials", type=int, default=d.trials)
+    s.add_argument("--tolerance", type=float, default=d.tolerance, help="random strategy: accept candidates within this fraction below the budget")
+    s.add_argument("--calib-batches", type=int, default=d.calib_batches, help="training batches for adaptive-BN recalibration")
+    s.add_argument("--score-images", type=int, default=d.score_images, help="held-out images used to score a candidate")
     s.add_argument("--no-adaptive-bn", dest="adaptive_bn", action="store_false", help="score without recalibrating BN (for comparison)")
-    s.add_argument("--finetune-top", type=int, default=3, help="fine-tune the best K feasible candidates")
-    s.add_argument("--finetune-epochs", type=float, default=1.0, help="fractions allowed, e.g. 0.1")
-    s.add_argument("--finetune-lr", type=float, default=0.01)
+    s.add_argument("--finetune-top", type=int, default=d.finetune_top, help="fine-tune the best K feasible candidates")
+    s.add_argument("--finetune-epochs", type=float, default=d.finetune_epochs, help="fractions allowed, e.g. 0.1")
+    s.add_argument("--finetune-lr", type=float, default=d.finetune_lr)
     s.add_argument("--out", default=None, help="run directory (default results/<timestamp>)")
     s.add_argument("--resume", action="store_true", help="continue the run in --out")
     s.add_argument("--limit-train", type=int, default=None, help="use only this many training images (quick runs)")

@@ -30,6 +30,7 @@ from autoprune.pruning.space import PruningSpace
 from autoprune.report import export_run
 from autoprune.results import STUDY_NAME, RunDir, SubnetRecord, save_subnet, trials_frame
 from autoprune.search import SearchContext, get_strategy
+from autoprune.specs import absolute_spec
 from autoprune.train import train
 
 SHIPPED_WEIGHTS = {("resnet20", "fashion-mnist"): Path(__file__).parent / "checkpoints" / "resnet20_fashion-mnist.pt"}
@@ -50,7 +51,7 @@ class SearchConfig:
     score_images: int = 2000
     adaptive_bn: bool = True
     finetune_top: int = 3
-    finetune_epochs: float = 1.0
+    finetune_epochs: float = 0.5
     finetune_lr: float = 0.01
     batch_size: int = 128
     holdout: int = 5000
@@ -131,6 +132,9 @@ def _prepare(config: SearchConfig, module: nn.Module | None, resume: bool) -> _S
     """Validate everything the user gave, then create the run directory and measure the baseline."""
     tic = time.perf_counter()
     run = RunDir.check(config.out, resume)
+    config.model, config.data = absolute_spec(config.model), absolute_spec(config.data)
+    if config.weights is not None:
+        config.weights = str(Path(config.weights).expanduser().resolve())
     if resume:
         _check_resume_config(run, config)
     budget = parse_budget(config.budget)
@@ -194,17 +198,21 @@ def _load_model(config: SearchConfig, data: DataBundle) -> nn.Module:
     return model.eval()
 
 
+# The settings that define a run's search; --trials and the fine-tuning options may change on resume.
+_RUN_IDENTITY = ("model", "data", "budget", "strategy", "criterion", "seed", "weights", "space", "calib_batches",
+                 "score_images", "adaptive_bn", "tolerance", "holdout", "limit_train", "batch_size")
+
+
 def _check_resume_config(run: RunDir, config: SearchConfig) -> None:
-    saved = run.read_config()
-    for key in ("model", "data", "budget", "strategy", "criterion", "seed"):
-        if key in saved and saved[key] != getattr(config, key) and getattr(config, key) != SearchConfig.__dataclass_fields__[key].default:
-            raise UserError(f"--resume: {key} differs from the run's ({saved[key]!r}); resume with the same settings")
-        if key in saved:
-            setattr(config, key, saved[key])
-    for key in ("weights", "space", "calib_batches", "score_images", "adaptive_bn", "tolerance", "holdout",
-                "limit_train", "batch_size"):
-        if key in saved:
-            setattr(config, key, saved[key])
+    """A resumed run keeps its own settings; one given explicitly that differs is an error."""
+    saved, defaults = run.read_config(), SearchConfig()
+    for key in _RUN_IDENTITY:
+        if key not in saved:
+            continue
+        given = getattr(config, key)
+        if given != getattr(defaults, key) and given != saved[key]:
+            raise UserError(f"--resume: {key} {given!r} differs from the run's {saved[key]!r}")
+        setattr(config, key, saved[key])
 
 
 def _search_phase(config: SearchConfig, setup: _Setup, quiet: bool) -> optuna.Study:

@@ -21,6 +21,16 @@ def is_callable_spec(spec: str) -> bool:
     return bool(attr) and attr.isidentifier() and (target.endswith(".py") or "." in target or target.isidentifier())
 
 
+def absolute_spec(spec: str) -> str:
+    """``file.py:factory`` with the file's absolute path, so a saved spec works from any directory."""
+    if not is_callable_spec(spec):
+        return spec
+    target, _, attr = spec.rpartition(":")
+    if not target.endswith(".py"):
+        return spec
+    return f"{Path(target).expanduser().resolve()}:{attr}"
+
+
 def load_callable(spec: str, what: str) -> Callable[..., Any]:
     target, _, attr = spec.rpartition(":")
     if target.endswith(".py"):

@@ -57,7 +57,7 @@ class AdaptiveBNEvaluator:
         device: str = "cpu",
         seed: int = 0,
         adaptive: bool = True,
-        eval_batch_size: int = 500,
+        eval_batch_size: int = 256,
     ) -> None:
         self.adaptive = adaptive
         self.device = device

@@ -55,6 +55,13 @@ def test_bad_input_is_one_line(tmp_path, capsys, search_args, flag, value, needl
     assert not out.exists()
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="there is a GPU here")
+def test_cuda_without_a_gpu(tmp_path, capsys, search_args):
+    code, lines = _run(search_args + ["--device", "cuda", "--out", str(tmp_path / "r")], capsys)
+    assert code == 2 and len(lines) == 1 and "no CUDA GPU" in lines[0]
+    assert not (tmp_path / "r").exists()
+
+
 def test_weights_of_another_model(tmp_path, capsys, search_args):
     weights = tmp_path / "resnet32.pt"
     torch.save(create_model("resnet32", in_channels=1, num_classes=4).state_dict(), weights)
@@ -69,6 +76,8 @@ def test_out_holding_another_run_needs_resume(tmp_path, capsys, search_args):
     capsys.readouterr()
     code, lines = _run(search_args + ["--trials", "1", "--out", out], capsys)
     assert code == 2 and len(lines) == 1 and "--resume" in lines[0]
+    code, lines = _run(_replace(search_args, "--budget", "30%flops") + ["--out", out, "--resume"], capsys)
+    assert code == 2 and len(lines) == 1 and "differs from the run's" in lines[0]
 
 
 def test_resume_without_a_run(tmp_path, capsys, search_args):
