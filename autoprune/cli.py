@@ -50,6 +50,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--space", default=None, help="search-space YAML (default: by model family)")
     s.add_argument("--trials", type=int, default=d.trials)
     s.add_argument("--tolerance", type=float, default=d.tolerance, help="random strategy: accept candidates within this fraction below the budget")
+    s.add_argument("--warm-start", action="store_true",
+                   help="first try the uniform per-group ratio that meets the budget")
     s.add_argument("--calib-batches", type=int, default=d.calib_batches, help="training batches for adaptive-BN recalibration")
     s.add_argument("--score-images", type=int, default=d.score_images, help="held-out images used to score a candidate")
     s.add_argument("--no-adaptive-bn", dest="adaptive_bn", action="store_false", help="score without recalibrating BN (for comparison)")

@@ -11,6 +11,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import optuna
 import pandas as pd
 import torch
@@ -23,13 +24,14 @@ from autoprune.device import resolve_device
 from autoprune.errors import UserError
 from autoprune.measure import AdaptiveBNEvaluator, accuracy
 from autoprune.models import create_model, load_weights, model_family
+from autoprune.pareto import non_dominated
 from autoprune.progress import console, progress_bar
 from autoprune.pruning.config import load_space_config
 from autoprune.pruning.criteria import get_criterion
 from autoprune.pruning.space import PruningSpace
 from autoprune.report import export_run
 from autoprune.results import STUDY_NAME, RunDir, SubnetRecord, save_subnet, trials_frame
-from autoprune.search import SearchContext, get_strategy
+from autoprune.search import SearchContext, Strategy, get_strategy
 from autoprune.specs import absolute_spec
 from autoprune.train import train
 
@@ -47,6 +49,7 @@ class SearchConfig:
     space: str | None = None
     trials: int = 40
     tolerance: float = 0.02
+    warm_start: bool = False
     calib_batches: int = 20
     score_images: int = 2000
     adaptive_bn: bool = True
@@ -123,6 +126,7 @@ class _Setup:
     data: DataBundle
     space: PruningSpace
     budget: Budget
+    strategy: Strategy
     evaluator: AdaptiveBNEvaluator
     baseline: dict
     seconds: float
@@ -153,8 +157,8 @@ def _prepare(config: SearchConfig, module: nn.Module | None, resume: bool) -> _S
     model = module if module is not None else _load_model(config, data)
     space_config = load_space_config(config.space, None if module is not None else model_family(config.model))
     space = PruningSpace(model, data.example_input(), space_config, criterion=config.criterion, seed=config.seed)
-    strategy_context = SearchContext(space, budget, config.seed, config.tolerance)
-    get_strategy(config.strategy, strategy_context)
+    strategy = get_strategy(config.strategy, SearchContext(space, budget, config.seed, config.tolerance,
+                                                           config.warm_start, config.trials))
     smallest = space.smallest_cost()
     if not budget.feasible(smallest, space.base_cost):
         raise UserError(
@@ -179,7 +183,7 @@ def _prepare(config: SearchConfig, module: nn.Module | None, resume: bool) -> _S
         "test_acc": accuracy(model, data.test, device=config.device),
     }
     model.cpu()
-    return _Setup(run, data, space, budget, evaluator, baseline, time.perf_counter() - tic)
+    return _Setup(run, data, space, budget, strategy, evaluator, baseline, time.perf_counter() - tic)
 
 
 def _load_model(config: SearchConfig, data: DataBundle) -> nn.Module:
@@ -218,10 +222,11 @@ def _check_resume_config(run: RunDir, config: SearchConfig) -> None:
 def _search_phase(config: SearchConfig, setup: _Setup, quiet: bool) -> optuna.Study:
     """Ask the strategy for candidates until ``config.trials`` trials are complete."""
     space, budget, base = setup.space, setup.budget, setup.space.base_cost
-    strategy = get_strategy(config.strategy, SearchContext(space, budget, config.seed, config.tolerance))
+    strategy = setup.strategy
     optuna.logging.set_verbosity(logging.WARNING)
-    study = optuna.create_study(storage=setup.run.storage_url, study_name=STUDY_NAME, direction="maximize",
-                                sampler=strategy.sampler(), load_if_exists=True)
+    study = optuna.create_study(storage=setup.run.storage_url, study_name=STUDY_NAME,
+                                directions=list(strategy.directions), sampler=strategy.sampler(),
+                                load_if_exists=True)
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,
                                                        optuna.trial.TrialState.WAITING)):
         # left behind by a killed run: close it so it is neither counted nor repeated
@@ -248,7 +253,7 @@ def _search_phase(config: SearchConfig, setup: _Setup, quiet: bool) -> optuna.St
                 trial.set_user_attr("proxy_acc", proxy)
                 best = max(best, proxy)
             trial.set_user_attr("seconds", round(time.perf_counter() - tic, 4))
-            study.tell(trial, proxy)
+            study.tell(trial, strategy.objectives(proxy, cost))
             setup.run.write_table("trials.csv", trials_frame(study, space.group_names))
             done += 1
             bar.advance()
@@ -262,17 +267,8 @@ def _complete_count(study: optuna.Study) -> int:
 
 def _finetune_phase(config: SearchConfig, setup: _Setup, study: optuna.Study, quiet: bool) -> list[SubnetRecord]:
     """Fine-tune the best feasible candidates and measure them on the test split."""
-    scored = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-              if t.user_attrs.get("feasible") and t.user_attrs.get("proxy_acc") is not None]
-    scored.sort(key=lambda t: (-t.user_attrs["proxy_acc"], t.number))
-    chosen, seen = [], set()
-    for t in scored:
-        if len(chosen) >= config.finetune_top:
-            break
-        key = tuple(sorted(t.params.items()))
-        if key not in seen:  # the same ratios proposed twice are one subnet
-            seen.add(key)
-            chosen.append(t)
+    chosen = choose_for_finetune(study, config.finetune_top, setup.budget.primary.metric,
+                                 spread=setup.strategy.spread_finetune)
     records = []
     for rank, t in enumerate(chosen, 1):
         subnet_id = f"t{t.number:04d}"
@@ -302,6 +298,25 @@ def _finetune_phase(config: SearchConfig, setup: _Setup, study: optuna.Study, qu
         save_subnet(directory, subnet.cpu(), spec)
         records.append(_record_from_spec(directory))
     return records
+
+
+def choose_for_finetune(study: optuna.Study, k: int, metric: str, *, spread: bool) -> list[optuna.trial.FrozenTrial]:
+    """The K candidates worth fine-tuning: the best proxies, or (``spread``) the best one plus
+    K-1 spread evenly in cost along the proxy-vs-cost front. Identical ratios count once."""
+    unique: dict[tuple, optuna.trial.FrozenTrial] = {}
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        if t.user_attrs.get("feasible") and t.user_attrs.get("proxy_acc") is not None:
+            unique.setdefault(tuple(sorted(t.params.items())), t)
+    ranked = sorted(unique.values(), key=lambda t: (-t.user_attrs["proxy_acc"], t.number))
+    if not spread or k <= 1:
+        return ranked[:k]
+    front = non_dominated(ranked, lambda t: t.user_attrs["proxy_acc"], lambda t: t.user_attrs[metric])
+    chosen = ranked[:1]
+    for index in np.linspace(0, len(front) - 1, num=min(k - 1, len(front))).round().astype(int):
+        if front[index] not in chosen:
+            chosen.append(front[index])
+    chosen += [t for t in ranked if t not in chosen][: k - len(chosen)]
+    return chosen
 
 
 def _record_from_spec(directory: Path) -> SubnetRecord:

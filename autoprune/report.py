@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from autoprune.budget import Budget
+from autoprune.pareto import non_dominated
 from autoprune.pruning.space import Cost
 from autoprune.results import SubnetRecord
 
@@ -38,16 +39,8 @@ def export_run(
 
 
 def pareto_front(records: Sequence[SubnetRecord]) -> list[SubnetRecord]:
-    """Subnets not beaten on both test accuracy (higher) and MACs (lower), cheapest first."""
-    front = []
-    for r in records:
-        dominated = any(
-            (o.test_acc >= r.test_acc and o.macs <= r.macs) and (o.test_acc > r.test_acc or o.macs < r.macs)
-            for o in records
-        )
-        if not dominated:
-            front.append(r)
-    return sorted(front, key=lambda r: r.macs)
+    """Fine-tuned subnets not beaten on both test accuracy and MACs, cheapest first."""
+    return non_dominated(records, lambda r: r.test_acc, lambda r: r.macs)
 
 
 def plot_pareto(
@@ -148,6 +141,12 @@ def write_report(
         lines.append(
             f"- proxy accuracy of scored candidates: best {scored['proxy_acc'].max():.2%}, "
             f"median {scored['proxy_acc'].median():.2%}; median {scored['seconds'].median():.2f} s per candidate"
+        )
+    draws = trials["draws"].dropna() if "draws" in trials else []
+    if len(draws):
+        lines.append(
+            f"- random sampling: {len(draws)} candidates from {int(draws.sum())} draws "
+            f"(acceptance {len(draws) / draws.sum():.1%})"
         )
     lines += ["", "## Time spent", "", "| phase | seconds |", "|---|---:|"]
     lines += [f"| {phase} | {seconds:.1f} |" for phase, seconds in timings.items()]

@@ -90,7 +90,7 @@ class RunDir:
 
 
 def trials_frame(study: optuna.Study, group_names: list[str]) -> pd.DataFrame:
-    """The trials table: number, state, ratios per group, cost, proxy accuracy, seconds."""
+    """The trials table: number, state, cost, proxy accuracy, seconds, random draws, ratio per group."""
     rows = []
     for t in study.trials:
         attrs = t.user_attrs
@@ -104,13 +104,16 @@ def trials_frame(study: optuna.Study, group_names: list[str]) -> pd.DataFrame:
             "params": attrs.get("params"),
             "proxy_acc": attrs.get("proxy_acc"),
             "seconds": attrs.get("seconds"),
+            "draws": attrs.get("draws"),
         }
         for name in group_names:
-            row[f"ratio:{name}"] = t.params.get(name)
+            ratio = t.params.get(name)
+            row[f"ratio:{name}"] = None if ratio is None else round(ratio, 6)
         if "error" in attrs:
             row["error"] = attrs["error"]
         rows.append(row)
-    columns = ["number", "state", "macs", "params", "proxy_acc", "seconds"] + [f"ratio:{n}" for n in group_names]
+    columns = ["number", "state", "macs", "params", "proxy_acc", "seconds", "draws"]
+    columns += [f"ratio:{n}" for n in group_names]
     frame = pd.DataFrame(rows)
     return frame.reindex(columns=columns + [c for c in frame.columns if c not in columns])
 

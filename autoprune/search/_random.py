@@ -1,55 +1,46 @@
-"""EagleEye's random search: uniform per-group ratios, kept only when the cost lands just under budget."""
+"""EagleEye's random search: random per-group ratios that land just under the budget."""
 
 from __future__ import annotations
 
 import numpy as np
 import optuna
 
-from autoprune.search.base import Strategy, ratio_grid, register_strategy, suggest_ratios
+from autoprune.search.base import Strategy, ask_fixed, register_strategy, scale_to_budget
 
-MAX_DRAWS = 20000
+MAX_DRAWS = 1000
 
 
-@register_strategy("random", "EagleEye: uniform random ratios, accepted within --tolerance below the budget")
+@register_strategy("random", "EagleEye: random per-group ratios, landing within --tolerance below the budget")
 class RandomStrategy(Strategy):
-    """Rejection sampling on the exact cost model, so rejected draws cost microseconds, not trials.
+    """Random candidates in the budget band by construction.
 
-    A draw is accepted when every constraint holds and the primary one is used to at least
-    ``1 - tolerance`` of its limit. The generator is seeded by (seed, trial number), so a resumed
-    run draws the same candidates as an uninterrupted one.
+    EagleEye draws ratios uniformly and rejects all but those within a tolerance of the target
+    (about 4% accepted at +-2% of 50% MACs on ResNet-20, 1% at +-0.5%). Here each draw is a
+    uniform random direction over the groups, scaled by bisection on the exact cost model until
+    it meets the budget; the grid can still leave a draw short of the band, and such draws are
+    rejected. The generator is seeded by (seed, trial number), so a resumed run draws the same
+    candidates as an uninterrupted one.
     """
 
     def sampler(self) -> optuna.samplers.BaseSampler:
         return optuna.samplers.RandomSampler(seed=self.context.seed)
 
-    def ask(self, study: optuna.Study) -> tuple[optuna.Trial, dict[str, float]]:
+    def propose(self, study: optuna.Study) -> tuple[optuna.Trial, dict[str, float]]:
         ctx = self.context
         space, budget, base = ctx.space, ctx.budget, ctx.space.base_cost
         rng = np.random.default_rng([ctx.seed, len(study.trials)])
-        grids = [np.arange(*_bounds(g.low, g.high, space.config.step)) for g in space.groups]
         limit = budget.primary.limit(base)
         best, best_use = None, -1.0
-        draws = 0
         for draws in range(1, MAX_DRAWS + 1):
-            ratios = {g.name: float(rng.choice(grid)) for g, grid in zip(space.groups, grids)}
-            cost = space.cost(ratios)
-            if not budget.feasible(cost, base):
+            direction = {g.name: float(rng.uniform(g.low, g.high)) for g in space.groups}
+            ratios = scale_to_budget(ctx, direction)
+            if ratios is None:
                 continue
-            use = getattr(cost, budget.primary.metric) / limit
+            use = getattr(space.cost(ratios), budget.primary.metric) / limit
             if use > best_use:
                 best, best_use = ratios, use
             if use >= 1.0 - ctx.tolerance:
                 break
         if best is None:
-            raise RuntimeError(f"no feasible candidate in {MAX_DRAWS} random draws")
-        study.enqueue_trial(
-            {k: round(v, 6) for k, v in best.items()},
-            user_attrs={"draws": draws, "budget_use": round(best_use, 4)},
-        )
-        trial = study.ask()
-        return trial, suggest_ratios(trial, space)
-
-
-def _bounds(low: float, high: float, step: float) -> tuple[float, float, float]:
-    low, high = ratio_grid(low, high, step)
-    return low, high + step / 2, step
+            raise RuntimeError(f"no candidate within budget in {MAX_DRAWS} random draws")
+        return ask_fixed(study, space, best, {"draws": draws, "budget_use": round(best_use, 4)})

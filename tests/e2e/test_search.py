@@ -116,3 +116,18 @@ def test_resume_after_a_killed_run(tmp_path, search_args):
     ratio_cols = [c for c in before.columns if c.startswith("ratio:")]
     pd.testing.assert_frame_equal(kept[ratio_cols].reset_index(drop=True), before[ratio_cols].reset_index(drop=True))
     assert json.loads((run / "run.json").read_text())["status"] == "complete"
+
+
+def test_nsga2_fine_tunes_a_front_of_costs(tmp_path, search_args):
+    run = tmp_path / "run"
+    args = search_args + ["--strategy", "nsga2", "--warm-start", "--trials", "12", "--finetune-top", "3",
+                          "--finetune-epochs", "0.1", "--out", str(run)]
+    assert main(args) == 0
+    trials = pd.read_csv(run / "trials.csv")
+    ratio_cols = [c for c in trials.columns if c.startswith("ratio:")]
+    assert trials.loc[0, ratio_cols].nunique() == 1  # the warm start: uniform ratios
+    base = json.loads((run / "pareto.json").read_text())["baseline"]["macs"]
+    subnets = _subnets(run)
+    assert len(subnets) == 3
+    assert all(s["macs"] <= 0.5 * base for s in subnets)
+    assert len({s["macs"] for s in subnets}) == 3

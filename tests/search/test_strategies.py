@@ -1,0 +1,95 @@
+"""Strategies on a real ResNet-20 space: budget-band sampling, warm start, fine-tune choice."""
+
+from __future__ import annotations
+
+import numpy as np
+import optuna
+import pytest
+import torch
+
+from autoprune.budget import parse_budget
+from autoprune.models import create_model
+from autoprune.pipeline import choose_for_finetune
+from autoprune.pruning.space import PruningSpace
+from autoprune.search import SearchContext, get_strategy, list_strategies
+from autoprune.search.base import scale_to_budget
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def space():
+    return PruningSpace(create_model("resnet20", in_channels=1, num_classes=10), torch.randn(1, 1, 28, 28))
+
+
+def _context(space, budget="50%flops", **kw):
+    return SearchContext(space, parse_budget(budget), seed=0, tolerance=0.02, **kw)
+
+
+def test_registry_lists_every_strategy():
+    assert {"nsga2", "random", "tpe"} <= set(list_strategies())
+
+
+@pytest.mark.parametrize("budget", ["50%flops", "30%flops", "40%params"])
+def test_scaled_random_directions_land_in_budget(space, budget):
+    ctx = _context(space, budget)
+    limit = ctx.budget.primary.limit(space.base_cost)
+    rng = np.random.default_rng(0)
+    uses = []
+    for _ in range(30):
+        direction = {g.name: float(rng.uniform(0.01, 1.0)) for g in space.groups}
+        ratios = scale_to_budget(ctx, direction)
+        cost = space.cost(ratios)
+        assert ctx.budget.feasible(cost, space.base_cost)
+        uses.append(getattr(cost, ctx.budget.primary.metric) / limit)
+    # the ratio grid is coarse (0.05), yet most draws use nearly all of the budget
+    assert np.median(uses) > 0.95, uses
+
+
+def test_uniform_direction_is_the_smallest_uniform_ratio_within_budget(space):
+    ctx = _context(space)
+    ratios = scale_to_budget(ctx, dict.fromkeys(space.group_names, 1.0))
+    values = set(ratios.values())
+    assert len(values) == 1
+    (ratio,) = values
+    assert ctx.budget.feasible(space.cost(ratios), space.base_cost)
+    one_step_less = space.uniform_ratios(round(ratio - space.config.step, 6))
+    assert not ctx.budget.feasible(space.cost(one_step_less), space.base_cost)
+
+
+def test_unreachable_direction_gives_none(space):
+    ctx = _context(space, "5%flops")
+    assert scale_to_budget(ctx, {space.group_names[0]: 1.0}) is None
+
+
+@pytest.mark.parametrize("name", ["tpe", "random", "nsga2"])
+def test_warm_start_comes_first_then_never_again(space, name):
+    strategy = get_strategy(name, _context(space, warm_start=True))
+    study = optuna.create_study(directions=list(strategy.directions), sampler=strategy.sampler())
+    first, ratios = strategy.ask(study)
+    assert len(set(ratios.values())) == 1 and first.user_attrs.get("warm_start")
+    study.tell(first, strategy.objectives(0.5, space.cost(ratios)))
+    second, ratios2 = strategy.ask(study)
+    assert not second.user_attrs.get("warm_start")
+    assert ratios2 != ratios
+
+
+def _scored_study(points):
+    """A two-objective study holding (proxy, macs) points as feasible scored trials."""
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    for i, (proxy, macs) in enumerate(points):
+        trial = study.ask()
+        trial.suggest_float("g", 0.0, 1.0)
+        for key, value in (("feasible", True), ("proxy_acc", proxy), ("macs", macs)):
+            trial.set_user_attr(key, value)
+        study.tell(trial, [proxy, macs])
+    return study
+
+
+def test_spread_choice_covers_the_front():
+    # front (proxy up, macs down): (0.9, 100), (0.8, 60), (0.7, 40), (0.6, 20); dominated: (0.5, 90)
+    study = _scored_study([(0.9, 100), (0.8, 60), (0.5, 90), (0.7, 40), (0.6, 20)])
+    spread = choose_for_finetune(study, 3, "macs", spread=True)
+    assert [t.user_attrs["macs"] for t in spread] == [100, 20, 60]
+    top = choose_for_finetune(study, 3, "macs", spread=False)
+    assert [t.user_attrs["proxy_acc"] for t in top] == [0.9, 0.8, 0.7]
