@@ -49,9 +49,15 @@ def _parser() -> argparse.ArgumentParser:
                    help="filter importance; " + "; ".join(f"{k}: {v}" for k, v in criteria.items()))
     s.add_argument("--space", default=None, help="search-space YAML (default: by model family)")
     s.add_argument("--trials", type=int, default=d.trials)
-    s.add_argument("--tolerance", type=float, default=d.tolerance, help="random strategy: accept candidates within this fraction below the budget")
+    s.add_argument("--tolerance", type=float, default=d.tolerance,
+                   help="random: accept candidates within this fraction below the budget; "
+                   "binary: the damage a group may do (proxy drop or relative reconstruction error)")
     s.add_argument("--warm-start", action="store_true",
                    help="first try the uniform per-group ratio that meets the budget")
+    s.add_argument("--damage", default=d.damage, choices=["proxy", "recon"],
+                   help="binary search damage: adaptive-BN proxy drop, or next-layer reconstruction error")
+    s.add_argument("--bounds-from-sensitivity", action="store_true",
+                   help="narrow each group's ratio range to what the binary search found safe")
     s.add_argument("--calib-batches", type=int, default=d.calib_batches, help="training batches for adaptive-BN recalibration")
     s.add_argument("--score-images", type=int, default=d.score_images, help="held-out images used to score a candidate")
     s.add_argument("--no-adaptive-bn", dest="adaptive_bn", action="store_false", help="score without recalibrating BN (for comparison)")
@@ -61,6 +67,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default=None, help="run directory (default results/<timestamp>)")
     s.add_argument("--resume", action="store_true", help="continue the run in --out")
     s.add_argument("--limit-train", type=int, default=None, help="use only this many training images (quick runs)")
+
+    sub.add_parser("sensitivity", parents=[s], add_help=False, conflict_handler="resolve",
+                   help="only the per-group binary search: sensitivity.csv / .png", formatter_class=fmt)
 
     t = sub.add_parser("train", help="train a baseline model and save its state dict", formatter_class=fmt)
     _add_common(t)
@@ -76,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "train":
             return _cmd_train(args)
-        return _cmd_search(args)
+        return _cmd_search(args)  # search or sensitivity
     except UserError as exc:
         print(f"autoprune: error: {exc}", file=sys.stderr)
         return 2

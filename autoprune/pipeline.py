@@ -32,6 +32,14 @@ from autoprune.pruning.space import PruningSpace
 from autoprune.report import export_run
 from autoprune.results import STUDY_NAME, RunDir, SubnetRecord, save_subnet, trials_frame
 from autoprune.search import SearchContext, Strategy, get_strategy
+from autoprune.search.sensitivity import (
+    DAMAGES,
+    GroupSensitivity,
+    allocate_budget,
+    measure_sensitivity,
+    read_sensitivity,
+    write_sensitivity,
+)
 from autoprune.specs import absolute_spec
 from autoprune.train import train
 
@@ -50,6 +58,8 @@ class SearchConfig:
     trials: int = 40
     tolerance: float = 0.02
     warm_start: bool = False
+    damage: str = "proxy"
+    bounds_from_sensitivity: bool = False
     calib_batches: int = 20
     score_images: int = 2000
     adaptive_bn: bool = True
@@ -88,15 +98,16 @@ def search(
     ``model`` is a model spec (zoo name, ``pkg.module:factory``, ``file.py:factory``) or an
     ``nn.Module`` holding trained weights; ``options`` are the fields of ``SearchConfig``.
     """
-    unknown = set(options) - set(SearchConfig.__dataclass_fields__)
-    if unknown:
-        raise TypeError(f"unknown search options: {sorted(unknown)}")
-    module = model if isinstance(model, nn.Module) else None
-    config = SearchConfig(model="<python object>" if module else model, data=data, budget=budget, **options)
+    config, module = _config_from(model, data, budget, options)
     started = time.perf_counter()
     setup = _prepare(config, module, resume)  # every check happens here, before any work
     run, space, budget_obj = setup.run, setup.space, setup.budget
     timings = dict(run.read_status().get("timings", {})) if resume else {}
+
+    if config.strategy == "binary" or config.bounds_from_sensitivity:
+        tic = time.perf_counter()
+        _sensitivity_phase(config, setup, quiet)
+        timings["sensitivity"] = timings.get("sensitivity", 0.0) + time.perf_counter() - tic
 
     tic = time.perf_counter()
     study = _search_phase(config, setup, quiet)
@@ -118,6 +129,14 @@ def search(
     best = max(subnets, key=lambda s: s.test_acc) if subnets else None
     pareto = pd.DataFrame([s.row() for s in front])
     return SearchResult(run.path, setup.baseline, subnets, pareto, trials, best)
+
+
+def _config_from(model: str | nn.Module, data: str, budget: str, options: dict) -> tuple[SearchConfig, nn.Module | None]:
+    unknown = set(options) - set(SearchConfig.__dataclass_fields__)
+    if unknown:
+        raise TypeError(f"unknown search options: {sorted(unknown)}")
+    module = model if isinstance(model, nn.Module) else None
+    return SearchConfig(model="<python object>" if module else model, data=data, budget=budget, **options), module
 
 
 @dataclass
@@ -151,6 +170,8 @@ def _prepare(config: SearchConfig, module: nn.Module | None, resume: bool) -> _S
         raise UserError("--finetune-top and --finetune-epochs must not be negative")
     if not 0 < config.tolerance < 1:
         raise UserError("--tolerance must be between 0 and 1")
+    if config.damage not in DAMAGES:
+        raise UserError(f"--damage must be one of {', '.join(DAMAGES)}")
     config.device = resolve_device(config.device)
     torch.manual_seed(config.seed)
     data = load_data(config.data, holdout=config.holdout, seed=config.seed, limit_train=config.limit_train)
@@ -204,7 +225,8 @@ def _load_model(config: SearchConfig, data: DataBundle) -> nn.Module:
 
 # The settings that define a run's search; --trials and the fine-tuning options may change on resume.
 _RUN_IDENTITY = ("model", "data", "budget", "strategy", "criterion", "seed", "weights", "space", "calib_batches",
-                 "score_images", "adaptive_bn", "tolerance", "holdout", "limit_train", "batch_size")
+                 "score_images", "adaptive_bn", "tolerance", "holdout", "limit_train", "batch_size", "warm_start",
+                 "damage", "bounds_from_sensitivity")
 
 
 def _check_resume_config(run: RunDir, config: SearchConfig) -> None:
@@ -217,6 +239,38 @@ def _check_resume_config(run: RunDir, config: SearchConfig) -> None:
         if given != getattr(defaults, key) and given != saved[key]:
             raise UserError(f"--resume: {key} {given!r} differs from the run's {saved[key]!r}")
         setattr(config, key, saved[key])
+
+
+def sensitivity(model: str | nn.Module = "resnet20", data: str = "fashion-mnist", *, budget: str = "50%flops",
+                resume: bool = False, quiet: bool = False, **options) -> list[GroupSensitivity]:
+    """Only the per-group binary search: writes sensitivity.csv / .png in the run directory."""
+    config, module = _config_from(model, data, budget, options)
+    setup = _prepare(config, module, resume)
+    tic = time.perf_counter()
+    results = _sensitivity_phase(config, setup, quiet)
+    setup.run.write_status(status="complete", timings={"setup": setup.seconds,
+                                                       "sensitivity": time.perf_counter() - tic})
+    if not quiet:
+        console.print(f"sensitivity: {setup.run.path / 'sensitivity.csv'}")
+    return results
+
+
+def _sensitivity_phase(config: SearchConfig, setup: _Setup, quiet: bool) -> list[GroupSensitivity]:
+    """Per-group safe ratios (measured once, then read back on resume); they feed the strategy
+    and, with ``bounds_from_sensitivity``, narrow the space to the safe ratios or the allocation."""
+    results = read_sensitivity(setup.run.path)
+    if results is None:
+        results = measure_sensitivity(setup.space, setup.evaluator, tolerance=config.tolerance,
+                                      damage=config.damage, quiet=quiet)
+        write_sensitivity(setup.run.path, results, config.tolerance, config.damage)
+    context = setup.strategy.context
+    context.safe_ratios = {r.group: r.max_safe_ratio for r in results}
+    if config.bounds_from_sensitivity:
+        allocation = allocate_budget(context, context.safe_ratios) or {}
+        setup.space.narrow({name: max(safe, allocation.get(name, safe))
+                            for name, safe in context.safe_ratios.items()})
+        setup.run.write_config({**setup.run.read_config(), "groups": setup.space.describe()})
+    return results
 
 
 def _search_phase(config: SearchConfig, setup: _Setup, quiet: bool) -> optuna.Study:
@@ -346,5 +400,6 @@ def _print_summary(baseline: dict, subnets: list[SubnetRecord], front: list[Subn
 
 def run_search_from_args(args: argparse.Namespace) -> int:
     options = {k: getattr(args, k) for k in SearchConfig.__dataclass_fields__ if k not in ("model", "data", "budget")}
-    search(args.model, args.data, budget=args.budget, resume=args.resume, quiet=args.quiet, **options)
+    job = sensitivity if args.command == "sensitivity" else search
+    job(args.model, args.data, budget=args.budget, resume=args.resume, quiet=args.quiet, **options)
     return 0

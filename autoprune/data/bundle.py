@@ -85,8 +85,7 @@ def make_bundle(
     Images may be (N, H, W), (N, H, W, C) or (N, C, H, W), integer 0..255 or float.
     """
     xtr, xte = _to_nchw(x_train), _to_nchw(x_test)
-    ytr = torch.as_tensor(np.array(y_train), dtype=torch.long).reshape(-1)
-    yte = torch.as_tensor(np.array(y_test), dtype=torch.long).reshape(-1)
+    ytr, yte = _labels(y_train), _labels(y_test)
     if xtr.shape[0] != ytr.shape[0] or xte.shape[0] != yte.shape[0]:
         raise ValueError(f"data '{name}': images and labels differ in count")
     if xtr.shape[1:] != xte.shape[1:]:
@@ -112,6 +111,11 @@ def make_bundle(
         num_classes=num_classes,
         augment=augment,
     )
+
+
+def _labels(y: np.ndarray | torch.Tensor) -> torch.Tensor:
+    t = y.detach().cpu() if isinstance(y, torch.Tensor) else torch.from_numpy(np.array(y))
+    return t.long().reshape(-1)
 
 
 def _to_nchw(x: np.ndarray | torch.Tensor) -> torch.Tensor:

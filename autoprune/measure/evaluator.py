@@ -73,6 +73,10 @@ class AdaptiveBNEvaluator:
         """Images pushed through the network for one score (recalibration + evaluation)."""
         return sum(len(y) for _, y in self._calib) + sum(len(y) for _, y in self._holdout)
 
+    def calibration_batch(self) -> torch.Tensor:
+        """One fixed batch of inputs (training images), for measurements that need a single batch."""
+        return (self._calib or self._holdout)[0][0]
+
     @torch.no_grad()
     def recalibrate(self, model: nn.Module) -> None:
         bns = [m for m in model.modules() if isinstance(m, _BN_TYPES)]

@@ -190,6 +190,17 @@ class PruningSpace:
         apply_kept(subnet, self.example_input, kept, {g.name: g.channels for g in self.groups})
         return subnet, kept
 
+    def readers(self, name: str) -> set[str]:
+        """Layers that read the group's channels as their inputs (the 'next layers')."""
+        return {module for module, dim, _ in self._effects[name] if dim == "in"}
+
+    def narrow(self, highs: Mapping[str, float]) -> None:
+        """Lower the upper ratio bounds of the named groups (never below their lower bounds)."""
+        self._check_names(highs)
+        for name, high in highs.items():
+            group = self._by_name[name]
+            group.high = max(group.low, min(group.high, float(high)))
+
     def describe(self) -> list[dict]:
         return [
             {"name": g.name, "channels": g.channels, "low": g.low, "high": g.high, "members": g.members}

@@ -25,6 +25,7 @@ class SearchContext:
     tolerance: float
     warm_start: bool = False
     trials: int = 40
+    safe_ratios: dict[str, float] | None = None  # per-group results of the sensitivity phase
 
 
 class Strategy(ABC):

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+import yaml
 
 import autoprune
 from autoprune.cli import main
@@ -131,3 +132,36 @@ def test_nsga2_fine_tunes_a_front_of_costs(tmp_path, search_args):
     assert len(subnets) == 3
     assert all(s["macs"] <= 0.5 * base for s in subnets)
     assert len({s["macs"] for s in subnets}) == 3
+
+
+def test_binary_strategy_alone_and_as_bounds(tmp_path, search_args):
+    binary = tmp_path / "binary"
+    assert main(search_args + ["--strategy", "binary", "--trials", "3", "--finetune-top", "1",
+                               "--finetune-epochs", "0.1", "--out", str(binary)]) == 0
+    sens = pd.read_csv(binary / "sensitivity.csv")
+    assert (binary / "sensitivity.png").is_file()
+    assert list(sens.columns) == ["group", "channels", "macs_saved_at_max", "max_safe_ratio", "curve"]
+    trials = pd.read_csv(binary / "trials.csv")
+    assert len(trials) == 3 and (trials["state"] == "complete").all()
+
+    bounded = tmp_path / "bounded"
+    assert main(search_args + ["--bounds-from-sensitivity", "--damage", "recon", "--tolerance", "0.05",
+                               "--trials", "5", "--finetune-top", "0", "--out", str(bounded)]) == 0
+    def highs(run):
+        return {g["name"]: g["high"] for g in yaml.safe_load((run / "config.yaml").read_text())["groups"]}
+
+    groups, original = highs(bounded), highs(binary)
+    safe = pd.read_csv(bounded / "sensitivity.csv").set_index("group")["max_safe_ratio"]
+    assert all(safe[name] - 1e-9 <= groups[name] <= original[name] for name in groups)
+    assert any(groups[name] < original[name] for name in groups)
+    trials = pd.read_csv(bounded / "trials.csv")
+    for name, high in groups.items():
+        assert (trials[f"ratio:{name}"] <= high + 1e-9).all()
+
+
+def test_sensitivity_command_runs_only_that_phase(tmp_path, search_args):
+    run = tmp_path / "sens"
+    assert main(["sensitivity", *search_args[1:], "--out", str(run)]) == 0
+    assert (run / "sensitivity.csv").is_file() and (run / "sensitivity.png").is_file()
+    assert not (run / "trials.csv").exists()
+    assert json.loads((run / "run.json").read_text())["status"] == "complete"

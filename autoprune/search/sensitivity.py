@@ -1,0 +1,188 @@
+"""Per-group sensitivity by binary search, as in Approximated Oracle Filter Pruning (Ding et al. 2019).
+
+For each group alone, find the largest ratio on the space's grid whose damage stays within a
+tolerance. Damage is either the drop of the adaptive-BN proxy accuracy (``proxy``) or the
+relative reconstruction error of the layers that read the group's channels (``recon``:
+||base - pruned||^2 / ||base||^2 of their outputs). Damage grows with the ratio, so each group
+needs about log2(grid points) evaluations instead of one per grid point.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from autoprune.measure import AdaptiveBNEvaluator
+from autoprune.progress import progress_bar
+from autoprune.pruning.space import PruningSpace
+from autoprune.search.base import SearchContext, scale_to_budget
+
+DAMAGES = ("proxy", "recon")
+
+
+@dataclass
+class GroupSensitivity:
+    group: str
+    channels: int
+    macs_saved_at_max: float  # fraction of baseline MACs saved by this group alone at its safe ratio
+    max_safe_ratio: float
+    curve: list[tuple[float, float]]  # (ratio, damage) points evaluated, by ratio
+
+
+def measure_sensitivity(
+    space: PruningSpace,
+    evaluator: AdaptiveBNEvaluator,
+    *,
+    tolerance: float,
+    damage: str = "proxy",
+    quiet: bool = False,
+) -> list[GroupSensitivity]:
+    damage_of = _damage_function(space, evaluator, damage)
+    results = []
+    grids = {g.name: _grid(g.low, g.high, space.config.step) for g in space.groups}
+    total = sum(int(np.ceil(np.log2(len(grid)))) + 1 for grid in grids.values())
+    with progress_bar(f"sensitivity ({damage})", total, quiet=quiet) as bar:
+        for g in space.groups:
+            grid = grids[g.name]
+            curve: dict[float, float] = {}
+
+            def within(index: int, name: str = g.name, points: dict = curve, grid: list = grid) -> bool:
+                ratio = grid[index]
+                if ratio not in points:
+                    points[ratio] = damage_of({name: ratio})
+                    bar.advance()
+                return points[ratio] <= tolerance
+
+            lo, hi = 0, len(grid) - 1  # grid[lo] is safe by definition (ratio low, usually 0)
+            if within(hi):
+                lo = hi
+            while hi - lo > 1:
+                mid = (lo + hi) // 2
+                if within(mid):
+                    lo = mid
+                else:
+                    hi = mid
+            safe = grid[lo]
+            saved = 1.0 - space.cost({g.name: safe}).macs / space.base_cost.macs
+            results.append(GroupSensitivity(g.name, g.channels, saved, safe, sorted(curve.items())))
+            bar.note(f"{g.name}: {safe:.2f}")
+    return results
+
+
+def allocate_budget(
+    context: SearchContext, safe: dict[str, float], factors: dict[str, float] | None = None
+) -> dict[str, float] | None:
+    """Scale the safe ratios (times optional per-group factors) together until the budget is met.
+
+    Groups that tolerate pruning give most; a group with no safe margin still gets half a grid
+    step of direction, so an over-tight budget is spread rather than impossible.
+    """
+    floor = context.space.config.step / 2
+    direction = {name: (ratio + floor) * (factors or {}).get(name, 1.0) for name, ratio in safe.items()}
+    return scale_to_budget(context, direction)
+
+
+def _grid(low: float, high: float, step: float) -> list[float]:
+    n = int((high - low) / step + 1e-9)
+    return [round(low + i * step, 6) for i in range(n + 1)]
+
+
+def _damage_function(
+    space: PruningSpace, evaluator: AdaptiveBNEvaluator, damage: str
+) -> Callable[[dict[str, float]], float]:
+    if damage == "proxy":
+        reference = evaluator.score(space.prune({})[0])
+
+        def proxy_drop(ratios: dict[str, float]) -> float:
+            return reference - evaluator.score(space.prune(ratios)[0])
+
+        return proxy_drop
+    if damage == "recon":
+        batch = evaluator.calibration_batch()
+        base_outputs = _consumer_outputs(space.model, space, batch, None)
+
+        def recon_error(ratios: dict[str, float]) -> float:
+            (name,) = ratios
+            subnet, _ = space.prune(ratios)
+            pruned = _consumer_outputs(subnet, space, batch, name)
+            num = sum(float((base_outputs[k] - v).pow(2).sum()) for k, v in pruned.items())
+            den = sum(float(base_outputs[k].pow(2).sum()) for k in pruned)
+            return num / max(den, 1e-12)
+
+        return recon_error
+    raise ValueError(f"unknown damage '{damage}' (choose from {', '.join(DAMAGES)})")
+
+
+@torch.no_grad()
+def _consumer_outputs(
+    model: nn.Module, space: PruningSpace, batch: torch.Tensor, group: str | None
+) -> dict[str, torch.Tensor]:
+    """Outputs of the layers that read a group's channels (all groups' readers when None)."""
+    readers = space.readers(group) if group else {r for g in space.group_names for r in space.readers(g)}
+    modules = dict(model.named_modules())
+    outputs: dict[str, torch.Tensor] = {}
+    handles = [
+        modules[name].register_forward_hook(lambda m, i, o, name=name: outputs.__setitem__(name, o.detach()))
+        for name in readers
+    ]
+    try:
+        model.eval().cpu()(batch.cpu())
+    finally:
+        for h in handles:
+            h.remove()
+    return outputs
+
+
+def write_sensitivity(run_dir: Path, results: list[GroupSensitivity], tolerance: float, damage: str) -> None:
+    with open(run_dir / "sensitivity.csv", "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["group", "channels", "macs_saved_at_max", "max_safe_ratio", "curve"])
+        for r in results:
+            curve = ";".join(f"{ratio:g}:{value:.6f}" for ratio, value in r.curve)
+            writer.writerow([r.group, r.channels, f"{r.macs_saved_at_max:.6f}", r.max_safe_ratio, curve])
+    _plot(run_dir / "sensitivity.png", results, tolerance, damage)
+
+
+def read_sensitivity(run_dir: Path) -> list[GroupSensitivity] | None:
+    path = run_dir / "sensitivity.csv"
+    if not path.exists():
+        return None
+    results = []
+    with open(path, newline="") as fh:
+        for row in csv.DictReader(fh):
+            curve = [tuple(float(x) for x in p.split(":")) for p in row["curve"].split(";") if p]
+            results.append(GroupSensitivity(row["group"], int(row["channels"]), float(row["macs_saved_at_max"]),
+                                            float(row["max_safe_ratio"]), curve))  # type: ignore[arg-type]
+    return results
+
+
+def _plot(path: Path, results: list[GroupSensitivity], tolerance: float, damage: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (curves, bars) = plt.subplots(1, 2, figsize=(12, 4.8), dpi=110)
+    for r in results:
+        xs, ys = zip(*r.curve) if r.curve else ((), ())
+        curves.plot(xs, ys, "-o", markersize=3, label=r.group)
+    curves.axhline(tolerance, color="black", linestyle="--", label="tolerance")
+    curves.set_xlabel("pruning ratio of the group alone")
+    curves.set_ylabel("proxy accuracy drop" if damage == "proxy" else "relative reconstruction error")
+    curves.set_title("damage per group (points evaluated by the binary search)")
+    curves.grid(alpha=0.3)
+    curves.legend(fontsize=6, ncol=2)
+    names = [r.group for r in results]
+    bars.barh(names, [r.max_safe_ratio for r in results], color="tab:blue")
+    bars.set_xlabel("largest safe ratio")
+    bars.invert_yaxis()
+    bars.tick_params(axis="y", labelsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
