@@ -1,4 +1,4 @@
-"""Budgets: ``50%flops``, ``40%params``, ``60MMACs``, ``120MFLOPs``, joined by commas.
+"""Budgets: ``50%flops``, ``40%params``, ``60MMACs``, ``120MFLOPs``, ``8ms``, joined by commas.
 
 One convention throughout: we count MACs (multiply-accumulates of conv and linear layers) and
 FLOPs = 2 x MACs. A percentage is the same whichever of the two is named.
@@ -20,7 +20,8 @@ _LATENCY = re.compile(r"^\d+(?:\.\d+)?\s*ms$", re.IGNORECASE)
 
 @dataclass(frozen=True)
 class Constraint:
-    """A ceiling on one cost metric, ``macs`` or ``params``: a fraction of the baseline or an absolute count."""
+    """A ceiling on one cost metric, ``macs``, ``params`` or ``latency_ms``: a fraction of the
+    baseline or an absolute value (latency budgets are absolute milliseconds)."""
 
     metric: str
     fraction: float | None
@@ -52,12 +53,20 @@ class Budget:
     def feasible(self, cost: Cost, base: Cost) -> bool:
         return all(v <= 1e-12 for v in self.violations(cost, base).values())
 
+    @property
+    def needs_latency(self) -> bool:
+        return any(c.metric == "latency_ms" for c in self.constraints)
+
     def describe(self, base: Cost) -> str:
         parts = []
         for c in self.constraints:
             limit = c.limit(base)
-            unit = "MACs" if c.metric == "macs" else "params"
-            parts.append(f"{c.text} (<= {limit / 1e6:.3f}M {unit}, {limit / getattr(base, c.metric):.1%} of baseline)")
+            share = f"{limit / getattr(base, c.metric):.1%} of baseline"
+            if c.metric == "latency_ms":
+                parts.append(f"{c.text} (<= {limit:.3f} ms predicted, {share})")
+            else:
+                unit = "MACs" if c.metric == "macs" else "params"
+                parts.append(f"{c.text} (<= {limit / 1e6:.3f}M {unit}, {share})")
         return ", ".join(parts)
 
 
@@ -92,9 +101,12 @@ def _parse_one(part: str) -> Constraint:
             raise UserError(f"budget '{part}' must be positive")
         return Constraint(_metric(metric), None, value, part)
     if _LATENCY.match(part):
-        raise UserError(f"budget '{part}': latency budgets are not supported yet; use FLOPs/MACs or params")
+        value = float(part.lower().removesuffix("ms").strip())
+        if value <= 0:
+            raise UserError(f"budget '{part}' must be positive")
+        return Constraint("latency_ms", None, value, part)
     raise UserError(
-        f"budget '{part}' not understood (examples: 50%flops, 40%params, 60MMACs, 120MFLOPs, 2.5Mparams)"
+        f"budget '{part}' not understood (examples: 50%flops, 40%params, 60MMACs, 120MFLOPs, 2.5Mparams, 8ms)"
     )
 
 

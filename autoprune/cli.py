@@ -41,7 +41,7 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("search", help="search per-group pruning ratios under a budget, fine-tune the best",
                        formatter_class=fmt)
     _add_common(s)
-    s.add_argument("--budget", default=d.budget, help="e.g. 50%%flops, 40%%params, 60MMACs, 120MFLOPs; join with ','")
+    s.add_argument("--budget", default=d.budget, help="e.g. 50%%flops, 40%%params, 60MMACs, 120MFLOPs, 8ms; join with ','")
     s.add_argument("--weights", default=None, help="state dict of the trained model (default: the shipped one for resnet20 on fashion-mnist)")
     s.add_argument("--strategy", default=d.strategy, choices=list(strategies),
                    help="; ".join(f"{k}: {v}" for k, v in strategies.items()))
@@ -54,6 +54,8 @@ def _parser() -> argparse.ArgumentParser:
                    "binary: the damage a group may do (proxy drop or relative reconstruction error)")
     s.add_argument("--warm-start", action="store_true",
                    help="first try the uniform per-group ratio that meets the budget")
+    s.add_argument("--latency-batch", type=int, default=d.latency_batch,
+                   help="batch size at which latency is predicted and measured, on --device")
     s.add_argument("--damage", default=d.damage, choices=["proxy", "recon"],
                    help="binary search damage: adaptive-BN proxy drop, or next-layer reconstruction error")
     s.add_argument("--bounds-from-sensitivity", action="store_true",

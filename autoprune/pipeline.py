@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -23,6 +25,7 @@ from autoprune.data import DataBundle, load_data
 from autoprune.device import resolve_device
 from autoprune.errors import UserError
 from autoprune.measure import AdaptiveBNEvaluator, accuracy
+from autoprune.measure.latency import LatencyTable, measure_latency
 from autoprune.models import create_model, load_weights, model_family
 from autoprune.pareto import non_dominated
 from autoprune.progress import console, progress_bar
@@ -58,6 +61,7 @@ class SearchConfig:
     trials: int = 40
     tolerance: float = 0.02
     warm_start: bool = False
+    latency_batch: int = 1
     damage: str = "proxy"
     bounds_from_sensitivity: bool = False
     calib_batches: int = 20
@@ -103,22 +107,19 @@ def search(
     setup = _prepare(config, module, resume)  # every check happens here, before any work
     run, space, budget_obj = setup.run, setup.space, setup.budget
     timings = dict(run.read_status().get("timings", {})) if resume else {}
-
+    timings["setup"] = timings.get("setup", 0.0) + setup.seconds
     if config.strategy == "binary" or config.bounds_from_sensitivity:
-        tic = time.perf_counter()
-        _sensitivity_phase(config, setup, quiet)
-        timings["sensitivity"] = timings.get("sensitivity", 0.0) + time.perf_counter() - tic
-
-    tic = time.perf_counter()
-    study = _search_phase(config, setup, quiet)
-    timings["search"] = timings.get("search", 0.0) + time.perf_counter() - tic
-    trials = trials_frame(study, space.group_names)
+        with _timed(timings, "sensitivity"):
+            _sensitivity_phase(config, setup, quiet)
+    with _timed(timings, "search"):
+        study = _search_phase(config, setup, quiet)
+        trials = trials_frame(study, space.group_names)
+        run.write_table("trials.csv", trials)
+    with _timed(timings, "fine-tune"):
+        subnets = _finetune_phase(config, setup, study, quiet)
+    measured = {s.trial: s.latency_ms for s in subnets}
+    trials["latency_ms"] = trials["number"].map(measured)
     run.write_table("trials.csv", trials)
-
-    tic = time.perf_counter()
-    subnets = _finetune_phase(config, setup, study, quiet)
-    timings["fine-tune"] = timings.get("fine-tune", 0.0) + time.perf_counter() - tic
-    timings["setup"] = setup.seconds
 
     timings["total"] = timings.get("total", 0.0) + time.perf_counter() - started
     front = export_run(run.path, config=asdict(config), budget=budget_obj, base=space.base_cost,
@@ -129,6 +130,14 @@ def search(
     best = max(subnets, key=lambda s: s.test_acc) if subnets else None
     pareto = pd.DataFrame([s.row() for s in front])
     return SearchResult(run.path, setup.baseline, subnets, pareto, trials, best)
+
+
+@contextmanager
+def _timed(timings: dict[str, float], phase: str) -> Iterator[None]:
+    """Add the seconds spent in the block to ``timings[phase]`` (phases accumulate over resumes)."""
+    tic = time.perf_counter()
+    yield
+    timings[phase] = timings.get(phase, 0.0) + time.perf_counter() - tic
 
 
 def _config_from(model: str | nn.Module, data: str, budget: str, options: dict) -> tuple[SearchConfig, nn.Module | None]:
@@ -163,6 +172,7 @@ def _prepare(config: SearchConfig, module: nn.Module | None, resume: bool) -> _S
     budget = parse_budget(config.budget)
     get_criterion(config.criterion)
     for name, value in (("--trials", config.trials), ("--calib-batches", config.calib_batches),
+                        ("--latency-batch", config.latency_batch),
                         ("--score-images", config.score_images), ("--batch-size", config.batch_size)):
         if value < 1:
             raise UserError(f"{name} must be at least 1")
@@ -180,12 +190,18 @@ def _prepare(config: SearchConfig, module: nn.Module | None, resume: bool) -> _S
     space = PruningSpace(model, data.example_input(), space_config, criterion=config.criterion, seed=config.seed)
     strategy = get_strategy(config.strategy, SearchContext(space, budget, config.seed, config.tolerance,
                                                            config.warm_start, config.trials))
+    base_latency = measure_latency(model, data.input_shape, device=config.device, batch=config.latency_batch)
+    if budget.needs_latency:
+        table = LatencyTable(space.latency_layers(), device=config.device, batch=config.latency_batch,
+                             cache=run.path / "latency_table.json")
+        space.attach_latency(table, base_latency)
     smallest = space.smallest_cost()
     if not budget.feasible(smallest, space.base_cost):
+        latency = f" and {smallest.latency_ms:.2f} ms" if smallest.latency_ms is not None else ""
         raise UserError(
             f"budget {config.budget} cannot be met in this search space: the smallest subnet keeps "
             f"{smallest.macs / space.base_cost.macs:.1%} of MACs and {smallest.params / space.base_cost.params:.1%} "
-            "of params (raise ratio.max in the space file)"
+            f"of params{latency} (raise ratio.max in the space file)"
         )
     # Nothing is written before this line: a bad input leaves no half-made run behind.
     run.create()
@@ -202,6 +218,7 @@ def _prepare(config: SearchConfig, module: nn.Module | None, resume: bool) -> _S
         "params": space.base_cost.params,
         "proxy_acc": accuracy(model, holdout, device=config.device),
         "test_acc": accuracy(model, data.test, device=config.device),
+        "latency_ms": base_latency,
     }
     model.cpu()
     return _Setup(run, data, space, budget, strategy, evaluator, baseline, time.perf_counter() - tic)
@@ -226,7 +243,7 @@ def _load_model(config: SearchConfig, data: DataBundle) -> nn.Module:
 # The settings that define a run's search; --trials and the fine-tuning options may change on resume.
 _RUN_IDENTITY = ("model", "data", "budget", "strategy", "criterion", "seed", "weights", "space", "calib_batches",
                  "score_images", "adaptive_bn", "tolerance", "holdout", "limit_train", "batch_size", "warm_start",
-                 "damage", "bounds_from_sensitivity")
+                 "damage", "bounds_from_sensitivity", "latency_batch")
 
 
 def _check_resume_config(run: RunDir, config: SearchConfig) -> None:
@@ -246,10 +263,10 @@ def sensitivity(model: str | nn.Module = "resnet20", data: str = "fashion-mnist"
     """Only the per-group binary search: writes sensitivity.csv / .png in the run directory."""
     config, module = _config_from(model, data, budget, options)
     setup = _prepare(config, module, resume)
-    tic = time.perf_counter()
-    results = _sensitivity_phase(config, setup, quiet)
-    setup.run.write_status(status="complete", timings={"setup": setup.seconds,
-                                                       "sensitivity": time.perf_counter() - tic})
+    timings = {"setup": setup.seconds}
+    with _timed(timings, "sensitivity"):
+        results = _sensitivity_phase(config, setup, quiet)
+    setup.run.write_status(status="complete", timings=timings)
     if not quiet:
         console.print(f"sensitivity: {setup.run.path / 'sensitivity.csv'}")
     return results
@@ -299,6 +316,8 @@ def _search_phase(config: SearchConfig, setup: _Setup, quiet: bool) -> optuna.St
             feasible = budget.feasible(cost, base)
             trial.set_user_attr("macs", cost.macs)
             trial.set_user_attr("params", cost.params)
+            if cost.latency_ms is not None:
+                trial.set_user_attr("predicted_latency_ms", round(cost.latency_ms, 4))
             trial.set_user_attr("feasible", feasible)
             proxy = 0.0
             if feasible:
@@ -321,7 +340,8 @@ def _complete_count(study: optuna.Study) -> int:
 
 def _finetune_phase(config: SearchConfig, setup: _Setup, study: optuna.Study, quiet: bool) -> list[SubnetRecord]:
     """Fine-tune the best feasible candidates and measure them on the test split."""
-    chosen = choose_for_finetune(study, config.finetune_top, setup.budget.primary.metric,
+    metric = setup.budget.primary.metric
+    chosen = choose_for_finetune(study, config.finetune_top, "predicted_latency_ms" if metric == "latency_ms" else metric,
                                  spread=setup.strategy.spread_finetune)
     records = []
     for rank, t in enumerate(chosen, 1):
@@ -339,6 +359,7 @@ def _finetune_phase(config: SearchConfig, setup: _Setup, study: optuna.Study, qu
         test_acc = accuracy(subnet, setup.data.test, device=config.device)
         holdout_acc = accuracy(subnet, setup.data.holdout, device=config.device)
         cost = setup.space.cost(ratios)
+        latency = measure_latency(subnet, setup.data.input_shape, device=config.device, batch=config.latency_batch)
         spec = {
             "id": subnet_id, "trial": t.number, "model": None if config.model == "<python object>" else config.model,
             "data": config.data, "in_channels": setup.data.in_channels, "num_classes": setup.data.num_classes,
@@ -347,7 +368,9 @@ def _finetune_phase(config: SearchConfig, setup: _Setup, study: optuna.Study, qu
             "channels": {g.name: g.channels for g in setup.space.groups}, "kept": kept,
             "macs": cost.macs, "params": cost.params, "proxy_acc": t.user_attrs["proxy_acc"],
             "test_acc": test_acc, "holdout_acc": holdout_acc, "finetune_epochs": config.finetune_epochs,
-            "finetune_seconds": round(result.seconds, 2),
+            "finetune_seconds": round(result.seconds, 2), "latency_ms": latency,
+            "predicted_latency_ms": cost.latency_ms, "latency_batch": config.latency_batch,
+            "device": config.device,
         }
         save_subnet(directory, subnet.cpu(), spec)
         records.append(_record_from_spec(directory))
@@ -380,20 +403,22 @@ def _record_from_spec(directory: Path) -> SubnetRecord:
     return SubnetRecord(
         id=spec["id"], trial=spec["trial"], macs=spec["macs"], params=spec["params"], proxy_acc=spec["proxy_acc"],
         test_acc=spec["test_acc"], holdout_acc=spec["holdout_acc"], finetune_seconds=spec["finetune_seconds"],
+        latency_ms=spec["latency_ms"], predicted_latency_ms=spec["predicted_latency_ms"],
         ratios=spec["ratios"], path=str(directory),
     )
 
 
 def _print_summary(baseline: dict, subnets: list[SubnetRecord], front: list[SubnetRecord], run: RunDir) -> None:
     table = Table(title="fine-tuned subnets")
-    for col in ("subnet", "MACs (M)", "MACs %", "params (M)", "proxy acc", "test acc", "Pareto"):
+    for col in ("subnet", "MACs (M)", "MACs %", "params (M)", "latency (ms)", "proxy acc", "test acc", "Pareto"):
         table.add_column(col, justify="right")
     table.add_row("baseline", f"{baseline['macs'] / 1e6:.2f}", "100.0", f"{baseline['params'] / 1e6:.3f}",
-                  f"{baseline['proxy_acc']:.2%}", f"{baseline['test_acc']:.2%}", "")
+                  f"{baseline['latency_ms']:.2f}", f"{baseline['proxy_acc']:.2%}", f"{baseline['test_acc']:.2%}", "")
     front_ids = {s.id for s in front}
     for s in sorted(subnets, key=lambda r: -r.test_acc):
         table.add_row(s.id, f"{s.macs / 1e6:.2f}", f"{100 * s.macs / baseline['macs']:.1f}", f"{s.params / 1e6:.3f}",
-                      f"{s.proxy_acc:.2%}", f"{s.test_acc:.2%}", "yes" if s.id in front_ids else "")
+                      f"{s.latency_ms:.2f}", f"{s.proxy_acc:.2%}", f"{s.test_acc:.2%}",
+                      "yes" if s.id in front_ids else "")
     console.print(table)
     console.print(f"report: {run.path / 'report.md'}")
 

@@ -114,19 +114,28 @@ def write_report(
         "",
         "## Baseline vs subnets",
         "",
-        "| subnet | MACs (M) | MACs % | params (M) | proxy acc | test acc | delta vs baseline | Pareto |",
-        "|---|---:|---:|---:|---:|---:|---:|:---:|",
+        f"Latency: median of timed forward passes at batch {config['latency_batch']} on {config['device']}.",
+        "",
+        "| subnet | MACs (M) | MACs % | params (M) | latency (ms) | proxy acc | test acc | delta vs baseline | Pareto |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|:---:|",
         (
-            f"| baseline | {base_macs / 1e6:.2f} | 100.0 | {base_params / 1e6:.3f} | "
+            f"| baseline | {base_macs / 1e6:.2f} | 100.0 | {base_params / 1e6:.3f} | {baseline['latency_ms']:.2f} | "
             f"{baseline['proxy_acc']:.2%} | {baseline['test_acc']:.2%} | | |"
         ),
     ]
     for s in sorted(subnets, key=lambda r: -r.test_acc):
         lines.append(
             f"| {s.id} | {s.macs / 1e6:.2f} | {100 * s.macs / base_macs:.1f} | {s.params / 1e6:.3f} | "
-            f"{s.proxy_acc:.2%} | {s.test_acc:.2%} | {100 * (s.test_acc - baseline['test_acc']):+.2f} pp | "
-            f"{'yes' if s.id in front_ids else ''} |"
+            f"{s.latency_ms:.2f} | {s.proxy_acc:.2%} | {s.test_acc:.2%} | "
+            f"{100 * (s.test_acc - baseline['test_acc']):+.2f} pp | {'yes' if s.id in front_ids else ''} |"
         )
+    predicted = [s for s in subnets if s.predicted_latency_ms is not None]
+    if predicted:
+        lines += ["", "Predicted (latency table) vs measured latency:", "",
+                  "| subnet | predicted (ms) | measured (ms) | error |", "|---|---:|---:|---:|"]
+        for s in predicted:
+            error = s.predicted_latency_ms / s.latency_ms - 1
+            lines.append(f"| {s.id} | {s.predicted_latency_ms:.3f} | {s.latency_ms:.3f} | {error:+.1%} |")
     states = trials["state"].value_counts().to_dict() if len(trials) else {}
     scored = trials[trials["proxy_acc"].notna()] if len(trials) else trials
     lines += [

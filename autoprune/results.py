@@ -105,6 +105,8 @@ def trials_frame(study: optuna.Study, group_names: list[str]) -> pd.DataFrame:
             "proxy_acc": attrs.get("proxy_acc"),
             "seconds": attrs.get("seconds"),
             "draws": attrs.get("draws"),
+            "predicted_latency_ms": attrs.get("predicted_latency_ms"),
+            "latency_ms": None,  # measured for fine-tuned subnets, filled in by the pipeline
         }
         for name in group_names:
             ratio = t.params.get(name)
@@ -112,7 +114,8 @@ def trials_frame(study: optuna.Study, group_names: list[str]) -> pd.DataFrame:
         if "error" in attrs:
             row["error"] = attrs["error"]
         rows.append(row)
-    columns = ["number", "state", "macs", "params", "proxy_acc", "seconds", "draws"]
+    columns = ["number", "state", "macs", "params", "proxy_acc", "seconds", "draws", "predicted_latency_ms",
+               "latency_ms"]
     columns += [f"ratio:{n}" for n in group_names]
     frame = pd.DataFrame(rows)
     return frame.reindex(columns=columns + [c for c in frame.columns if c not in columns])
@@ -128,6 +131,8 @@ class SubnetRecord:
     test_acc: float
     holdout_acc: float
     finetune_seconds: float
+    latency_ms: float  # measured on the run's device at its latency batch
+    predicted_latency_ms: float | None  # from the latency table, where the budget has a latency
     ratios: dict[str, float]
     path: str
 

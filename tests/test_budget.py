@@ -94,10 +94,24 @@ def test_mixed_relative_and_absolute_budget():
         (" , ", "empty"),
         ("50%flops,60%flops", "same metric twice"),
         ("50%flops,60MMACs", "same metric twice"),
-        ("8ms", "latency"),
-        ("2.5 ms", "latency"),
+        ("0ms", "positive"),
     ],
 )
 def test_bad_budgets_are_user_errors(text, fragment):
     with pytest.raises(UserError, match=fragment):
         parse_budget(text)
+
+
+@pytest.mark.parametrize("text, ms", [("8ms", 8.0), ("0.8ms", 0.8), ("2.5 ms", 2.5)])
+def test_latency_budget_in_milliseconds(text, ms):
+    (constraint,) = parse_budget(text).constraints
+    assert constraint.metric == "latency_ms" and constraint.limit(BASE) == pytest.approx(ms)
+    assert parse_budget(text).needs_latency
+
+
+def test_latency_joined_with_flops_each_honoured():
+    budget = parse_budget("50%flops,10ms")
+    base = Cost(macs=100, params=10, latency_ms=20.0)
+    assert budget.feasible(Cost(macs=50, params=10, latency_ms=9.5), base)
+    assert not budget.feasible(Cost(macs=50, params=10, latency_ms=10.5), base)
+    assert not budget.feasible(Cost(macs=51, params=10, latency_ms=5.0), base)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import fnmatch
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -20,6 +20,7 @@ import torch_pruning as tp
 from torch import nn
 
 from autoprune.errors import UserError
+from autoprune.measure.latency import LatencyTable
 from autoprune.pruning.config import SpaceConfig
 from autoprune.pruning.criteria import get_criterion
 
@@ -28,10 +29,12 @@ _ROOT_TYPES = (nn.Conv2d, nn.Linear)
 
 @dataclass(frozen=True)
 class Cost:
-    """Multiply-accumulates of conv and linear layers (FLOPs = 2 x MACs) and learnable parameters."""
+    """Multiply-accumulates of conv and linear layers (FLOPs = 2 x MACs), learnable parameters and,
+    where a latency table is attached to the space, the predicted latency."""
 
     macs: int
     params: int
+    latency_ms: float | None = None  # predicted, where a latency table is attached
 
 
 @dataclass
@@ -55,6 +58,8 @@ class _LayerShape:
     positions: int = 0  # output positions (conv) or tokens (linear) per image
     has_bias: bool = False
     fixed_params: int = 0  # parameters of layers not modelled by width
+    # conv/linear: (in_dim, out_dim) -> a fresh layer of those widths and its input shape, for timing
+    build: Callable[[int, int], tuple[nn.Module, tuple[int, ...]]] | None = None
 
 
 class PruningSpace:
@@ -121,6 +126,7 @@ class PruningSpace:
                 + (f" ({detail})" if detail else "")
             )
         self._by_name = {g.name: g for g in self.groups}
+        self.latency: LatencyTable | None = None
         self.base_cost = self.cost({})
 
     # --- ratios -> widths and cost ---------------------------------------------------------
@@ -149,6 +155,21 @@ class PruningSpace:
         return self.cost_of_widths(self.kept_channels(ratios))
 
     def cost_of_widths(self, kept: Mapping[str, int]) -> Cost:
+        dims = self._layer_dims(kept)
+        macs = params = 0
+        for module, s in self._shapes.items():
+            in_dim, out_dim = dims[module]
+            if s.kind in ("conv", "depthwise", "linear"):
+                macs += s.kernel * s.positions * in_dim * out_dim
+                params += s.kernel * in_dim * out_dim + (out_dim if s.has_bias else 0)
+            elif s.kind == "norm":
+                params += 2 * out_dim if s.has_bias else out_dim
+            params += s.fixed_params
+        latency = self.latency.predict(dims) if self.latency is not None else None
+        return Cost(round(macs), round(params), latency)
+
+    def _layer_dims(self, kept: Mapping[str, int]) -> dict[str, tuple[int, int]]:
+        """(input, output) width of every parameterised layer when the groups keep ``kept``."""
         in_cut: dict[str, int] = {}
         out_cut: dict[str, int] = {}
         for name, width in kept.items():
@@ -158,17 +179,21 @@ class PruningSpace:
             for module, dim, units in self._effects[name]:
                 target = out_cut if dim == "out" else in_cut
                 target[module] = target.get(module, 0) + removed * units
-        macs = params = 0
+        dims = {}
         for module, s in self._shapes.items():
             out_dim = s.out_dim - out_cut.get(module, 0)
-            in_dim = 1 if s.kind == "depthwise" else s.in_dim - in_cut.get(module, 0)
-            if s.kind in ("conv", "depthwise", "linear"):
-                macs += s.kernel * s.positions * in_dim * out_dim
-                params += s.kernel * in_dim * out_dim + (out_dim if s.has_bias else 0)
-            elif s.kind == "norm":
-                params += 2 * out_dim if s.has_bias else out_dim
-            params += s.fixed_params
-        return Cost(round(macs), round(params))
+            dims[module] = (1 if s.kind == "depthwise" else s.in_dim - in_cut.get(module, 0), out_dim)
+        return dims
+
+    def attach_latency(self, table: LatencyTable, measured_base_ms: float) -> None:
+        """Predict latency in every ``cost``, calibrated on the unpruned network's measurement."""
+        table.calibrate(self._layer_dims({}), measured_base_ms)
+        self.latency = table
+        self.base_cost = self.cost({})
+
+    def latency_layers(self) -> dict[str, Callable[[int, int], tuple[nn.Module, tuple[int, ...]]]]:
+        """Builders of the layers a latency table times: every conv and linear layer."""
+        return {name: s.build for name, s in self._shapes.items() if s.build is not None}
 
     def uniform_ratios(self, ratio: float) -> dict[str, float]:
         return {g.name: min(max(ratio, g.low), g.high) for g in self.groups}
@@ -307,15 +332,32 @@ def _shape_of(module: nn.Module, inp: torch.Tensor, out: torch.Tensor) -> _Layer
         kernel = module.kernel_size[0] * module.kernel_size[1]
         positions = math.prod(out.shape[2:])
         bias = module.bias is not None
+        depthwise = module.groups > 1 and module.groups == module.in_channels == module.out_channels
+        spatial = tuple(inp.shape[2:])
+
+        def build(in_dim: int, out_dim: int, m: nn.Conv2d = module) -> tuple[nn.Module, tuple[int, ...]]:
+            in_channels = out_dim if depthwise else in_dim
+            groups = out_dim if depthwise else m.groups
+            layer = nn.Conv2d(in_channels, out_dim, m.kernel_size, m.stride, m.padding, m.dilation, groups,
+                              m.bias is not None)
+            return layer, (in_channels, *spatial)
+
         if module.groups == 1:
-            return _LayerShape("conv", module.in_channels, module.out_channels, kernel, positions, bias)
-        if module.groups == module.in_channels == module.out_channels:
-            return _LayerShape("depthwise", 1, module.out_channels, kernel, positions, bias)
+            return _LayerShape("conv", module.in_channels, module.out_channels, kernel, positions, bias, build=build)
+        if depthwise:
+            return _LayerShape("depthwise", 1, module.out_channels, kernel, positions, bias, build=build)
         # other grouped convs: each output sees in/groups inputs; the group count stays
-        return _LayerShape("conv", module.in_channels, module.out_channels, kernel / module.groups, positions, bias)
+        return _LayerShape("conv", module.in_channels, module.out_channels, kernel / module.groups, positions, bias,
+                           build=build)
     if isinstance(module, nn.Linear):
         tokens = out.numel() // out.shape[-1]
-        return _LayerShape("linear", module.in_features, module.out_features, 1, tokens, module.bias is not None)
+        lead = tuple(inp.shape[1:-1])
+
+        def build_linear(in_dim: int, out_dim: int, m: nn.Linear = module) -> tuple[nn.Module, tuple[int, ...]]:
+            return nn.Linear(in_dim, out_dim, m.bias is not None), (*lead, in_dim)
+
+        return _LayerShape("linear", module.in_features, module.out_features, 1, tokens, module.bias is not None,
+                           build=build_linear)
     if isinstance(module, (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm)):
         bias = getattr(module, "bias", None) is not None
         width = own // (2 if bias else 1)

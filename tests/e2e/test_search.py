@@ -165,3 +165,31 @@ def test_sensitivity_command_runs_only_that_phase(tmp_path, search_args):
     assert (run / "sensitivity.csv").is_file() and (run / "sensitivity.png").is_file()
     assert not (run / "trials.csv").exists()
     assert json.loads((run / "run.json").read_text())["status"] == "complete"
+
+
+def test_latency_budget(tmp_path, search_args, tiny_npz, tiny_weights):
+    from autoprune.measure.latency import measure_latency
+
+    data = load_data(tiny_npz, holdout=120, seed=0)
+    model = create_model("resnet20", in_channels=1, num_classes=data.num_classes)
+    load_weights(model, tiny_weights)
+    budget_ms = 0.8 * measure_latency(model, data.input_shape, batch=32)
+    run = tmp_path / "run"
+    args = _replace_budget(search_args, f"{budget_ms:.3f}ms") + [
+        "--latency-batch", "32", "--trials", "6", "--finetune-top", "2", "--finetune-epochs", "0.1", "--out", str(run)]
+    assert main(args) == 0
+    assert (run / "latency_table.json").is_file()
+    trials = pd.read_csv(run / "trials.csv")
+    feasible = trials[trials["state"] == "complete"]
+    assert (feasible["predicted_latency_ms"] <= budget_ms + 1e-9).all()
+    subnets = _subnets(run)
+    assert subnets and all(s["predicted_latency_ms"] <= budget_ms + 1e-9 for s in subnets)
+    assert all(s["latency_ms"] > 0 for s in subnets)
+    assert trials["latency_ms"].notna().sum() == len(subnets)
+    assert "Predicted (latency table) vs measured latency" in (run / "report.md").read_text()
+
+
+def _replace_budget(args, budget):
+    args = list(args)
+    args[args.index("--budget") + 1] = budget
+    return args
