@@ -420,6 +420,9 @@ def _print_summary(baseline: dict, subnets: list[SubnetRecord], front: list[Subn
                       f"{s.latency_ms:.2f}", f"{s.proxy_acc:.2%}", f"{s.test_acc:.2%}",
                       "yes" if s.id in front_ids else "")
     console.print(table)
+    if not subnets:
+        console.print("[bold yellow]no candidate met the budget: try --warm-start, --strategy random, "
+                      "more --trials or a looser budget[/]")
     console.print(f"report: {run.path / 'report.md'}")
 
 
