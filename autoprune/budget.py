@@ -1,4 +1,4 @@
-"""Budgets: ``50%flops``, ``40%params``, ``60MMACs``, ``120MFLOPs``, ``8ms``, joined by commas.
+"""Budgets: ``50%flops``, ``40%params``, ``60MMACs``, ``120MFLOPs``, ``8ms``, ``50%latency``, joined by commas.
 
 One convention throughout: we count MACs (multiply-accumulates of conv and linear layers) and
 FLOPs = 2 x MACs. A percentage is the same whichever of the two is named.
@@ -13,7 +13,7 @@ from autoprune.errors import UserError
 from autoprune.pruning.space import Cost
 
 _PREFIX = {"": 1.0, "k": 1e3, "m": 1e6, "g": 1e9}
-_RELATIVE = re.compile(r"^(?P<num>\d+(?:\.\d+)?)\s*%\s*(?P<metric>flops|macs|params)$", re.IGNORECASE)
+_RELATIVE = re.compile(r"^(?P<num>\d+(?:\.\d+)?)\s*%\s*(?P<metric>flops|macs|params|latency)$", re.IGNORECASE)
 _ABSOLUTE = re.compile(r"^(?P<num>\d+(?:\.\d+)?)\s*(?P<prefix>[kmg]?)\s*(?P<metric>flops|macs|params)$", re.IGNORECASE)
 _LATENCY = re.compile(r"^\d+(?:\.\d+)?\s*ms$", re.IGNORECASE)
 
@@ -21,7 +21,7 @@ _LATENCY = re.compile(r"^\d+(?:\.\d+)?\s*ms$", re.IGNORECASE)
 @dataclass(frozen=True)
 class Constraint:
     """A ceiling on one cost metric, ``macs``, ``params`` or ``latency_ms``: a fraction of the
-    baseline or an absolute value (latency budgets are absolute milliseconds)."""
+    baseline (its measured latency, for ``50%latency``) or an absolute value."""
 
     metric: str
     fraction: float | None
@@ -111,4 +111,4 @@ def _parse_one(part: str) -> Constraint:
 
 
 def _metric(word: str) -> str:
-    return "params" if word.lower() == "params" else "macs"
+    return {"params": "params", "latency": "latency_ms"}.get(word.lower(), "macs")

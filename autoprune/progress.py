@@ -15,7 +15,9 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-console = Console(stderr=True)
+_stderr = Console(stderr=True)
+# Logs and pipes get a width that fits the result tables instead of rich's 80-column default.
+console = _stderr if _stderr.is_terminal else Console(stderr=True, width=120)
 
 
 @contextmanager

@@ -115,3 +115,9 @@ def test_latency_joined_with_flops_each_honoured():
     assert budget.feasible(Cost(macs=50, params=10, latency_ms=9.5), base)
     assert not budget.feasible(Cost(macs=50, params=10, latency_ms=10.5), base)
     assert not budget.feasible(Cost(macs=51, params=10, latency_ms=5.0), base)
+
+
+def test_latency_budget_relative_to_the_measured_baseline():
+    budget = parse_budget("60%latency")
+    assert budget.needs_latency
+    assert budget.primary.limit(Cost(macs=1, params=1, latency_ms=20.0)) == pytest.approx(12.0)

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import pytest
 import torch
 import yaml
 
@@ -167,24 +168,20 @@ def test_sensitivity_command_runs_only_that_phase(tmp_path, search_args):
     assert json.loads((run / "run.json").read_text())["status"] == "complete"
 
 
-def test_latency_budget(tmp_path, search_args, tiny_npz, tiny_weights):
-    from autoprune.measure.latency import measure_latency
-
-    data = load_data(tiny_npz, holdout=120, seed=0)
-    model = create_model("resnet20", in_channels=1, num_classes=data.num_classes)
-    load_weights(model, tiny_weights)
-    budget_ms = 0.8 * measure_latency(model, data.input_shape, batch=32)
+def test_latency_budget(tmp_path, search_args):
     run = tmp_path / "run"
-    args = _replace_budget(search_args, f"{budget_ms:.3f}ms") + [
-        "--latency-batch", "32", "--trials", "6", "--finetune-top", "2", "--finetune-epochs", "0.1", "--out", str(run)]
+    args = _replace_budget(search_args, "70%latency") + [
+        "--strategy", "random", "--warm-start", "--latency-batch", "32", "--trials", "4", "--finetune-top", "2",
+        "--finetune-epochs", "0.1", "--out", str(run)]
     assert main(args) == 0
     assert (run / "latency_table.json").is_file()
+    budget_ms = 0.7 * json.loads((run / "pareto.json").read_text())["baseline"]["latency_ms"]
     trials = pd.read_csv(run / "trials.csv")
-    feasible = trials[trials["state"] == "complete"]
-    assert (feasible["predicted_latency_ms"] <= budget_ms + 1e-9).all()
+    assert (trials["state"] == "complete").all()
+    assert (trials["predicted_latency_ms"] <= budget_ms + 1e-6).all()
     subnets = _subnets(run)
-    assert subnets and all(s["predicted_latency_ms"] <= budget_ms + 1e-9 for s in subnets)
-    assert all(s["latency_ms"] > 0 for s in subnets)
+    assert len(subnets) == 2 and all(s["predicted_latency_ms"] <= budget_ms + 1e-6 for s in subnets)
+    assert all(s["latency_ms"] > 0 for s in subnets)  # measured; its figures are in the notes, not asserted
     assert trials["latency_ms"].notna().sum() == len(subnets)
     assert "Predicted (latency table) vs measured latency" in (run / "report.md").read_text()
 
@@ -193,3 +190,17 @@ def _replace_budget(args, budget):
     args = list(args)
     args[args.index("--budget") + 1] = budget
     return args
+
+
+@pytest.mark.parametrize("strategy", ["tpe", "random", "nsga2", "binary"])
+def test_every_strategy_resumes_to_more_trials(tmp_path, search_args, strategy):
+    run = tmp_path / strategy
+    args = search_args + ["--strategy", strategy, "--finetune-top", "1", "--finetune-epochs", "0.05", "--out", str(run)]
+    assert main(args + ["--trials", "3"]) == 0
+    before = pd.read_csv(run / "trials.csv")
+    assert main(args + ["--trials", "5", "--resume"]) == 0
+    after = pd.read_csv(run / "trials.csv")
+    assert list(after["number"]) == list(range(5))
+    assert list(after.columns) == list(before.columns)
+    ratio_cols = [c for c in before.columns if c.startswith("ratio:")]
+    pd.testing.assert_frame_equal(after.loc[:2, ratio_cols], before[ratio_cols])
