@@ -169,20 +169,7 @@ def _prepare(config: SearchConfig, module: nn.Module | None, resume: bool) -> _S
         config.weights = str(Path(config.weights).expanduser().resolve())
     if resume:
         _check_resume_config(run, config)
-    budget = parse_budget(config.budget)
-    get_criterion(config.criterion)
-    for name, value in (("--trials", config.trials), ("--calib-batches", config.calib_batches),
-                        ("--latency-batch", config.latency_batch),
-                        ("--score-images", config.score_images), ("--batch-size", config.batch_size)):
-        if value < 1:
-            raise UserError(f"{name} must be at least 1")
-    if config.finetune_top < 0 or config.finetune_epochs < 0:
-        raise UserError("--finetune-top and --finetune-epochs must not be negative")
-    if not 0 < config.tolerance < 1:
-        raise UserError("--tolerance must be between 0 and 1")
-    if config.damage not in DAMAGES:
-        raise UserError(f"--damage must be one of {', '.join(DAMAGES)}")
-    config.device = resolve_device(config.device)
+    budget = _check_options(config)
     torch.manual_seed(config.seed)
     data = load_data(config.data, holdout=config.holdout, seed=config.seed, limit_train=config.limit_train)
     model = module if module is not None else _load_model(config, data)
@@ -222,6 +209,25 @@ def _prepare(config: SearchConfig, module: nn.Module | None, resume: bool) -> _S
     }
     model.cpu()
     return _Setup(run, data, space, budget, strategy, evaluator, baseline, time.perf_counter() - tic)
+
+
+def _check_options(config: SearchConfig) -> Budget:
+    """The checks that need no data or model; returns the parsed budget."""
+    budget = parse_budget(config.budget)
+    get_criterion(config.criterion)
+    for name, value in (("--trials", config.trials), ("--calib-batches", config.calib_batches),
+                        ("--latency-batch", config.latency_batch),
+                        ("--score-images", config.score_images), ("--batch-size", config.batch_size)):
+        if value < 1:
+            raise UserError(f"{name} must be at least 1")
+    if config.finetune_top < 0 or config.finetune_epochs < 0:
+        raise UserError("--finetune-top and --finetune-epochs must not be negative")
+    if not 0 < config.tolerance < 1:
+        raise UserError("--tolerance must be between 0 and 1")
+    if config.damage not in DAMAGES:
+        raise UserError(f"--damage must be one of {', '.join(DAMAGES)}")
+    config.device = resolve_device(config.device)
+    return budget
 
 
 def _load_model(config: SearchConfig, data: DataBundle) -> nn.Module:
