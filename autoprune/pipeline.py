@@ -327,8 +327,12 @@ def _search_phase(config: SearchConfig, setup: _Setup, quiet: bool) -> optuna.St
             trial.set_user_attr("feasible", feasible)
             proxy = 0.0
             if feasible:
+                pruning = time.perf_counter()
                 subnet, _ = space.prune(ratios)
+                trial.set_user_attr("prune_seconds", round(time.perf_counter() - pruning, 4))
                 proxy = setup.evaluator.score(subnet)
+                for step, seconds in setup.evaluator.last_seconds.items():
+                    trial.set_user_attr(f"{step}_seconds", round(seconds, 4))
                 trial.set_user_attr("proxy_acc", proxy)
                 best = max(best, proxy)
             trial.set_user_attr("seconds", round(time.perf_counter() - tic, 4))

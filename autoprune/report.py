@@ -154,6 +154,11 @@ def write_report(
             f"- proxy accuracy of scored candidates: best {scored['proxy_acc'].max():.2%}, "
             f"median {scored['proxy_acc'].median():.2%}; median {scored['seconds'].median():.2f} s per candidate"
         )
+    if len(scored) and scored["prune_seconds"].notna().any():
+        lines.append(
+            f"- median seconds per scored candidate: prune {scored['prune_seconds'].median():.3f}, "
+            f"recalibrate {scored['recalibrate_seconds'].median():.3f}, evaluate {scored['evaluate_seconds'].median():.3f}"
+        )
     draws = trials["draws"].dropna() if "draws" in trials else []
     if len(draws):
         lines.append(

@@ -90,7 +90,8 @@ class RunDir:
 
 
 def trials_frame(study: optuna.Study, group_names: list[str]) -> pd.DataFrame:
-    """The trials table: number, state, cost, proxy accuracy, seconds, random draws, ratio per group."""
+    """The trials table: number, state, cost, proxy accuracy, seconds (all, and the scoring split),
+    random draws, latency, then one ratio per group."""
     rows = []
     for t in study.trials:
         attrs = t.user_attrs
@@ -104,6 +105,9 @@ def trials_frame(study: optuna.Study, group_names: list[str]) -> pd.DataFrame:
             "params": attrs.get("params"),
             "proxy_acc": attrs.get("proxy_acc"),
             "seconds": attrs.get("seconds"),
+            "prune_seconds": attrs.get("prune_seconds"),
+            "recalibrate_seconds": attrs.get("recalibrate_seconds"),
+            "evaluate_seconds": attrs.get("evaluate_seconds"),
             "draws": attrs.get("draws"),
             "predicted_latency_ms": attrs.get("predicted_latency_ms"),
             "latency_ms": None,  # measured for fine-tuned subnets, filled in by the pipeline
@@ -114,8 +118,8 @@ def trials_frame(study: optuna.Study, group_names: list[str]) -> pd.DataFrame:
         if "error" in attrs:
             row["error"] = attrs["error"]
         rows.append(row)
-    columns = ["number", "state", "macs", "params", "proxy_acc", "seconds", "draws", "predicted_latency_ms",
-               "latency_ms"]
+    columns = ["number", "state", "macs", "params", "proxy_acc", "seconds", "prune_seconds", "recalibrate_seconds",
+               "evaluate_seconds", "draws", "predicted_latency_ms", "latency_ms"]
     columns += [f"ratio:{n}" for n in group_names]
     frame = pd.DataFrame(rows)
     return frame.reindex(columns=columns + [c for c in frame.columns if c not in columns])
