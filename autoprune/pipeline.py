@@ -6,9 +6,10 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -33,7 +34,7 @@ from autoprune.pruning.config import load_space_config
 from autoprune.pruning.criteria import get_criterion
 from autoprune.pruning.space import PruningSpace
 from autoprune.report import export_run
-from autoprune.results import STUDY_NAME, RunDir, SubnetRecord, save_subnet, trials_frame
+from autoprune.results import STUDY_NAME, RunDir, SubnetRecord, save_subnet, trial_row, trials_frame
 from autoprune.search import SearchContext, Strategy, get_strategy
 from autoprune.search.sensitivity import (
     DAMAGES,
@@ -309,6 +310,7 @@ def _search_phase(config: SearchConfig, setup: _Setup, quiet: bool) -> optuna.St
         # left behind by a killed run: close it so it is neither counted nor repeated
         if t.state == optuna.trial.TrialState.RUNNING:
             study.tell(t.number, state=optuna.trial.TrialState.FAIL)
+    setup.run.write_table("trials.csv", trials_frame(study, space.group_names))
     done = _complete_count(study)
     best = max((t.user_attrs.get("proxy_acc") or 0.0 for t in study.trials), default=0.0)
     with progress_bar("search", config.trials, quiet=quiet) as bar:
@@ -323,7 +325,7 @@ def _search_phase(config: SearchConfig, setup: _Setup, quiet: bool) -> optuna.St
             trial.set_user_attr("macs", cost.macs)
             trial.set_user_attr("params", cost.params)
             if cost.latency_ms is not None:
-                trial.set_user_attr("predicted_latency_ms", round(cost.latency_ms, 4))
+                trial.set_user_attr("predicted_latency_ms", cost.latency_ms)  # unrounded: compared with the budget
             trial.set_user_attr("feasible", feasible)
             proxy = 0.0
             if feasible:
@@ -336,8 +338,8 @@ def _search_phase(config: SearchConfig, setup: _Setup, quiet: bool) -> optuna.St
                 trial.set_user_attr("proxy_acc", proxy)
                 best = max(best, proxy)
             trial.set_user_attr("seconds", round(time.perf_counter() - tic, 4))
-            study.tell(trial, strategy.objectives(proxy, cost))
-            setup.run.write_table("trials.csv", trials_frame(study, space.group_names))
+            frozen = study.tell(trial, strategy.objectives(proxy, cost))
+            setup.run.append_trial(trial_row(frozen, space.group_names))
             done += 1
             bar.advance()
             bar.note(f"best proxy {best:.2%}")
@@ -350,8 +352,8 @@ def _complete_count(study: optuna.Study) -> int:
 
 def _finetune_phase(config: SearchConfig, setup: _Setup, study: optuna.Study, quiet: bool) -> list[SubnetRecord]:
     """Fine-tune the best feasible candidates and measure them on the test split."""
-    metric = setup.budget.primary.metric
-    chosen = choose_for_finetune(study, config.finetune_top, "predicted_latency_ms" if metric == "latency_ms" else metric,
+    metric, space = setup.budget.primary.metric, setup.space
+    chosen = choose_for_finetune(study, config.finetune_top, lambda t: getattr(space.cost(trial_ratios(t, space)), metric),
                                  spread=setup.strategy.spread_finetune)
     records = []
     for rank, t in enumerate(chosen, 1):
@@ -360,7 +362,7 @@ def _finetune_phase(config: SearchConfig, setup: _Setup, study: optuna.Study, qu
         if (directory / "spec.json").exists():  # fine-tuned before a resume
             records.append(_record_from_spec(directory))
             continue
-        ratios = {g.name: float(t.params.get(g.name, 0.0)) for g in setup.space.groups}
+        ratios = trial_ratios(t, setup.space)
         subnet, kept = setup.space.prune(ratios)
         setup.evaluator.recalibrate(subnet.to(config.device))
         result = train(subnet, setup.data, epochs=config.finetune_epochs, lr=config.finetune_lr,
@@ -387,7 +389,13 @@ def _finetune_phase(config: SearchConfig, setup: _Setup, study: optuna.Study, qu
     return records
 
 
-def choose_for_finetune(study: optuna.Study, k: int, metric: str, *, spread: bool) -> list[optuna.trial.FrozenTrial]:
+def trial_ratios(t: optuna.trial.FrozenTrial, space: PruningSpace) -> dict[str, float]:
+    return {g.name: float(t.params.get(g.name, 0.0)) for g in space.groups}
+
+
+def choose_for_finetune(
+    study: optuna.Study, k: int, cost: Callable[[optuna.trial.FrozenTrial], float], *, spread: bool
+) -> list[optuna.trial.FrozenTrial]:
     """The K candidates worth fine-tuning: the best proxies, or (``spread``) the best one plus
     K-1 spread evenly in cost along the proxy-vs-cost front. Identical ratios count once."""
     unique: dict[tuple, optuna.trial.FrozenTrial] = {}
@@ -397,7 +405,7 @@ def choose_for_finetune(study: optuna.Study, k: int, metric: str, *, spread: boo
     ranked = sorted(unique.values(), key=lambda t: (-t.user_attrs["proxy_acc"], t.number))
     if not spread or k <= 1:
         return ranked[:k]
-    front = non_dominated(ranked, lambda t: t.user_attrs["proxy_acc"], lambda t: t.user_attrs[metric])
+    front = non_dominated(ranked, lambda t: t.user_attrs["proxy_acc"], cost)
     chosen = ranked[:1]
     for index in np.linspace(0, len(front) - 1, num=min(k - 1, len(front))).round().astype(int):
         if front[index] not in chosen:
@@ -407,8 +415,6 @@ def choose_for_finetune(study: optuna.Study, k: int, metric: str, *, spread: boo
 
 
 def _record_from_spec(directory: Path) -> SubnetRecord:
-    import json
-
     spec = json.loads((directory / "spec.json").read_text())
     return SubnetRecord(
         id=spec["id"], trial=spec["trial"], macs=spec["macs"], params=spec["params"], proxy_acc=spec["proxy_acc"],

@@ -85,44 +85,38 @@ class RunDir:
         frame.to_csv(tmp, index=False)
         os.replace(tmp, self.path / name)
 
+    def append_trial(self, row: dict) -> None:
+        """Add one finished trial to trials.csv as it happens (the study stays the source of truth)."""
+        path = self.path / "trials.csv"
+        frame = pd.DataFrame([row])
+        frame.to_csv(path, mode="a", header=not path.exists(), index=False)
+
     def subnet_dir(self, subnet_id: str) -> Path:
         return self.path / "subnets" / subnet_id
 
 
+TRIAL_COLUMNS = ["number", "state", "macs", "params", "proxy_acc", "seconds", "prune_seconds",
+                 "recalibrate_seconds", "evaluate_seconds", "draws", "predicted_latency_ms", "latency_ms"]
+
+
+def trial_row(t: optuna.trial.FrozenTrial, group_names: list[str]) -> dict:
+    """One row of trials.csv: number, state, cost, proxy accuracy, seconds (all, and the scoring
+    split), random draws, latency (measured ones are filled in for fine-tuned trials), one ratio per group."""
+    attrs = t.user_attrs
+    state = t.state.name.lower()
+    if t.state == optuna.trial.TrialState.COMPLETE and not attrs.get("feasible", True):
+        state = "infeasible"
+    row = {column: attrs.get(column) for column in TRIAL_COLUMNS}
+    row.update(number=t.number, state=state)
+    for name in group_names:
+        ratio = t.params.get(name)
+        row[f"ratio:{name}"] = None if ratio is None else round(ratio, 6)
+    return row
+
+
 def trials_frame(study: optuna.Study, group_names: list[str]) -> pd.DataFrame:
-    """The trials table: number, state, cost, proxy accuracy, seconds (all, and the scoring split),
-    random draws, latency, then one ratio per group."""
-    rows = []
-    for t in study.trials:
-        attrs = t.user_attrs
-        state = t.state.name.lower()
-        if t.state == optuna.trial.TrialState.COMPLETE and not attrs.get("feasible", True):
-            state = "infeasible"
-        row = {
-            "number": t.number,
-            "state": state,
-            "macs": attrs.get("macs"),
-            "params": attrs.get("params"),
-            "proxy_acc": attrs.get("proxy_acc"),
-            "seconds": attrs.get("seconds"),
-            "prune_seconds": attrs.get("prune_seconds"),
-            "recalibrate_seconds": attrs.get("recalibrate_seconds"),
-            "evaluate_seconds": attrs.get("evaluate_seconds"),
-            "draws": attrs.get("draws"),
-            "predicted_latency_ms": attrs.get("predicted_latency_ms"),
-            "latency_ms": None,  # measured for fine-tuned subnets, filled in by the pipeline
-        }
-        for name in group_names:
-            ratio = t.params.get(name)
-            row[f"ratio:{name}"] = None if ratio is None else round(ratio, 6)
-        if "error" in attrs:
-            row["error"] = attrs["error"]
-        rows.append(row)
-    columns = ["number", "state", "macs", "params", "proxy_acc", "seconds", "prune_seconds", "recalibrate_seconds",
-               "evaluate_seconds", "draws", "predicted_latency_ms", "latency_ms"]
-    columns += [f"ratio:{n}" for n in group_names]
-    frame = pd.DataFrame(rows)
-    return frame.reindex(columns=columns + [c for c in frame.columns if c not in columns])
+    columns = TRIAL_COLUMNS + [f"ratio:{n}" for n in group_names]
+    return pd.DataFrame([trial_row(t, group_names) for t in study.trials], columns=columns)
 
 
 @dataclass

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import optuna
 
-from autoprune.search.base import Strategy, ask_fixed, register_strategy
+from autoprune.search.base import Strategy, ask_fixed, register_strategy, study_has_attr
 from autoprune.search.sensitivity import allocate_budget
 
 
@@ -18,6 +18,8 @@ class BinaryStrategy(Strategy):
     in [0.5, 1.5] and scale again, searching the neighbourhood of that allocation.
     """
 
+    _allocated: bool | None = None  # the first allocation was proposed (looked up once per run)
+
     def sampler(self) -> optuna.samplers.BaseSampler:
         return optuna.samplers.RandomSampler(seed=self.context.seed)
 
@@ -26,7 +28,8 @@ class BinaryStrategy(Strategy):
         safe = ctx.safe_ratios
         if safe is None:
             raise RuntimeError("the binary strategy needs the sensitivity phase's safe ratios")
-        first = not any(t.user_attrs.get("allocation") for t in study.get_trials(deepcopy=False))
+        first = self._allocated is None and not study_has_attr(study, "allocation")
+        self._allocated = True
         rng = np.random.default_rng([ctx.seed, len(study.trials)])
         for _ in range(100):
             factors = None if first else {name: float(rng.uniform(0.5, 1.5)) for name in safe}

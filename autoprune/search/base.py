@@ -38,6 +38,7 @@ class Strategy(ABC):
 
     def __init__(self, context: SearchContext) -> None:
         self.context = context
+        self._warm_started = not context.warm_start  # looked up in the study once, not per ask
 
     @abstractmethod
     def sampler(self) -> optuna.samplers.BaseSampler:
@@ -48,10 +49,12 @@ class Strategy(ABC):
 
     def ask(self, study: optuna.Study) -> tuple[optuna.Trial, dict[str, float]]:
         """Start a trial and return it with its per-group ratios (the warm start comes first)."""
-        if self.context.warm_start and not _has_warm_start(study):
-            ratios = scale_to_budget(self.context, dict.fromkeys(self.context.space.group_names, 1.0))
-            if ratios is not None:
-                return ask_fixed(study, self.context.space, ratios, {"warm_start": True})
+        if not self._warm_started:
+            self._warm_started = True
+            if not study_has_attr(study, "warm_start"):
+                ratios = scale_to_budget(self.context, dict.fromkeys(self.context.space.group_names, 1.0))
+                if ratios is not None:
+                    return ask_fixed(study, self.context.space, ratios, {"warm_start": True})
         return self.propose(study)
 
     def propose(self, study: optuna.Study) -> tuple[optuna.Trial, dict[str, float]]:
@@ -59,8 +62,9 @@ class Strategy(ABC):
         return trial, suggest_ratios(trial, self.context.space)
 
 
-def _has_warm_start(study: optuna.Study) -> bool:
-    return any(t.user_attrs.get("warm_start") for t in study.get_trials(deepcopy=False))
+def study_has_attr(study: optuna.Study, key: str) -> bool:
+    """Whether any trial of the study carries the user attribute ``key`` (set true)."""
+    return any(t.user_attrs.get(key) for t in study.get_trials(deepcopy=False))
 
 
 def ask_fixed(

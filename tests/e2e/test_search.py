@@ -52,6 +52,9 @@ def test_search_writes_a_complete_run(tmp_path, search_args, tiny_npz):
         state = torch.load(run / "subnets" / spec["id"] / "weights.pt", weights_only=True)
         assert all(isinstance(v, torch.Tensor) for v in state.values())
     assert {r["id"] for r in pareto["front"]} <= {s["id"] for s in subnets}
+    # measured latency of the baseline and every fine-tuned subnet, whatever the budget
+    assert pareto["baseline"]["latency_ms"] > 0 and all(s["latency_ms"] > 0 for s in subnets)
+    assert trials.set_index("number").loc[[s["trial"] for s in subnets], "latency_ms"].notna().all()
     assert "baseline" in (run / "report.md").read_text()
 
 
@@ -65,6 +68,7 @@ def test_random_strategy_lands_just_under_budget(tmp_path, search_args):
     assert (trials["state"] == "complete").all()
     use = trials["macs"] / base
     assert ((use <= 0.5) & (use >= 0.5 * 0.97)).all(), use.tolist()
+    assert f"4 candidates from {int(trials['draws'].sum())} draws" in (run / "report.md").read_text()
 
 
 def test_same_seed_same_search(tmp_path, search_args):

@@ -89,7 +89,10 @@ def _scored_study(points):
 def test_spread_choice_covers_the_front():
     # front (proxy up, macs down): (0.9, 100), (0.8, 60), (0.7, 40), (0.6, 20); dominated: (0.5, 90)
     study = _scored_study([(0.9, 100), (0.8, 60), (0.5, 90), (0.7, 40), (0.6, 20)])
-    spread = choose_for_finetune(study, 3, "macs", spread=True)
+    def macs(t):
+        return t.user_attrs["macs"]
+
+    spread = choose_for_finetune(study, 3, macs, spread=True)
     assert [t.user_attrs["macs"] for t in spread] == [100, 20, 60]
-    top = choose_for_finetune(study, 3, "macs", spread=False)
+    top = choose_for_finetune(study, 3, macs, spread=False)
     assert [t.user_attrs["proxy_acc"] for t in top] == [0.9, 0.8, 0.7]
