@@ -1,4 +1,5 @@
-"""The command line: ``autoprune search`` (the main job) and ``autoprune train`` (a baseline)."""
+"""The command line: ``autoprune search`` (the main job), ``sensitivity``, ``bench`` (the studies) and
+``train`` (a baseline)."""
 
 from __future__ import annotations
 
@@ -60,6 +61,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="binary search damage: adaptive-BN proxy drop, or next-layer reconstruction error")
     s.add_argument("--bounds-from-sensitivity", action="store_true",
                    help="narrow each group's ratio range to what the binary search found safe")
+    s.add_argument("--sensitivity-from", default=None, metavar="RUN_DIR",
+                   help="reuse the sensitivity.csv of an earlier run (same model, space and --tolerance) "
+                   "instead of measuring it again")
     s.add_argument("--calib-batches", type=int, default=d.calib_batches, help="training batches for adaptive-BN recalibration")
     s.add_argument("--score-images", type=int, default=d.score_images, help="held-out images used to score a candidate")
     s.add_argument("--no-adaptive-bn", dest="adaptive_bn", action="store_false", help="score without recalibrating BN (for comparison)")
@@ -73,6 +77,8 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("sensitivity", parents=[s], add_help=False, conflict_handler="resolve",
                    help="only the per-group binary search: sensitivity.csv / .png", formatter_class=fmt)
 
+    _add_bench(sub, d, criteria, fmt)
+
     t = sub.add_parser("train", help="train a baseline model and save its state dict", formatter_class=fmt)
     _add_common(t)
     t.add_argument("--epochs", type=float, default=30)
@@ -82,11 +88,74 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _words(text: str) -> list[str]:
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
+def _add_bench(sub, d, criteria: dict[str, str], fmt) -> None:
+    from autoprune.bench import STUDIES
+
+    bench = sub.add_parser("bench", help="benchmark studies: " + ", ".join(STUDIES), formatter_class=fmt)
+    studies = bench.add_subparsers(dest="study", required=True, parser_class=_Parser)
+    parsers = {}
+    for name, text in STUDIES.items():
+        b = studies.add_parser(name, help=text, description=text, formatter_class=fmt)
+        _add_common(b)
+        b.add_argument("--weights", default=None, help="state dict of the trained model (default: the shipped one)")
+        b.add_argument("--criterion", default=d.criterion, choices=list(criteria))
+        b.add_argument("--space", default=None, help="search-space YAML (default: by model family)")
+        b.add_argument("--calib-batches", type=int, default=d.calib_batches)
+        b.add_argument("--score-images", type=int, default=d.score_images)
+        b.add_argument("--tolerance", type=float, default=d.tolerance)
+        b.add_argument("--finetune-lr", type=float, default=d.finetune_lr)
+        b.add_argument("--limit-train", type=int, default=None)
+        b.add_argument("--out", default=None, help=f"output directory (default results/bench/{name})")
+        b.add_argument("--resume", action="store_true", help="continue an interrupted study in --out")
+        parsers[name] = b
+    f = parsers["fidelity"]
+    f.add_argument("--budget", default="50%flops")
+    f.add_argument("--candidates", type=int, default=30)
+    f.add_argument("--finetune-epochs", type=float, default=0.25)
+    f.add_argument("--finetune-seeds", type=int, default=2)
+    f.add_argument("--calib-sweep", type=_ints, default=[1, 5, 10, 20, 50], help="calibration batch counts to compare")
+    e = parsers["efficiency"]
+    e.add_argument("--budget", default="50%flops")
+    e.add_argument("--strategies", type=_words, default=["random", "tpe", "nsga2", "tpe-bounded"],
+                   help="strategies to compare; tpe-bounded is tpe with --bounds-from-sensitivity")
+    e.add_argument("--trials", type=int, default=30)
+    e.add_argument("--seeds", type=int, default=3, help="search seeds per strategy")
+    e.add_argument("--overhead-candidates", type=int, default=10,
+                   help="candidates whose bare forward passes are timed for the overhead ratio")
+    a = parsers["baselines"]
+    a.add_argument("--budgets", type=_words, default=["50%flops", "30%flops", "20%flops"])
+    a.add_argument("--strategy", default="random", help="strategy of the searched subnet")
+    a.add_argument("--trials", type=int, default=40)
+    a.add_argument("--finetune-epochs", type=float, default=0.5)
+    a.add_argument("--finetune-seeds", type=int, default=2)
+    a.add_argument("--latency-batches", type=_ints, default=[1, 64])
+    p = parsers["speedup"]
+    p.add_argument("--budgets", type=_words, default=["70%flops", "50%flops", "30%flops", "20%flops"])
+    p.add_argument("--latency-budget", default="50%latency", help="the latency-budget search measured too ('' to skip)")
+    p.add_argument("--trials", type=int, default=10, help="random-strategy trials per budget for the searched subnet")
+    p.add_argument("--latency-batches", type=_ints, default=[1, 64])
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "train":
             return _cmd_train(args)
+        if args.command == "bench":
+            from autoprune.bench.run import run_from_args
+
+            return run_from_args(args)
         return _cmd_search(args)  # search or sensitivity
     except UserError as exc:
         print(f"autoprune: error: {exc}", file=sys.stderr)

@@ -65,6 +65,7 @@ class SearchConfig:
     latency_batch: int = 1
     damage: str = "proxy"
     bounds_from_sensitivity: bool = False
+    sensitivity_from: str | None = None
     calib_batches: int = 20
     score_images: int = 2000
     adaptive_bn: bool = True
@@ -165,17 +166,11 @@ def _prepare(config: SearchConfig, module: nn.Module | None, resume: bool) -> _S
     """Validate everything the user gave, then create the run directory and measure the baseline."""
     tic = time.perf_counter()
     run = RunDir.check(config.out, resume)
-    config.model, config.data = absolute_spec(config.model), absolute_spec(config.data)
-    if config.weights is not None:
-        config.weights = str(Path(config.weights).expanduser().resolve())
+    resolve_paths(config)
     if resume:
         _check_resume_config(run, config)
-    budget = _check_options(config)
-    torch.manual_seed(config.seed)
-    data = load_data(config.data, holdout=config.holdout, seed=config.seed, limit_train=config.limit_train)
-    model = module if module is not None else _load_model(config, data)
-    space_config = load_space_config(config.space, None if module is not None else model_family(config.model))
-    space = PruningSpace(model, data.example_input(), space_config, criterion=config.criterion, seed=config.seed)
+    budget = check_options(config)
+    data, model, space = load_workbench(config, module)
     strategy = get_strategy(config.strategy, SearchContext(space, budget, config.seed, config.tolerance,
                                                            config.warm_start, config.trials))
     base_latency = measure_latency(model, data.input_shape, device=config.device, batch=config.latency_batch)
@@ -194,17 +189,14 @@ def _prepare(config: SearchConfig, module: nn.Module | None, resume: bool) -> _S
     # Nothing is written before this line: a bad input leaves no half-made run behind.
     run.create()
     config.out = str(run.path)
-    run.write_config({**asdict(config), "space_config": space_config.to_dict(), "data_summary": data.summary(),
+    run.write_config({**asdict(config), "space_config": space.config.to_dict(), "data_summary": data.summary(),
                       "groups": space.describe(), "unprunable_groups": space.unprunable})
     run.write_status(status="running", backend="local", workers=1, started=time.strftime("%Y-%m-%dT%H:%M:%S"))
-    holdout = data.holdout.subset(torch.arange(min(config.score_images, len(data.holdout))))
-    scoring = DataBundle(data.name, data.train, holdout, data.test, data.num_classes, data.augment)
-    evaluator = AdaptiveBNEvaluator(scoring, calib_batches=config.calib_batches, batch_size=config.batch_size,
-                                    device=config.device, seed=config.seed, adaptive=config.adaptive_bn)
+    evaluator = make_evaluator(config, data)
     baseline = {
         "macs": space.base_cost.macs,
         "params": space.base_cost.params,
-        "proxy_acc": accuracy(model, holdout, device=config.device),
+        "proxy_acc": evaluator.holdout_accuracy(model),
         "test_acc": accuracy(model, data.test, device=config.device),
         "latency_ms": base_latency,
     }
@@ -212,7 +204,44 @@ def _prepare(config: SearchConfig, module: nn.Module | None, resume: bool) -> _S
     return _Setup(run, data, space, budget, strategy, evaluator, baseline, time.perf_counter() - tic)
 
 
-def _check_options(config: SearchConfig) -> Budget:
+def load_workbench(config: SearchConfig, module: nn.Module | None = None) -> tuple[DataBundle, nn.Module, PruningSpace]:
+    """The data, the trained model and its pruning space, as ``config`` names them."""
+    torch.manual_seed(config.seed)
+    data = load_data(config.data, holdout=config.holdout, seed=config.seed, limit_train=config.limit_train)
+    model = module if module is not None else _load_model(config, data)
+    space_config = load_space_config(config.space, None if module is not None else model_family(config.model))
+    space = PruningSpace(model, data.example_input(), space_config, criterion=config.criterion, seed=config.seed)
+    return data, model, space
+
+
+def make_evaluator(config: SearchConfig, data: DataBundle, *, calib_batches: int | None = None,
+                   adaptive: bool | None = None) -> AdaptiveBNEvaluator:
+    """The candidate scorer: ``config.calib_batches`` training batches, the first ``score_images``
+    held-out images."""
+    holdout = data.holdout.subset(torch.arange(min(config.score_images, len(data.holdout))))
+    scoring = DataBundle(data.name, data.train, holdout, data.test, data.num_classes, data.augment)
+    return AdaptiveBNEvaluator(scoring, calib_batches=calib_batches or config.calib_batches,
+                               batch_size=config.batch_size, device=config.device, seed=config.seed,
+                               adaptive=config.adaptive_bn if adaptive is None else adaptive)
+
+
+def finetune(subnet: nn.Module, config: SearchConfig, data: DataBundle, evaluator: AdaptiveBNEvaluator, *,
+             seed: int, epochs: float | None = None, description: str = "fine-tune", quiet: bool = False):
+    """Recalibrate BN, then fine-tune ``subnet`` in place with the run's settings; a TrainResult."""
+    evaluator.recalibrate(subnet.to(config.device))
+    return train(subnet, data, epochs=config.finetune_epochs if epochs is None else epochs, lr=config.finetune_lr,
+                 batch_size=config.batch_size, device=config.device, seed=seed, description=description, quiet=quiet)
+
+
+def resolve_paths(config: SearchConfig) -> None:
+    """Make the specs and files ``config`` names absolute, so they mean the same from anywhere."""
+    config.model, config.data = absolute_spec(config.model), absolute_spec(config.data)
+    for key in ("weights", "sensitivity_from"):
+        if getattr(config, key) is not None:
+            setattr(config, key, str(Path(getattr(config, key)).expanduser().resolve()))
+
+
+def check_options(config: SearchConfig) -> Budget:
     """The checks that need no data or model; returns the parsed budget."""
     budget = parse_budget(config.budget)
     get_criterion(config.criterion)
@@ -227,6 +256,11 @@ def _check_options(config: SearchConfig) -> Budget:
         raise UserError("--tolerance must be between 0 and 1")
     if config.damage not in DAMAGES:
         raise UserError(f"--damage must be one of {', '.join(DAMAGES)}")
+    if config.sensitivity_from is not None:
+        if config.strategy != "binary" and not config.bounds_from_sensitivity:
+            raise UserError("--sensitivity-from needs --strategy binary or --bounds-from-sensitivity")
+        if read_sensitivity(Path(config.sensitivity_from)) is None:
+            raise UserError(f"--sensitivity-from: no sensitivity.csv in {config.sensitivity_from}")
     config.device = resolve_device(config.device)
     return budget
 
@@ -250,7 +284,7 @@ def _load_model(config: SearchConfig, data: DataBundle) -> nn.Module:
 # The settings that define a run's search; --trials and the fine-tuning options may change on resume.
 _RUN_IDENTITY = ("model", "data", "budget", "strategy", "criterion", "seed", "weights", "space", "calib_batches",
                  "score_images", "adaptive_bn", "tolerance", "holdout", "limit_train", "batch_size", "warm_start",
-                 "damage", "bounds_from_sensitivity", "latency_batch")
+                 "damage", "bounds_from_sensitivity", "sensitivity_from", "latency_batch")
 
 
 def _check_resume_config(run: RunDir, config: SearchConfig) -> None:
@@ -283,6 +317,11 @@ def _sensitivity_phase(config: SearchConfig, setup: _Setup, quiet: bool) -> list
     """Per-group safe ratios (measured once, then read back on resume); they feed the strategy
     and, with ``bounds_from_sensitivity``, narrow the space to the safe ratios or the allocation."""
     results = read_sensitivity(setup.run.path)
+    if results is None and config.sensitivity_from is not None:
+        results = read_sensitivity(Path(config.sensitivity_from))
+        if sorted(r.group for r in results) != sorted(setup.space.group_names):
+            raise UserError(f"--sensitivity-from: {config.sensitivity_from} was measured on other groups")
+        write_sensitivity(setup.run.path, results, config.tolerance, config.damage)
     if results is None:
         results = measure_sensitivity(setup.space, setup.evaluator, tolerance=config.tolerance,
                                       damage=config.damage, quiet=quiet)
@@ -318,7 +357,9 @@ def _search_phase(config: SearchConfig, setup: _Setup, quiet: bool) -> optuna.St
         while done < config.trials:
             tic = time.perf_counter()
             trial, ratios = strategy.ask(study)
+            counting = time.perf_counter()
             cost = space.cost(ratios)
+            trial.set_user_attr("cost_seconds", round(time.perf_counter() - counting, 5))
             for name, violation in budget.violations(cost, base).items():
                 trial.set_constraint(name, violation)
             feasible = budget.feasible(cost, base)
@@ -364,10 +405,8 @@ def _finetune_phase(config: SearchConfig, setup: _Setup, study: optuna.Study, qu
             continue
         ratios = trial_ratios(t, setup.space)
         subnet, kept = setup.space.prune(ratios)
-        setup.evaluator.recalibrate(subnet.to(config.device))
-        result = train(subnet, setup.data, epochs=config.finetune_epochs, lr=config.finetune_lr,
-                       batch_size=config.batch_size, device=config.device, seed=config.seed + rank,
-                       description=f"fine-tune {subnet_id} ({rank}/{len(chosen)})", quiet=quiet)
+        result = finetune(subnet, config, setup.data, setup.evaluator, seed=config.seed + rank,
+                          description=f"fine-tune {subnet_id} ({rank}/{len(chosen)})", quiet=quiet)
         test_acc = accuracy(subnet, setup.data.test, device=config.device)
         holdout_acc = accuracy(subnet, setup.data.holdout, device=config.device)
         cost = setup.space.cost(ratios)

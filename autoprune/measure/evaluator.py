@@ -81,7 +81,8 @@ class AdaptiveBNEvaluator:
         return (self._calib or self._holdout)[0][0]
 
     @torch.no_grad()
-    def recalibrate(self, model: nn.Module) -> None:
+    def recalibrate(self, model: nn.Module, batches: int | None = None) -> None:
+        """Re-estimate BN statistics on the first ``batches`` calibration batches (default: all)."""
         bns = [m for m in model.modules() if isinstance(m, _BN_TYPES)]
         if not bns:
             return
@@ -92,22 +93,39 @@ class AdaptiveBNEvaluator:
             bn.reset_running_stats()
             bn.momentum = None  # cumulative average: exact statistics in few batches
             bn.train()  # only BN layers in train mode: dropout and friends stay deterministic
-        for x, _ in self._calib:
+        for x, _ in self._calib[:batches]:
             model(x)
         for bn, momentum in zip(bns, saved):
             bn.momentum = momentum
         model.eval()
 
-    def score(self, model: nn.Module) -> float:
-        """Proxy accuracy of ``model`` (modified in place: its BN statistics are re-estimated).
+    def score(self, model: nn.Module, calib_batches: int | None = None) -> float:
+        """Proxy accuracy of ``model`` (modified in place: its BN statistics are re-estimated,
+        on the first ``calib_batches`` calibration batches where given).
 
         ``last_seconds`` keeps the time split of this call: the hot path, measured every time.
         """
         tic = time.perf_counter()
         model = to_device(model, self.device)
         if self.adaptive:
-            self.recalibrate(model)
+            self.recalibrate(model, calib_batches)
         recalibrated = time.perf_counter()
         proxy = _top1(model, self._holdout)
         self.last_seconds = {"recalibrate": recalibrated - tic, "evaluate": time.perf_counter() - recalibrated}
         return proxy
+
+    def holdout_accuracy(self, model: nn.Module) -> float:
+        """Top-1 on the scoring images, BN statistics as they are (no recalibration)."""
+        return _top1(to_device(model, self.device), self._holdout)
+
+    @torch.no_grad()
+    def forward_seconds(self, model: nn.Module) -> float:
+        """Seconds of the bare forward passes one score needs (every calibration batch and every
+        scoring image once, eval mode): the floor that the scoring overhead is measured against."""
+        model = to_device(model, self.device).eval()
+        tic = time.perf_counter()
+        for x, _ in self._calib + self._holdout:
+            model(x)
+        if self.device.startswith("cuda"):
+            torch.cuda.synchronize()
+        return time.perf_counter() - tic

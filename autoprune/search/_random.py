@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import optuna
 
-from autoprune.search.base import Strategy, ask_fixed, register_strategy, scale_to_budget
+from autoprune.search.base import SearchContext, Strategy, ask_fixed, register_strategy, scale_to_budget
 
 MAX_DRAWS = 1000
 
@@ -26,21 +26,26 @@ class RandomStrategy(Strategy):
         return optuna.samplers.RandomSampler(seed=self.context.seed)
 
     def propose(self, study: optuna.Study) -> tuple[optuna.Trial, dict[str, float]]:
-        ctx = self.context
-        space, budget, base = ctx.space, ctx.budget, ctx.space.base_cost
-        rng = np.random.default_rng([ctx.seed, len(study.trials)])
-        limit = budget.primary.limit(base)
-        best, best_use = None, -1.0
-        for draws in range(1, MAX_DRAWS + 1):
-            direction = {g.name: float(rng.uniform(g.low, g.high)) for g in space.groups}
-            ratios = scale_to_budget(ctx, direction)
-            if ratios is None:
-                continue
-            use = getattr(space.cost(ratios), budget.primary.metric) / limit
-            if use > best_use:
-                best, best_use = ratios, use
-            if use >= 1.0 - ctx.tolerance:
-                break
-        if best is None:
-            raise RuntimeError(f"no candidate within budget in {MAX_DRAWS} random draws")
-        return ask_fixed(study, space, best, {"draws": draws, "budget_use": round(best_use, 4)})
+        rng = np.random.default_rng([self.context.seed, len(study.trials)])
+        ratios, draws, use = draw_in_budget(self.context, rng)
+        return ask_fixed(study, self.context.space, ratios, {"draws": draws, "budget_use": round(use, 4)})
+
+
+def draw_in_budget(ctx: SearchContext, rng: np.random.Generator) -> tuple[dict[str, float], int, float]:
+    """One EagleEye candidate: (ratios, random draws it took, fraction of the budget it uses)."""
+    space, budget, base = ctx.space, ctx.budget, ctx.space.base_cost
+    limit = budget.primary.limit(base)
+    best, best_use = None, -1.0
+    for draws in range(1, MAX_DRAWS + 1):
+        direction = {g.name: float(rng.uniform(g.low, g.high)) for g in space.groups}
+        ratios = scale_to_budget(ctx, direction)
+        if ratios is None:
+            continue
+        use = getattr(space.cost(ratios), budget.primary.metric) / limit
+        if use > best_use:
+            best, best_use = ratios, use
+        if use >= 1.0 - ctx.tolerance:
+            break
+    if best is None:
+        raise RuntimeError(f"no candidate within budget in {MAX_DRAWS} random draws")
+    return best, draws, best_use

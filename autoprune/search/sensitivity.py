@@ -149,9 +149,10 @@ def write_sensitivity(run_dir: Path, results: list[GroupSensitivity], tolerance:
     _plot(run_dir / "sensitivity.png", results, tolerance, damage)
 
 
-def read_sensitivity(run_dir: Path) -> list[GroupSensitivity] | None:
-    path = run_dir / "sensitivity.csv"
-    if not path.exists():
+def read_sensitivity(where: Path) -> list[GroupSensitivity] | None:
+    """The results in ``where`` (a run directory or the CSV itself); None if there are none."""
+    path = where if where.suffix == ".csv" else where / "sensitivity.csv"
+    if not path.is_file():
         return None
     results = []
     with open(path, newline="") as fh:

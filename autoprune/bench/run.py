@@ -1,0 +1,43 @@
+"""Dispatch ``autoprune bench STUDY`` to its study with a ``SearchConfig`` for the shared options."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+from pathlib import Path
+
+from autoprune.bench.common import BenchDir, settings_of
+from autoprune.errors import UserError
+from autoprune.pipeline import SearchConfig, check_options, resolve_paths
+
+_SHARED = ("model", "data", "weights", "criterion", "space", "calib_batches", "score_images", "tolerance",
+           "finetune_lr", "limit_train", "holdout", "batch_size", "seed", "device")
+_OWN = {
+    "fidelity": ("budget", "candidates", "finetune_epochs", "finetune_seeds", "calib_sweep"),
+    "efficiency": ("budget", "strategies", "trials", "seeds", "overhead_candidates"),
+    "baselines": ("budgets", "strategy", "trials", "finetune_epochs", "finetune_seeds", "latency_batches"),
+    "speedup": ("budgets", "latency_budget", "trials", "latency_batches"),
+}
+
+
+def run_bench(study: str, config: SearchConfig, *, out: str | None = None, resume: bool = False,
+              quiet: bool = False, **options) -> Path:
+    """Run one study (the Python face of ``autoprune bench``); returns its output directory."""
+    if study not in _OWN:
+        raise UserError(f"unknown study '{study}' (choose from {', '.join(_OWN)})")
+    resolve_paths(config)
+    check_options(config)
+    for key, value in options.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
+            raise UserError(f"--{key.replace('_', '-')} must not be negative")
+    bench = BenchDir(out or Path("results") / "bench" / study, study, settings_of(config, **options), resume=resume)
+    module = importlib.import_module(f"autoprune.bench.{study}")
+    module.run(config, bench, quiet=quiet, **options)
+    return bench.path
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    config = SearchConfig(**{k: getattr(args, k) for k in _SHARED})
+    run_bench(args.study, config, out=args.out, resume=args.resume, quiet=args.quiet,
+              **{k: getattr(args, k) for k in _OWN[args.study]})
+    return 0
