@@ -3,10 +3,12 @@ the machine it ran on, and the summary that records the exact command."""
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import platform
 import shlex
+import statistics
 import sys
 import time
 from dataclasses import asdict
@@ -15,10 +17,13 @@ from typing import Any
 
 import pandas as pd
 import torch
+from torch import nn
 
 from autoprune.errors import UserError
-from autoprune.pipeline import SearchConfig
+from autoprune.measure.latency import measure_latency
+from autoprune.pipeline import SearchConfig, search
 from autoprune.progress import console
+from autoprune.pruning.space import PruningSpace
 
 
 def machine() -> str:
@@ -135,11 +140,33 @@ def settings_of(config: SearchConfig, **study: Any) -> dict[str, Any]:
     return {**asdict(config), **study}
 
 
-def table(frame: pd.DataFrame, floatfmt: str = ".4g") -> str:
-    """A markdown table (no extra dependency)."""
-    cols = list(frame.columns)
-    lines = ["| " + " | ".join(map(str, cols)) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    for _, row in frame.iterrows():
-        cells = [format(v, floatfmt) if isinstance(v, float) else str(v) for v in row]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+def best_searched(config: SearchConfig, bench: BenchDir, space: PruningSpace, budget: str, *, quiet: bool = False,
+                  **options: Any) -> tuple[dict[str, float], pd.Series] | None:
+    """Ratios and trials.csv row of the best-proxy candidate of a real search at ``budget``
+    (``autoprune search`` with fine-tuning off, in ``runs/search-<budget>``; resumed if cut short)."""
+    run_dir = bench.path / "runs" / ("search-" + "".join(c if c.isalnum() else "_" for c in budget.replace("%", "pct")))
+    settings = {k: v for k, v in asdict(config).items() if k not in ("model", "data", "budget", "out")}
+    settings.update(finetune_top=0, **options)
+    status = run_dir / "run.json"
+    if not status.exists() or json.loads(status.read_text()).get("status") != "complete":
+        bench.log(f"{budget}: searching {settings['trials']} trials ({settings['strategy']})")
+        search(config.model, config.data, budget=budget, out=str(run_dir), resume=(run_dir / "config.yaml").exists(),
+               quiet=quiet, **settings)
+    trials = pd.read_csv(run_dir / "trials.csv")
+    scored = trials[trials["proxy_acc"].notna()]
+    if scored.empty:
+        return None
+    best = scored.sort_values(["proxy_acc", "number"], ascending=[False, True]).iloc[0]
+    return {g: float(best[f"ratio:{g}"]) for g in space.group_names}, best
+
+
+def measure_latencies(models: dict[str, nn.Module], input_shape: tuple[int, ...], batches: list[int], device: str,
+                      rounds: int = 3) -> dict[str, dict[str, float]]:
+    """Latency in ms of each model at each batch: the median of ``rounds`` rounds that take every
+    model in turn, so that a slow spell of a noisy machine is shared instead of hitting one model."""
+    samples: dict[str, dict[str, list[float]]] = {name: {str(b): [] for b in batches} for name in models}
+    for _ in range(rounds):
+        for name, model in models.items():
+            for b in batches:
+                samples[name][str(b)].append(measure_latency(copy.deepcopy(model), input_shape, device=device, batch=b))
+    return {name: {b: statistics.median(v) for b, v in per.items()} for name, per in samples.items()}

@@ -15,12 +15,19 @@ from itertools import combinations
 import numpy as np
 import pandas as pd
 
-from autoprune.bench.common import BenchDir, figure, table
+from autoprune.bench.common import BenchDir, figure
 from autoprune.budget import parse_budget
+from autoprune.errors import UserError
 from autoprune.measure import accuracy
 from autoprune.pipeline import SearchConfig, finetune, load_workbench, make_evaluator
 from autoprune.search import SearchContext
 from autoprune.search._random import draw_in_budget
+
+
+def check(*, budget: str, candidates: int, finetune_seeds: int, calib_sweep: list[int], **_) -> None:
+    parse_budget(budget)
+    if candidates < 3 or finetune_seeds < 1 or not calib_sweep or min(calib_sweep) < 1:
+        raise UserError("fidelity needs at least 3 candidates, 1 fine-tune seed and calibration batch counts of 1 or more")
 
 
 def run(config: SearchConfig, bench: BenchDir, *, budget: str, candidates: int, finetune_epochs: float,
@@ -60,7 +67,8 @@ def run(config: SearchConfig, bench: BenchDir, *, budget: str, candidates: int, 
 def _measure(config, data, space, scorer, recalibrator, ratios, sweep, seeds) -> dict:
     cost = space.cost(ratios)
     subnet, _ = space.prune(ratios)
-    row: dict = {"macs": cost.macs, "params": cost.params, "vanilla": scorer.holdout_accuracy(subnet)}
+    row: dict = {"macs": cost.macs, "macs_pct": 100 * cost.macs / space.base_cost.macs, "params": cost.params,
+                 "vanilla": scorer.holdout_accuracy(subnet)}
     for k in sweep:
         row[f"adaptive_{k}"] = scorer.score(subnet, calib_batches=k)
         row[f"adaptive_{k}_seconds"] = round(sum(scorer.last_seconds.values()), 4)

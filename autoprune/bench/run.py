@@ -30,8 +30,9 @@ def run_bench(study: str, config: SearchConfig, *, out: str | None = None, resum
     for key, value in options.items():
         if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
             raise UserError(f"--{key.replace('_', '-')} must not be negative")
-    bench = BenchDir(out or Path("results") / "bench" / study, study, settings_of(config, **options), resume=resume)
     module = importlib.import_module(f"autoprune.bench.{study}")
+    module.check(**options)  # before anything is written
+    bench = BenchDir(out or Path("results") / "bench" / study, study, settings_of(config, **options), resume=resume)
     module.run(config, bench, quiet=quiet, **options)
     return bench.path
 

@@ -85,6 +85,7 @@ class PruningSpace:
         names = {m: n for n, m in self.model.named_modules()}
         self._shapes, classifier = _trace_shapes(self.model, self.example_input, names)
         ignored = [m for m in (classifier,) if m is not None]
+        self.classifier = names.get(classifier)  # never pruned: its outputs are the classes
         graph = _build_graph(self.model, self.example_input)
         score = get_criterion(criterion, seed)
         self.groups: list[Group] = []

@@ -5,7 +5,13 @@ from __future__ import annotations
 import numpy as np
 import optuna
 
-from autoprune.search.base import SearchContext, Strategy, ask_fixed, register_strategy, scale_to_budget
+from autoprune.search.base import (
+    SearchContext,
+    Strategy,
+    ask_fixed,
+    register_strategy,
+    scale_to_budget,
+)
 
 MAX_DRAWS = 1000
 

@@ -1,0 +1,203 @@
+"""How fast does each strategy find a good candidate, and what does one candidate cost?
+
+Every strategy runs the real search (the same pipeline as ``autoprune search``, fine-tuning off)
+for the same number of trials over several seeds. The sensitivity that ``tpe-bounded`` (tpe with
+``--bounds-from-sensitivity``) and ``binary`` need is measured once and reused by every seed
+(``--sensitivity-from``); its one-off cost is reported on its own.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict
+
+import numpy as np
+import pandas as pd
+
+from autoprune.bench.common import BenchDir, figure
+from autoprune.budget import parse_budget
+from autoprune.errors import UserError
+from autoprune.pipeline import SearchConfig, load_workbench, make_evaluator, search, sensitivity
+from autoprune.search import list_strategies
+
+BOUNDED = "tpe-bounded"
+_PARTS = ("ask", "cost", "prune", "recalibrate", "evaluate", "bookkeeping")
+
+
+def check(*, budget: str, strategies: list[str], trials: int, seeds: int, **_) -> None:
+    parse_budget(budget)
+    unknown = [s for s in strategies if s not in (*list_strategies(), BOUNDED)]
+    if unknown or not strategies:
+        raise UserError(f"--strategies: unknown {unknown or 'none given'} (choose from "
+                        f"{', '.join([*list_strategies(), BOUNDED])})")
+    if trials < 1 or seeds < 1:
+        raise UserError("--trials and --seeds must be at least 1")
+
+
+def run(config: SearchConfig, bench: BenchDir, *, budget: str, strategies: list[str], trials: int, seeds: int,
+        overhead_candidates: int, quiet: bool = False) -> pd.DataFrame:
+    runs = bench.path / "runs"
+    base = {k: v for k, v in asdict(config).items() if k not in ("model", "data", "budget", "out")}
+    base.update(finetune_top=0, trials=trials)
+    sensitivity_dir = None
+    if any(s in (BOUNDED, "binary") for s in strategies):
+        sensitivity_dir = runs / "sensitivity"
+        if bench.done("sensitivity") is None:
+            tic = time.perf_counter()
+            bench.log("measuring per-group sensitivity once for every seed")
+            sensitivity(config.model, config.data, budget=budget, out=str(sensitivity_dir),
+                        resume=(sensitivity_dir / "config.yaml").exists(), quiet=quiet, **{**base, "strategy": "binary"})
+            bench.record("sensitivity", {"seconds": round(time.perf_counter() - tic, 1)})
+    frames = []
+    for offset in range(seeds):
+        for label in strategies:
+            seed = config.seed + offset
+            key, run_dir = f"{label} seed {seed}", runs / f"{label}-s{seed}"
+            if bench.done(key) is None:
+                bench.log(f"{key}: {trials} trials")
+                options = {**base, "seed": seed, "strategy": "tpe" if label == BOUNDED else label,
+                           "bounds_from_sensitivity": label == BOUNDED,
+                           "sensitivity_from": str(sensitivity_dir) if label in (BOUNDED, "binary") else None}
+                search(config.model, config.data, budget=budget, out=str(run_dir),
+                       resume=(run_dir / "config.yaml").exists(), quiet=quiet, **options)
+                timings = json.loads((run_dir / "run.json").read_text())["timings"]
+                bench.record(key, {"search_seconds": round(timings["search"], 2)})
+            frame = pd.read_csv(run_dir / "trials.csv").sort_values("number")
+            frame["strategy"], frame["seed"] = label, seed
+            frame["search_seconds"] = bench.done(key)["search_seconds"]
+            frames.append(frame)
+    trials_all = pd.concat(frames, ignore_index=True)
+    trials_all["best_so_far"] = trials_all.groupby(["strategy", "seed"])["proxy_acc"].transform(
+        lambda s: s.fillna(0.0).cummax())
+    bench.write_csv("trials.csv", trials_all.drop(columns=[c for c in trials_all if c.startswith("ratio:")]))
+    curves = _curves(trials_all, strategies)
+    bench.write_csv("curves.csv", curves)
+    speed = _throughput(trials_all, strategies)
+    bench.write_csv("throughput.csv", speed)
+    overhead = _overhead(config, bench, trials_all, strategies, overhead_candidates)
+    _plot(bench, curves, speed, strategies)
+    _summary(bench, config, budget, trials, seeds, curves, speed, overhead, bench.done("sensitivity"))
+    return speed
+
+
+def _curves(frame: pd.DataFrame, strategies: list[str]) -> pd.DataFrame:
+    stats = frame.groupby(["strategy", "number"])["best_so_far"].agg(["mean", "min", "max", "count"]).reset_index()
+    stats["trial"] = stats["number"] + 1
+    stats["strategy"] = pd.Categorical(stats["strategy"], strategies, ordered=True)
+    return stats.sort_values(["strategy", "trial"]).drop(columns="number")
+
+
+def _throughput(frame: pd.DataFrame, strategies: list[str]) -> pd.DataFrame:
+    """Per strategy (summed over seeds): seconds per scored candidate and how they split."""
+    rows = []
+    for label in strategies:
+        runs = frame[frame["strategy"] == label]
+        scored = runs[runs["proxy_acc"].notna()]
+        n = max(len(scored), 1)
+        total = runs.groupby("seed")["search_seconds"].first().sum()
+        parts = {
+            "cost": runs["cost_seconds"].sum() / n,
+            "prune": scored["prune_seconds"].sum() / n,
+            "recalibrate": scored["recalibrate_seconds"].sum() / n,
+            "evaluate": scored["evaluate_seconds"].sum() / n,
+        }
+        parts["ask"] = runs["seconds"].sum() / n - sum(parts.values())
+        parts["bookkeeping"] = total / n - runs["seconds"].sum() / n
+        rows.append({"strategy": label, "trials": len(runs), "scored": len(scored),
+                     "infeasible": int((runs["state"] == "infeasible").sum()),
+                     "search_seconds": round(total, 1), "scored_per_minute": 60 * len(scored) / total,
+                     "seconds_per_scored": total / n, **{f"{p}_seconds": parts[p] for p in _PARTS}})
+    return pd.DataFrame(rows)
+
+
+def _overhead(config: SearchConfig, bench: BenchDir, frame: pd.DataFrame, strategies: list[str], k: int) -> dict | None:
+    """Seconds per scored candidate over the seconds of the bare forward passes it needs."""
+    if k < 1:
+        return None
+    saved = bench.done("overhead")
+    if saved is not None:
+        return saved
+    label = "random" if "random" in strategies else strategies[0]
+    runs = frame[(frame["strategy"] == label) & (frame["seed"] == config.seed)]
+    scored = runs[runs["proxy_acc"].notna()]
+    picked = scored.iloc[np.linspace(0, len(scored) - 1, num=min(k, len(scored))).round().astype(int)]
+    if picked.empty:
+        return None
+    bench.log(f"timing the bare forward passes of {len(picked)} {label} candidates")
+    data, _, space = load_workbench(config)
+    evaluator = make_evaluator(config, data)
+    full = pd.read_csv(bench.path / "runs" / f"{label}-s{config.seed}" / "trials.csv").set_index("number")
+    forward = []
+    for number in picked["number"]:
+        ratios = {g: float(full.loc[number, f"ratio:{g}"]) for g in space.group_names}
+        subnet, _ = space.prune(ratios)
+        forward.append(evaluator.forward_seconds(subnet))
+    bookkeeping = (runs["search_seconds"].iloc[0] - runs["seconds"].sum()) / len(runs)
+    candidate = float(picked["seconds"].mean() + bookkeeping)
+    result = {"strategy": label, "candidates": len(picked), "candidate_seconds": round(candidate, 4),
+              "forward_seconds": round(float(np.mean(forward)), 4), "images": evaluator.images_per_score,
+              "overhead": round(candidate / float(np.mean(forward)), 3)}
+    return bench.record("overhead", result)
+
+
+def _plot(bench: BenchDir, curves: pd.DataFrame, speed: pd.DataFrame, strategies: list[str]) -> None:
+    fig, axes = figure(2, width=6.0)
+    ax = axes[0][0]
+    for label in strategies:
+        c = curves[curves["strategy"] == label]
+        ax.plot(c["trial"], 100 * c["mean"], label=label)
+        ax.fill_between(c["trial"], 100 * c["min"], 100 * c["max"], alpha=0.15)
+    ax.set_xlabel("trials")
+    ax.set_ylabel("best proxy accuracy so far (%; mean, range over seeds)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    top = curves["max"].max()
+    ax.set_ylim(max(0.0, 100 * top - 25), 100 * top + 2)
+    ax = axes[0][1]
+    bottom = np.zeros(len(speed))
+    for part in _PARTS:
+        values = speed[f"{part}_seconds"].to_numpy()
+        ax.bar(speed["strategy"], values, bottom=bottom, label=part)
+        bottom += values
+    ax.set_ylabel("seconds per scored candidate")
+    ax.legend(fontsize=8)
+    bench.save_figure(fig, "efficiency.png")
+
+
+def _summary(bench, config, budget, trials, seeds, curves, speed, overhead, sens) -> None:
+    checkpoints = sorted({max(1, trials // 4), max(1, trials // 2), trials})
+    lines = ["| strategy | " + " | ".join(f"best proxy after {n} trials" for n in checkpoints) + " |",
+             "|---|" + "---:|" * len(checkpoints)]
+    for label, c in curves.groupby("strategy", observed=True, sort=False):
+        cells = []
+        for n in checkpoints:
+            row = c[c["trial"] == n].iloc[0]
+            cells.append(f"{row['mean']:.1%} ({row['min']:.1%}-{row['max']:.1%})")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    split = ["| strategy | scored / trials | infeasible | scored per minute | s per scored | "
+             + " | ".join(_PARTS) + " |", "|---|---:|---:|---:|---:|" + "---:|" * len(_PARTS)]
+    for r in speed.itertuples():
+        split.append(f"| {r.strategy} | {r.scored} / {r.trials} | {r.infeasible} | {r.scored_per_minute:.1f} | "
+                     f"{r.seconds_per_scored:.2f} | " + " | ".join(f"{getattr(r, f'{p}_seconds'):.3f}" for p in _PARTS) + " |")
+    body = f"""
+{', '.join(speed['strategy'])} on {config.model} / {config.data} at {budget}: {trials} trials each, {seeds} seed(s)
+(from {config.seed}), adaptive BN with {config.calib_batches} batches of {config.batch_size} and {config.score_images}
+scoring images. Infeasible trials count as trials with no score.
+
+""" + "\n".join(lines) + """
+
+Time per scored candidate (all seeds; infeasible trials' time is spread over the scored ones).
+`ask` is the strategy choosing ratios (random: its draws and bisections), `cost` the exact MAC/param
+count, `bookkeeping` the Optuna tell and storage writes:
+
+""" + "\n".join(split) + "\n"
+    if sens:
+        body += f"\nThe sensitivity for {BOUNDED} was measured once in {sens['seconds']:.0f} s and reused by every seed.\n"
+    if overhead:
+        body += (f"\nScoring overhead: {overhead['candidate_seconds']:.2f} s per {overhead['strategy']} candidate against "
+                 f"{overhead['forward_seconds']:.2f} s for the bare forward passes of its {overhead['images']} images "
+                 f"(eval mode, no bookkeeping), over {overhead['candidates']} candidates: "
+                 f"**overhead {overhead['overhead']:.2f}** (target: under 1.25).\n")
+    body += "\n![best proxy vs trials, and time per candidate](efficiency.png)\n\nFiles: curves.csv, throughput.csv, trials.csv (all runs), runs/ (each search's own run directory).\n"
+    bench.write_summary("Search efficiency", body)

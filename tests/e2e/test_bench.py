@@ -1,0 +1,110 @@
+"""Smoke tests of every ``autoprune bench`` study on the tiny data: each runs end to end through
+the CLI, writes its files, and its figures obey what the study measures."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from autoprune.cli import main
+
+
+@pytest.fixture
+def bench_args(tiny_npz, tiny_weights):
+    def args(study: str, out, *extra: str) -> list[str]:
+        return ["bench", study, "--data", tiny_npz, "--weights", tiny_weights, "--holdout", "120",
+                "--batch-size", "64", "--calib-batches", "2", "--score-images", "120", "--quiet",
+                "--out", str(out), *extra]
+
+    return args
+
+
+def _journal(out) -> list[str]:
+    return [json.loads(line)["key"] for line in (out / "journal.jsonl").read_text().splitlines()]
+
+
+def test_fidelity(bench_args, tmp_path, one_thread):
+    out = tmp_path / "fidelity"
+    args = bench_args("fidelity", out, "--candidates", "3", "--finetune-epochs", "0.1", "--calib-sweep", "1,3")
+    assert main(args) == 0
+    candidates = pd.read_csv(out / "candidates.csv")
+    assert len(candidates) == 3
+    assert candidates["macs_pct"].between(45, 50).all()  # in the budget band, as the random strategy draws
+    assert candidates[["test_seed1", "test_seed2"]].stack().between(0, 1).all()
+    scores = pd.read_csv(out / "correlations.csv")
+    assert list(scores["score"]) == ["seed-to-seed (ceiling)", "vanilla", "adaptive BN, 1 batches",
+                                     "adaptive BN, 2 batches", "adaptive BN, 3 batches"]
+    assert (scores["seconds"].dropna() > 0).all()
+    for name in ("scatter.png", "calibration_sweep.png", "summary.md", "bench.json"):
+        assert (out / name).stat().st_size > 0
+    assert "autoprune bench fidelity" in (out / "summary.md").read_text() or "python API" in (out / "summary.md").read_text()
+
+    # a finished study resumes without redoing any work; other settings are refused
+    keys = _journal(out)
+    assert main(args + ["--resume"]) == 0
+    assert _journal(out) == keys
+    assert main(args) == 2  # already there, no --resume
+    assert main([a if a != "3" else "4" for a in args] + ["--resume"]) == 2
+
+
+def test_efficiency(bench_args, tmp_path, one_thread):
+    out = tmp_path / "efficiency"
+    assert main(bench_args("efficiency", out, "--strategies", "random,tpe-bounded", "--trials", "3",
+                           "--seeds", "2", "--overhead-candidates", "2")) == 0
+    curves = pd.read_csv(out / "curves.csv")
+    assert set(curves["strategy"]) == {"random", "tpe-bounded"}
+    for _, c in curves.groupby("strategy"):
+        assert list(c["trial"]) == [1, 2, 3]
+        assert c["mean"].is_monotonic_increasing  # best so far never falls
+        assert (c["count"] == 2).all()  # every seed ran
+    speed = pd.read_csv(out / "throughput.csv").set_index("strategy")
+    assert speed.loc["random", "scored"] == 6  # random candidates are all within budget
+    parts = ["ask", "cost", "prune", "recalibrate", "evaluate", "bookkeeping"]
+    assert speed[[f"{p}_seconds" for p in parts]].sum(axis=1).round(6).equals(speed["seconds_per_scored"].round(6))
+    overhead = next(json.loads(line)["value"] for line in (out / "journal.jsonl").read_text().splitlines()
+                if json.loads(line)["key"] == "overhead")
+    assert overhead["overhead"] > 1  # scoring costs more than its bare forward passes
+    assert (out / "runs" / "sensitivity" / "sensitivity.csv").exists()
+    # the bounded runs reused the one sensitivity measurement
+    for seed in (0, 1):
+        config = (out / "runs" / f"tpe-bounded-s{seed}" / "config.yaml").read_text()
+        assert "sensitivity_from:" in config and "runs/sensitivity" in config
+    assert "overhead" in (out / "summary.md").read_text()
+
+
+def test_baselines(bench_args, tmp_path, one_thread):
+    out = tmp_path / "baselines"
+    assert main(bench_args("baselines", out, "--budgets", "50%flops", "--trials", "3", "--finetune-epochs", "0.1",
+                           "--latency-batches", "1")) == 0
+    table = pd.read_csv(out / "baselines.csv").set_index("method")
+    assert set(table.index) == {"unpruned", "searched", "uniform", "global"}
+    assert table.loc["unpruned", "macs_pct"] == 100
+    for method in ("searched", "uniform", "global"):
+        assert table.loc[method, "macs_pct"] <= 50.0
+        assert table.loc[method, "macs_pct"] >= 40.0  # each uses most of the budget
+    assert (table["seeds"] == 2).all()
+    assert (table["latency_b1_ms"] > 0).all()
+    runs = pd.read_csv(out / "runs.csv")
+    assert len(runs) == 8 and runs["test_acc"].between(0, 1).all()
+
+
+def test_speedup(bench_args, tmp_path, one_thread):
+    out = tmp_path / "speedup"
+    assert main(bench_args("speedup", out, "--budgets", "50%flops", "--trials", "2", "--latency-budget", "80%latency",
+                           "--latency-batches", "1,4")) == 0
+    frame = pd.read_csv(out / "speedup.csv").set_index("model")
+    assert list(frame.index) == ["unpruned", "50%flops uniform", "50%flops searched", "80%latency searched"]
+    assert frame.loc["unpruned", "speedup_b1"] == 1.0
+    assert (frame.drop(index="unpruned")["macs_reduction"] > 1.9).all()
+    assert frame.loc["80%latency searched", "predicted_b4_ms"] > 0
+    assert (out / "speedup.png").stat().st_size > 0
+
+
+def test_bench_errors(bench_args, tmp_path, capsys):
+    assert main(bench_args("efficiency", tmp_path / "e", "--strategies", "annealing")) == 2
+    assert "--strategies: unknown ['annealing']" in capsys.readouterr().err
+    assert main(bench_args("speedup", tmp_path / "s", "--budgets", "8ms")) == 2
+    assert main(bench_args("fidelity", tmp_path / "f", "--resume")) == 2
+    assert "holds no benchmark" in capsys.readouterr().err
