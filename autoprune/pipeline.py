@@ -45,7 +45,7 @@ from autoprune.search.sensitivity import (
     write_sensitivity,
 )
 from autoprune.specs import absolute_spec
-from autoprune.train import train
+from autoprune.train import TrainResult, train
 
 SHIPPED_WEIGHTS = {("resnet20", "fashion-mnist"): Path(__file__).parent / "checkpoints" / "resnet20_fashion-mnist.pt"}
 
@@ -128,7 +128,7 @@ def search(
                        baseline=setup.baseline, trials=trials, subnets=subnets, timings=timings)
     run.write_status(status="complete", timings=timings, finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
     if not quiet:
-        _print_summary(setup.baseline, subnets, front, run)
+        _print_summary(setup.baseline, subnets, front, run, finetuning=config.finetune_top > 0)
     best = max(subnets, key=lambda s: s.test_acc) if subnets else None
     pareto = pd.DataFrame([s.row() for s in front])
     return SearchResult(run.path, setup.baseline, subnets, pareto, trials, best)
@@ -226,8 +226,8 @@ def make_evaluator(config: SearchConfig, data: DataBundle, *, calib_batches: int
 
 
 def finetune(subnet: nn.Module, config: SearchConfig, data: DataBundle, evaluator: AdaptiveBNEvaluator, *,
-             seed: int, epochs: float | None = None, description: str = "fine-tune", quiet: bool = False):
-    """Recalibrate BN, then fine-tune ``subnet`` in place with the run's settings; a TrainResult."""
+             seed: int, epochs: float | None = None, description: str = "fine-tune", quiet: bool = False) -> TrainResult:
+    """Recalibrate BN, then fine-tune ``subnet`` in place with the run's settings."""
     evaluator.recalibrate(subnet.to(config.device))
     return train(subnet, data, epochs=config.finetune_epochs if epochs is None else epochs, lr=config.finetune_lr,
                  batch_size=config.batch_size, device=config.device, seed=seed, description=description, quiet=quiet)
@@ -463,7 +463,11 @@ def _record_from_spec(directory: Path) -> SubnetRecord:
     )
 
 
-def _print_summary(baseline: dict, subnets: list[SubnetRecord], front: list[SubnetRecord], run: RunDir) -> None:
+def _print_summary(baseline: dict, subnets: list[SubnetRecord], front: list[SubnetRecord], run: RunDir, *,
+                   finetuning: bool) -> None:
+    if not finetuning:
+        console.print(f"search done (no fine-tuning asked for): {run.path / 'trials.csv'}")
+        return
     table = Table(title="fine-tuned subnets")
     for col in ("subnet", "MACs (M)", "MACs %", "params (M)", "latency (ms)", "proxy acc", "test acc", "Pareto"):
         table.add_column(col, justify="right")

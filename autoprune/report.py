@@ -136,7 +136,7 @@ def write_report(
         for s in predicted:
             error = s.predicted_latency_ms / s.latency_ms - 1
             lines.append(f"| {s.id} | {s.predicted_latency_ms:.3f} | {s.latency_ms:.3f} | {error:+.1%} |")
-    if not subnets:
+    if not subnets and config["finetune_top"] > 0:
         lines += ["", ("**No candidate met the budget**: no subnet was fine-tuned. Try `--warm-start`, "
                        "`--strategy random`, more `--trials` or a looser budget.")]
     states = trials["state"].value_counts().to_dict() if len(trials) else {}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -62,7 +63,7 @@ def test_efficiency(bench_args, tmp_path, one_thread):
     speed = pd.read_csv(out / "throughput.csv").set_index("strategy")
     assert speed.loc["random", "scored"] == 6  # random candidates are all within budget
     parts = ["ask", "cost", "prune", "recalibrate", "evaluate", "bookkeeping"]
-    assert speed[[f"{p}_seconds" for p in parts]].sum(axis=1).round(6).equals(speed["seconds_per_scored"].round(6))
+    assert np.allclose(speed[[f"{p}_seconds" for p in parts]].sum(axis=1), speed["seconds_per_scored"])
     overhead = next(json.loads(line)["value"] for line in (out / "journal.jsonl").read_text().splitlines()
                 if json.loads(line)["key"] == "overhead")
     assert overhead["overhead"] > 1  # scoring costs more than its bare forward passes
@@ -97,7 +98,8 @@ def test_speedup(bench_args, tmp_path, one_thread):
     frame = pd.read_csv(out / "speedup.csv").set_index("model")
     assert list(frame.index) == ["unpruned", "50%flops uniform", "50%flops searched", "80%latency searched"]
     assert frame.loc["unpruned", "speedup_b1"] == 1.0
-    assert (frame.drop(index="unpruned")["macs_reduction"] > 1.9).all()
+    assert (frame.loc[["50%flops uniform", "50%flops searched"], "macs_reduction"] > 1.9).all()
+    assert frame.loc["80%latency searched", "macs_reduction"] > 1  # how much depends on the timings
     assert frame.loc["80%latency searched", "predicted_b4_ms"] > 0
     assert (out / "speedup.png").stat().st_size > 0
 

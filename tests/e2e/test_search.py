@@ -172,6 +172,16 @@ def test_sensitivity_command_runs_only_that_phase(tmp_path, search_args):
     assert not (run / "trials.csv").exists()
     assert json.loads((run / "run.json").read_text())["status"] == "complete"
 
+    # a later search reuses it instead of measuring again: the same ratios bound its space
+    reuse = tmp_path / "reuse"
+    assert main(search_args + ["--bounds-from-sensitivity", "--sensitivity-from", str(run), "--trials", "2",
+                               "--finetune-top", "0", "--out", str(reuse)]) == 0
+    assert (reuse / "sensitivity.csv").read_text() == (run / "sensitivity.csv").read_text()
+    assert json.loads((reuse / "run.json").read_text())["timings"]["sensitivity"] < 1.0
+    assert main(search_args + ["--sensitivity-from", str(run), "--out", str(tmp_path / "x")]) == 2
+    assert main(search_args + ["--strategy", "binary", "--sensitivity-from", str(tmp_path),
+                               "--out", str(tmp_path / "y")]) == 2
+
 
 def test_latency_budget(tmp_path, search_args):
     run = tmp_path / "run"
