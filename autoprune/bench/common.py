@@ -72,11 +72,13 @@ class BenchDir:
         elif self.path.exists() and any(self.path.iterdir()):
             raise UserError(f"{self.path} exists and is not empty; choose another --out")
         self.path.mkdir(parents=True, exist_ok=True)
-        self.started = time.perf_counter()
         if not meta.exists():
             meta.write_text(json.dumps({"study": study, "settings": settings, "command": command_line(),
-                                        "machine": machine(), "started": time.strftime("%Y-%m-%dT%H:%M:%S")},
-                                       indent=2) + "\n")
+                                        "machine": machine(), "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                                        "seconds": 0.0}, indent=2) + "\n")
+        self._meta = json.loads(meta.read_text())
+        self._seconds_before = float(self._meta.get("seconds", 0.0))  # spent by earlier invocations
+        self.started = time.perf_counter()
         self._journal = self.path / "journal.jsonl"
         self._done: dict[str, dict] = {}
         if self._journal.exists():
@@ -95,7 +97,16 @@ class BenchDir:
             fh.flush()
             os.fsync(fh.fileno())
         self._done[key] = value
+        self._save_seconds()
         return value
+
+    def _save_seconds(self) -> float:
+        """Seconds of work on the study so far, over every invocation (kept in bench.json)."""
+        self._meta["seconds"] = round(self._seconds_before + time.perf_counter() - self.started, 1)
+        tmp = self.path / ".bench.json.tmp"
+        tmp.write_text(json.dumps(self._meta, indent=2) + "\n")
+        os.replace(tmp, self.path / "bench.json")
+        return self._meta["seconds"]
 
     def log(self, text: str) -> None:
         console.print(f"[dim]{time.strftime('%H:%M:%S')}[/] {self.study}: {text}")
@@ -115,11 +126,10 @@ class BenchDir:
         return path
 
     def write_summary(self, title: str, body: str) -> Path:
-        meta = json.loads((self.path / "bench.json").read_text())
+        seconds, meta = self._save_seconds(), self._meta
         header = (f"# {title}\n\n"
                   f"Command: `{meta['command']}`\n\n"
-                  f"Machine: {meta['machine']}. Started {meta['started']}; this part took "
-                  f"{(time.perf_counter() - self.started) / 60:.1f} min.\n\n")
+                  f"Machine: {meta['machine']}. Started {meta['started']}; the study took {seconds / 60:.1f} min.\n\n")
         path = self.path / "summary.md"
         path.write_text(header + body.strip() + "\n")
         console.print(f"{self.study}: {path}")
@@ -133,11 +143,6 @@ def figure(ncols: int = 1, width: float = 6.0, height: float = 4.5):
     import matplotlib.pyplot as plt
 
     return plt.subplots(1, ncols, figsize=(width * ncols, height), dpi=110, squeeze=False)
-
-
-def settings_of(config: SearchConfig, **study: Any) -> dict[str, Any]:
-    """A study's settings: the search options it uses, then its own."""
-    return {**asdict(config), **study}
 
 
 def best_searched(config: SearchConfig, bench: BenchDir, space: PruningSpace, budget: str, *, quiet: bool = False,

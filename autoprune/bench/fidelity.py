@@ -137,8 +137,9 @@ def _plot_sweep(bench: BenchDir, scores: pd.DataFrame) -> None:
     ax.set_xscale("log")
     ax.set_xlabel("calibration batches")
     ax.set_ylabel("correlation with fine-tuned accuracy")
+    ax.set_ylim(min(0.0, float(sweep[["spearman", "pearson"]].min().min())) - 0.05, 1.15)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=7, loc="upper left", ncol=2)
     seconds = ax.twinx()
     seconds.plot(sweep["calib_batches"], sweep["seconds"], "--s", color="tab:red", alpha=0.6)
     seconds.set_ylabel("seconds per score (median)", color="tab:red")
@@ -154,6 +155,12 @@ def _summary(bench, config, frame, scores, *, budget, seeds, data_name, space) -
         shown[c] = shown[c].map(lambda v: f"{v:.2f}")
     shown["seconds"] = shown["seconds"].map(lambda v: "" if pd.isna(v) else f"{v:.2f}")
     shown["calib_batches"] = shown["calib_batches"].map(lambda v: "" if pd.isna(v) else str(int(v)))
+    sweep = scores[(scores["calib_batches"] > 0) & scores["spearman"].notna()]
+    enough = ""
+    if len(sweep):
+        row = sweep[sweep["spearman"] >= sweep["spearman"].max() - 0.05].iloc[0]
+        enough = (f"The fewest calibration batches whose Spearman correlation is within 0.05 of the best: "
+                  f"{int(row['calib_batches'])} ({row['seconds']:.2f} s per score).")
     body = f"""
 {len(frame)} candidates of {config.model} on {data_name} at {budget} ({frame['macs'].mean() / space.base_cost.macs:.1%} of
 baseline MACs on average), drawn like the `random` strategy's. Each was scored without recalibration
@@ -166,6 +173,8 @@ seeds {', '.join(map(str, seeds))}; correlations are against the seed-mean test 
         f"| {r.score} | {r.calib_batches} | {r.spearman} | {r.pearson} | {r.spearman_of_ceiling} | "
         f"{r.pearson_of_ceiling} | {r.seconds} |" for r in shown.itertuples()
     ) + f"""
+
+{enough}
 
 Fine-tuned accuracy over candidates: {spread.min():.2%} to {spread.max():.2%} (std {spread.std() * 100:.2f} pp);
 the two seeds of one candidate differ by {noise * 100:.2f} pp on average (the fine-tuning noise).

@@ -6,7 +6,7 @@ import argparse
 import importlib
 from pathlib import Path
 
-from autoprune.bench.common import BenchDir, settings_of
+from autoprune.bench.common import BenchDir
 from autoprune.errors import UserError
 from autoprune.pipeline import SearchConfig, check_options, resolve_paths
 
@@ -32,7 +32,8 @@ def run_bench(study: str, config: SearchConfig, *, out: str | None = None, resum
             raise UserError(f"--{key.replace('_', '-')} must not be negative")
     module = importlib.import_module(f"autoprune.bench.{study}")
     module.check(**options)  # before anything is written
-    bench = BenchDir(out or Path("results") / "bench" / study, study, settings_of(config, **options), resume=resume)
+    settings = {**{k: getattr(config, k) for k in _SHARED}, **options}  # what --resume must find unchanged
+    bench = BenchDir(out or Path("results") / "bench" / study, study, settings, resume=resume)
     module.run(config, bench, quiet=quiet, **options)
     return bench.path
 
