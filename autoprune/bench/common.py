@@ -146,9 +146,10 @@ def figure(ncols: int = 1, width: float = 6.0, height: float = 4.5):
 
 
 def best_searched(config: SearchConfig, bench: BenchDir, space: PruningSpace, budget: str, *, quiet: bool = False,
-                  **options: Any) -> tuple[dict[str, float], pd.Series] | None:
-    """Ratios and trials.csv row of the best-proxy candidate of a real search at ``budget``
-    (``autoprune search`` with fine-tuning off, in ``runs/search-<budget>``; resumed if cut short)."""
+                  **options: Any) -> tuple[dict[str, float], pd.Series, Path] | None:
+    """Ratios and trials.csv row of the best-proxy candidate of a real search at ``budget``, and
+    the search's run directory (``autoprune search`` with fine-tuning off, in
+    ``runs/search-<budget>``; resumed if cut short)."""
     run_dir = bench.path / "runs" / ("search-" + "".join(c if c.isalnum() else "_" for c in budget.replace("%", "pct")))
     settings = {k: v for k, v in asdict(config).items() if k not in ("model", "data", "budget", "out")}
     settings.update(finetune_top=0, **options)
@@ -162,7 +163,7 @@ def best_searched(config: SearchConfig, bench: BenchDir, space: PruningSpace, bu
     if scored.empty:
         return None
     best = scored.sort_values(["proxy_acc", "number"], ascending=[False, True]).iloc[0]
-    return {g: float(best[f"ratio:{g}"]) for g in space.group_names}, best
+    return {g: float(best[f"ratio:{g}"]) for g in space.group_names}, best, run_dir
 
 
 def measure_latencies(models: dict[str, nn.Module], input_shape: tuple[int, ...], batches: list[int], device: str,

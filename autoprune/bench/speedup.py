@@ -8,6 +8,7 @@ table at the largest batch) is timed the same way, its prediction next to the me
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 import numpy as np
@@ -38,6 +39,7 @@ def run(config: SearchConfig, bench: BenchDir, *, budgets: list[str], latency_bu
     data, _, space = load_workbench(config)
     models = {"unpruned": (None, "unpruned", {})}
     predicted: dict[str, float] = {}
+    searched_base = None  # the unpruned latency the latency search measured, its budget's reference
     for text in budgets:
         uniform = scale_to_budget(SearchContext(space, parse_budget(text), config.seed, config.tolerance),
                                   dict.fromkeys(space.group_names, 1.0))
@@ -54,6 +56,7 @@ def run(config: SearchConfig, bench: BenchDir, *, budgets: list[str], latency_bu
             name = f"{latency_budget} searched"
             models[name] = (latency_budget, "latency search", best[0])
             predicted[name] = float(best[1]["predicted_latency_ms"])
+            searched_base = json.loads((best[2] / "pareto.json").read_text())["baseline"]["latency_ms"]
     latency = bench.done("latency")
     if latency is None:
         bench.log(f"timing {len(models)} models at batch {', '.join(map(str, latency_batches))}")
@@ -77,7 +80,7 @@ def run(config: SearchConfig, bench: BenchDir, *, budgets: list[str], latency_bu
     frame = pd.DataFrame(rows)
     bench.write_csv("speedup.csv", frame)
     _plot(bench, frame, latency_batches)
-    _summary(bench, config, frame, latency_batches, trials, search_batch)
+    _summary(bench, config, frame, latency_batches, trials, search_batch, searched_base)
     return frame
 
 
@@ -99,7 +102,7 @@ def _plot(bench: BenchDir, frame: pd.DataFrame, batches: list[int]) -> None:
     bench.save_figure(fig, "speedup.png")
 
 
-def _summary(bench, config, frame, batches, trials, search_batch) -> None:
+def _summary(bench, config, frame, batches, trials, search_batch, searched_base) -> None:
     head = ("| model | MACs % | MAC reduction | " + " | ".join(f"b{b} ms | b{b} speedup | b{b} speedup / MAC reduction"
                                                           for b in batches) + " |")
     lines = [head, "|---|---:|---:|" + "---:|---:|---:|" * len(batches)]
@@ -112,8 +115,12 @@ def _summary(bench, config, frame, batches, trials, search_batch) -> None:
     if pred_col in frame:
         for _, r in frame[frame[pred_col].notna()].iterrows():
             measured = r[f"latency_b{search_batch}_ms"]
+            base = frame[frame["method"] == "unpruned"].iloc[0][f"latency_b{search_batch}_ms"]
             extra += (f"\nLatency search ({r['budget']}, batch {search_batch}): predicted {r[pred_col]:.2f} ms, measured "
-                      f"{measured:.2f} ms ({r[pred_col] / measured - 1:+.1%}); it kept {r['macs_pct']:.1f}% of MACs.\n")
+                      f"{measured:.2f} ms ({r[pred_col] / measured - 1:+.1%}); it kept {r['macs_pct']:.1f}% of MACs. "
+                      f"The search took its budget from the unpruned model measured at its own start, "
+                      f"{searched_base:.2f} ms, against {base:.2f} ms in the rounds above: the drift of this "
+                      f"machine's timings between moments.\n")
     body = f"""
 {config.model} on {config.data}, {config.device}. `uniform`: one ratio in every group; `searched`: best
 adaptive-BN proxy of {trials} `random` trials at that budget. Latency: forward pass in eval mode,
