@@ -42,6 +42,9 @@ def train(
     """Train ``model`` in place for ``epochs`` (fractions allowed) over ``data.train``."""
     if epochs <= 0:
         return TrainResult(0, 0.0, float("nan"), 0.0)
+    # Denormal floats run up to 100x slower on x86 CPUs: one fine-tune of a pruned net took over
+    # 6 minutes instead of 70 s in oneDNN's backward pass until they were flushed to zero.
+    torch.set_flush_denormal(True)
     start = time.perf_counter()
     model = to_device(model, device)
     n = len(data.train)
