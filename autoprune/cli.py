@@ -120,31 +120,31 @@ def _add_bench(sub, d, criteria: dict[str, str], fmt) -> None:
         b.add_argument("--resume", action="store_true", help="continue an interrupted study in --out")
         parsers[name] = b
     f = parsers["fidelity"]
-    f.add_argument("--budget", default="50%flops")
-    f.add_argument("--candidates", type=int, default=30)
-    f.add_argument("--finetune-epochs", type=float, default=0.25)
-    f.add_argument("--finetune-seeds", type=int, default=2)
-    f.add_argument("--calib-sweep", type=_ints, default=[1, 5, 10, 20, 50], help="calibration batch counts to compare")
+    f.add_argument("--budget", default="50%flops", help="the budget the candidates are drawn at")
+    f.add_argument("--candidates", type=int, default=30, help="candidates scored and fine-tuned")
+    f.add_argument("--finetune-epochs", type=float, default=0.25, help="fine-tuning of every candidate")
+    f.add_argument("--finetune-seeds", type=int, default=2, help="fine-tunes per candidate, each with its own seed")
+    f.add_argument("--calib-sweep", type=_ints, default="1,5,10,20,50", help="calibration batch counts to compare")
     e = parsers["efficiency"]
-    e.add_argument("--budget", default="50%flops")
-    e.add_argument("--strategies", type=_words, default=["random", "tpe", "nsga2", "tpe-bounded"],
+    e.add_argument("--budget", default="50%flops", help="the budget of every search")
+    e.add_argument("--strategies", type=_words, default="random,tpe,nsga2,tpe-bounded",
                    help="strategies to compare; tpe-bounded is tpe with --bounds-from-sensitivity")
-    e.add_argument("--trials", type=int, default=30)
+    e.add_argument("--trials", type=int, default=30, help="trials per search")
     e.add_argument("--seeds", type=int, default=3, help="search seeds per strategy")
     e.add_argument("--overhead-candidates", type=int, default=10,
                    help="candidates whose bare forward passes are timed for the overhead ratio")
     a = parsers["baselines"]
-    a.add_argument("--budgets", type=_words, default=["50%flops", "30%flops", "20%flops"])
+    a.add_argument("--budgets", type=_words, default="50%flops,30%flops,20%flops", help="comma-separated budgets")
     a.add_argument("--strategy", default="random", help="strategy of the searched subnet")
-    a.add_argument("--trials", type=int, default=40)
-    a.add_argument("--finetune-epochs", type=float, default=0.5)
-    a.add_argument("--finetune-seeds", type=int, default=2)
-    a.add_argument("--latency-batches", type=_ints, default=[1, 64])
+    a.add_argument("--trials", type=int, default=40, help="trials of the search at each budget")
+    a.add_argument("--finetune-epochs", type=float, default=0.5, help="fine-tuning of every model")
+    a.add_argument("--finetune-seeds", type=int, default=2, help="fine-tunes per model, each with its own seed")
+    a.add_argument("--latency-batches", type=_ints, default="1,64", help="batch sizes latency is measured at")
     p = parsers["speedup"]
-    p.add_argument("--budgets", type=_words, default=["70%flops", "50%flops", "30%flops", "20%flops"])
+    p.add_argument("--budgets", type=_words, default="70%flops,50%flops,30%flops,20%flops", help="comma-separated MAC or param budgets")
     p.add_argument("--latency-budget", default="50%latency", help="the latency-budget search measured too ('' to skip)")
     p.add_argument("--trials", type=int, default=10, help="random-strategy trials per budget for the searched subnet")
-    p.add_argument("--latency-batches", type=_ints, default=[1, 64])
+    p.add_argument("--latency-batches", type=_ints, default="1,64", help="batch sizes latency is measured at; the latency search uses the largest")
 
 
 def main(argv: list[str] | None = None) -> int:
