@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 
@@ -99,6 +100,11 @@ def _words(text: str) -> list[str]:
     return [x.strip() for x in text.split(",") if x.strip()]
 
 
+def _finetune_options(p: argparse.ArgumentParser, *, epochs: float, what: str) -> None:
+    p.add_argument("--finetune-epochs", type=float, default=epochs, help=f"fine-tuning of every {what}")
+    p.add_argument("--finetune-seeds", type=int, default=2, help=f"fine-tunes per {what}, each with its own seed")
+
+
 def _add_bench(sub, d, criteria: dict[str, str], fmt) -> None:
     from autoprune.bench import STUDIES
 
@@ -122,8 +128,7 @@ def _add_bench(sub, d, criteria: dict[str, str], fmt) -> None:
     f = parsers["fidelity"]
     f.add_argument("--budget", default="50%flops", help="the budget the candidates are drawn at")
     f.add_argument("--candidates", type=int, default=30, help="candidates scored and fine-tuned")
-    f.add_argument("--finetune-epochs", type=float, default=0.25, help="fine-tuning of every candidate")
-    f.add_argument("--finetune-seeds", type=int, default=2, help="fine-tunes per candidate, each with its own seed")
+    _finetune_options(f, epochs=0.25, what="candidate")
     f.add_argument("--calib-sweep", type=_ints, default="1,5,10,20,50", help="calibration batch counts to compare")
     e = parsers["efficiency"]
     e.add_argument("--budget", default="50%flops", help="the budget of every search")
@@ -137,8 +142,7 @@ def _add_bench(sub, d, criteria: dict[str, str], fmt) -> None:
     a.add_argument("--budgets", type=_words, default="50%flops,30%flops,20%flops", help="comma-separated budgets")
     a.add_argument("--strategy", default="random", help="strategy of the searched subnet")
     a.add_argument("--trials", type=int, default=40, help="trials of the search at each budget")
-    a.add_argument("--finetune-epochs", type=float, default=0.5, help="fine-tuning of every model")
-    a.add_argument("--finetune-seeds", type=int, default=2, help="fine-tunes per model, each with its own seed")
+    _finetune_options(a, epochs=0.5, what="model")
     a.add_argument("--latency-batches", type=_ints, default="1,64", help="batch sizes latency is measured at")
     p = parsers["speedup"]
     p.add_argument("--budgets", type=_words, default="70%flops,50%flops,30%flops,20%flops", help="comma-separated MAC or param budgets")
@@ -155,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "bench":
             from autoprune.bench.run import run_from_args
 
-            return run_from_args(args)
+            return run_from_args(args, "autoprune " + shlex.join(sys.argv[1:] if argv is None else argv))
         return _cmd_search(args)  # search or sensitivity
     except UserError as exc:
         print(f"autoprune: error: {exc}", file=sys.stderr)

@@ -357,9 +357,7 @@ def _search_phase(config: SearchConfig, setup: _Setup, quiet: bool) -> optuna.St
         while done < config.trials:
             tic = time.perf_counter()
             trial, ratios = strategy.ask(study)
-            counting = time.perf_counter()
             cost = space.cost(ratios)
-            trial.set_user_attr("cost_seconds", round(time.perf_counter() - counting, 5))
             for name, violation in budget.violations(cost, base).items():
                 trial.set_constraint(name, violation)
             feasible = budget.feasible(cost, base)

@@ -95,7 +95,7 @@ class RunDir:
         return self.path / "subnets" / subnet_id
 
 
-TRIAL_COLUMNS = ["number", "state", "macs", "params", "proxy_acc", "seconds", "cost_seconds", "prune_seconds",
+TRIAL_COLUMNS = ["number", "state", "macs", "params", "proxy_acc", "seconds", "prune_seconds",
                  "recalibrate_seconds", "evaluate_seconds", "draws", "predicted_latency_ms", "latency_ms"]
 
 

@@ -7,9 +7,7 @@ import copy
 import json
 import os
 import platform
-import shlex
 import statistics
-import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -42,18 +40,11 @@ def machine() -> str:
     return text
 
 
-def command_line() -> str:
-    """The command that is running, as a user would type it."""
-    if Path(sys.argv[0]).name == "autoprune":
-        return "autoprune " + shlex.join(sys.argv[1:])
-    return "python API: " + shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])
-
-
 class BenchDir:
     """``results/bench/<study>/``: bench.json (settings, command, machine), journal.jsonl (every
     finished unit of work, so an interrupted study resumes where it stopped), CSV, PNG, summary.md."""
 
-    def __init__(self, path: str | Path, study: str, settings: dict[str, Any], *, resume: bool) -> None:
+    def __init__(self, path: str | Path, study: str, settings: dict[str, Any], *, resume: bool, command: str) -> None:
         self.path = Path(path).expanduser()
         self.study = study
         meta = self.path / "bench.json"
@@ -73,7 +64,7 @@ class BenchDir:
             raise UserError(f"{self.path} exists and is not empty; choose another --out")
         self.path.mkdir(parents=True, exist_ok=True)
         if not meta.exists():
-            meta.write_text(json.dumps({"study": study, "settings": settings, "command": command_line(),
+            meta.write_text(json.dumps({"study": study, "settings": settings, "command": command,
                                         "machine": machine(), "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
                                         "seconds": 0.0}, indent=2) + "\n")
         self._meta = json.loads(meta.read_text())

@@ -73,9 +73,9 @@ def run(config: SearchConfig, bench: BenchDir, *, budget: str, strategies: list[
     bench.write_csv("trials.csv", trials_all.drop(columns=[c for c in trials_all if c.startswith("ratio:")]))
     curves = _curves(trials_all, strategies)
     bench.write_csv("curves.csv", curves)
-    speed = _throughput(trials_all, strategies)
+    cost_seconds, overhead = _offline(config, bench, trials_all, strategies, overhead_candidates)
+    speed = _throughput(trials_all, strategies, cost_seconds)
     bench.write_csv("throughput.csv", speed)
-    overhead = _overhead(config, bench, trials_all, strategies, overhead_candidates)
     _plot(bench, curves, speed, strategies)
     _summary(bench, config, budget, trials, seeds, curves, speed, overhead, bench.done("sensitivity"))
     return speed
@@ -88,8 +88,9 @@ def _curves(frame: pd.DataFrame, strategies: list[str]) -> pd.DataFrame:
     return stats.sort_values(["strategy", "trial"]).drop(columns="number")
 
 
-def _throughput(frame: pd.DataFrame, strategies: list[str]) -> pd.DataFrame:
-    """Per strategy (summed over seeds): seconds per scored candidate and how they split."""
+def _throughput(frame: pd.DataFrame, strategies: list[str], cost_seconds: float) -> pd.DataFrame:
+    """Per strategy (summed over seeds): seconds per scored candidate and how they split.
+    Every trial pays one cost count (``cost_seconds``, timed apart from the searches)."""
     rows = []
     for label in strategies:
         runs = frame[frame["strategy"] == label]
@@ -97,7 +98,7 @@ def _throughput(frame: pd.DataFrame, strategies: list[str]) -> pd.DataFrame:
         n = max(len(scored), 1)
         total = runs.groupby("seed")["search_seconds"].first().sum()
         parts = {
-            "cost": runs["cost_seconds"].sum() / n,
+            "cost": cost_seconds * len(runs) / n,
             "prune": scored["prune_seconds"].sum() / n,
             "recalibrate": scored["recalibrate_seconds"].sum() / n,
             "evaluate": scored["evaluate_seconds"].sum() / n,
@@ -111,34 +112,42 @@ def _throughput(frame: pd.DataFrame, strategies: list[str]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _overhead(config: SearchConfig, bench: BenchDir, frame: pd.DataFrame, strategies: list[str], k: int) -> dict | None:
-    """Seconds per scored candidate over the seconds of the bare forward passes it needs."""
-    if k < 1:
-        return None
-    saved = bench.done("overhead")
-    if saved is not None:
-        return saved
+def _offline(config: SearchConfig, bench: BenchDir, frame: pd.DataFrame, strategies: list[str],
+             k: int) -> tuple[float, dict | None]:
+    """What the searches do not time themselves, measured on their candidates afterwards: the
+    seconds of one exact cost count, and the scoring overhead (seconds per scored candidate over
+    the seconds of the bare forward passes it needs; ``k`` candidates, none when ``k`` is 0)."""
     label = "random" if "random" in strategies else strategies[0]
     runs = frame[(frame["strategy"] == label) & (frame["seed"] == config.seed)]
     scored = runs[runs["proxy_acc"].notna()]
-    picked = scored.iloc[np.linspace(0, len(scored) - 1, num=min(k, len(scored))).round().astype(int)]
-    if picked.empty:
-        return None
-    bench.log(f"timing the bare forward passes of {len(picked)} {label} candidates")
+    counted, overhead = bench.done("cost count"), bench.done("overhead")
+    if counted is not None and (overhead is not None or k < 1 or scored.empty):
+        return counted["seconds"], overhead
     data, _, space = load_workbench(config)
-    evaluator = make_evaluator(config, data)
     full = pd.read_csv(bench.path / "runs" / f"{label}-s{config.seed}" / "trials.csv").set_index("number")
-    forward = []
-    for number in picked["number"]:
-        ratios = {g: float(full.loc[number, f"ratio:{g}"]) for g in space.group_names}
-        subnet, _ = space.prune(ratios)
-        forward.append(evaluator.forward_seconds(subnet))
-    bookkeeping = (runs["search_seconds"].iloc[0] - runs["seconds"].sum()) / len(runs)
-    candidate = float(picked["seconds"].mean() + bookkeeping)
-    result = {"strategy": label, "candidates": len(picked), "candidate_seconds": round(candidate, 4),
-              "forward_seconds": round(float(np.mean(forward)), 4), "images": evaluator.images_per_score,
-              "overhead": round(candidate / float(np.mean(forward)), 3)}
-    return bench.record("overhead", result)
+
+    def ratios(number: int) -> dict[str, float]:
+        return {g: float(full.loc[number, f"ratio:{g}"]) for g in space.group_names}
+
+    if counted is None:
+        candidates = [ratios(n) for n in runs["number"]]
+        tic = time.perf_counter()
+        for _ in range(20):
+            for r in candidates:
+                space.cost(r)
+        counted = bench.record("cost count", {"seconds": (time.perf_counter() - tic) / (20 * len(candidates))})
+    if overhead is None and k >= 1 and not scored.empty:
+        picked = scored.iloc[np.linspace(0, len(scored) - 1, num=min(k, len(scored))).round().astype(int)]
+        bench.log(f"timing the bare forward passes of {len(picked)} {label} candidates")
+        evaluator = make_evaluator(config, data)
+        forward = [evaluator.forward_seconds(space.prune(ratios(n))[0]) for n in picked["number"]]
+        bookkeeping = (runs["search_seconds"].iloc[0] - runs["seconds"].sum()) / len(runs)
+        candidate = float(picked["seconds"].mean() + bookkeeping)
+        overhead = bench.record("overhead", {
+            "strategy": label, "candidates": len(picked), "candidate_seconds": round(candidate, 4),
+            "forward_seconds": round(float(np.mean(forward)), 4), "images": evaluator.images_per_score,
+            "overhead": round(candidate / float(np.mean(forward)), 3)})
+    return counted["seconds"], overhead
 
 
 def _plot(bench: BenchDir, curves: pd.DataFrame, speed: pd.DataFrame, strategies: list[str]) -> None:
@@ -179,7 +188,7 @@ def _summary(bench, config, budget, trials, seeds, curves, speed, overhead, sens
              + " | ".join(_PARTS) + " |", "|---|---:|---:|---:|---:|" + "---:|" * len(_PARTS)]
     for r in speed.itertuples():
         split.append(f"| {r.strategy} | {r.scored} / {r.trials} | {r.infeasible} | {r.scored_per_minute:.1f} | "
-                     f"{r.seconds_per_scored:.2f} | " + " | ".join(f"{getattr(r, f'{p}_seconds'):.3f}" for p in _PARTS) + " |")
+                     f"{r.seconds_per_scored:.2f} | " + " | ".join(f"{getattr(r, f'{p}_seconds'):.4f}" for p in _PARTS) + " |")
     body = f"""
 {', '.join(speed['strategy'])} on {config.model} / {config.data} at {budget}: {trials} trials each, {seeds} seed(s)
 (from {config.seed}), adaptive BN with {config.calib_batches} batches of {config.batch_size} and {config.score_images}
@@ -188,8 +197,9 @@ scoring images. Infeasible trials count as trials with no score.
 """ + "\n".join(lines) + """
 
 Time per scored candidate (all seeds; infeasible trials' time is spread over the scored ones).
-`ask` is the strategy choosing ratios (random: its draws and bisections), `cost` the exact MAC/param
-count, `bookkeeping` the Optuna tell and storage writes:
+`ask` is the strategy choosing ratios (random: its draws and bisections), `cost` the exact MAC/param count (timed on the candidates after the searches, so that the
+searches pay no extra storage write for it),
+`bookkeeping` the Optuna tell and storage writes:
 
 """ + "\n".join(split) + "\n"
     if sens:

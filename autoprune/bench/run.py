@@ -21,7 +21,7 @@ _OWN = {
 
 
 def run_bench(study: str, config: SearchConfig, *, out: str | None = None, resume: bool = False,
-              quiet: bool = False, **options) -> Path:
+              quiet: bool = False, command: str | None = None, **options) -> Path:
     """Run one study (the Python face of ``autoprune bench``); returns its output directory."""
     if study not in _OWN:
         raise UserError(f"unknown study '{study}' (choose from {', '.join(_OWN)})")
@@ -33,13 +33,14 @@ def run_bench(study: str, config: SearchConfig, *, out: str | None = None, resum
     module = importlib.import_module(f"autoprune.bench.{study}")
     module.check(**options)  # before anything is written
     settings = {**{k: getattr(config, k) for k in _SHARED}, **options}  # what --resume must find unchanged
-    bench = BenchDir(out or Path("results") / "bench" / study, study, settings, resume=resume)
+    bench = BenchDir(out or Path("results") / "bench" / study, study, settings, resume=resume,
+                     command=command or f"python: autoprune.bench.run.run_bench({study!r}, ...)")
     module.run(config, bench, quiet=quiet, **options)
     return bench.path
 
 
-def run_from_args(args: argparse.Namespace) -> int:
+def run_from_args(args: argparse.Namespace, command: str) -> int:
     config = SearchConfig(**{k: getattr(args, k) for k in _SHARED})
-    run_bench(args.study, config, out=args.out, resume=args.resume, quiet=args.quiet,
+    run_bench(args.study, config, out=args.out, resume=args.resume, quiet=args.quiet, command=command,
               **{k: getattr(args, k) for k in _OWN[args.study]})
     return 0
