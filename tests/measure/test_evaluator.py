@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -61,3 +63,40 @@ def test_pruned_candidate_statistics_change(bundle):
     evaluator.score(subnet)
     assert not torch.allclose(subnet.layer2[0].bn1.running_mean, stale)
     assert evaluator.images_per_score == 64 + 40
+
+
+def _torch_recalibration(model, evaluator):
+    """The reference: PyTorch's own train-mode BN with a cumulative average."""
+    bns = [m for m in model.modules() if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d))]
+    model.eval()
+    with torch.no_grad():
+        for bn in bns:
+            bn.reset_running_stats()
+            bn.momentum = None
+            bn.train()
+        for x, _ in evaluator._calib:
+            model(x)
+    model.eval()
+
+
+@pytest.mark.parametrize("kind", ["pruned resnet", "mlp with BatchNorm1d"])
+def test_recalibration_matches_torch_train_mode(bundle, kind):
+    if kind == "pruned resnet":
+        base = create_model("resnet20", in_channels=1, num_classes=3)
+        space = PruningSpace(base, bundle.example_input())
+        model, _ = space.prune(space.uniform_ratios(0.37))  # odd channel counts
+    else:
+        model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(144, 24), torch.nn.BatchNorm1d(24),
+                                    torch.nn.ReLU(), torch.nn.Linear(24, 3))
+    evaluator = AdaptiveBNEvaluator(bundle, calib_batches=3, batch_size=32, seed=1)
+    reference = copy.deepcopy(model)
+    evaluator.recalibrate(model)
+    _torch_recalibration(reference, evaluator)
+    ours, theirs = model.state_dict(), reference.state_dict()
+    stats = [k for k in ours if "running" in k or "num_batches" in k]
+    assert stats
+    for key in stats:
+        torch.testing.assert_close(ours[key], theirs[key], rtol=1e-4, atol=1e-5)
+    x = evaluator.calibration_batch()
+    torch.testing.assert_close(model(x), reference(x), rtol=1e-4, atol=1e-4)
+    assert "forward" not in vars(model.bn1 if kind == "pruned resnet" else model[2])  # the class's forward again
