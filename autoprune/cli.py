@@ -44,12 +44,12 @@ def _parser() -> argparse.ArgumentParser:
                        formatter_class=fmt)
     _add_common(s)
     s.add_argument("--budget", default=d.budget, help="e.g. 50%%flops, 40%%params, 60MMACs, 120MFLOPs, 8ms; join with ','")
-    s.add_argument("--weights", default=None, help="state dict of the trained model (default: the shipped one for resnet20 on fashion-mnist)")
+    s.add_argument("--weights", default=None, help=_weights_help())
     s.add_argument("--strategy", default=d.strategy, choices=list(strategies),
                    help="; ".join(f"{k}: {v}" for k, v in strategies.items()))
     s.add_argument("--criterion", default=d.criterion, choices=list(criteria),
                    help="filter importance; " + "; ".join(f"{k}: {v}" for k, v in criteria.items()))
-    s.add_argument("--space", default=None, help="search-space YAML (default: by model family)")
+    s.add_argument("--space", default=None, help="search-space YAML; not given: the model family's")
     s.add_argument("--trials", type=int, default=d.trials)
     s.add_argument("--tolerance", type=float, default=d.tolerance,
                    help="random: accept candidates within this fraction below the budget; "
@@ -71,7 +71,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--finetune-top", type=int, default=d.finetune_top, help="fine-tune the best K feasible candidates")
     s.add_argument("--finetune-epochs", type=float, default=d.finetune_epochs, help="fractions allowed, e.g. 0.1")
     s.add_argument("--finetune-lr", type=float, default=d.finetune_lr)
-    s.add_argument("--out", default=None, help="run directory (default results/<timestamp>)")
+    s.add_argument("--out", default=None, help="run directory; not given: results/<timestamp>")
     s.add_argument("--resume", action="store_true", help="continue the run in --out")
     s.add_argument("--limit-train", type=int, default=None, help="use only this many training images (quick runs)")
 
@@ -105,6 +105,13 @@ def _finetune_options(p: argparse.ArgumentParser, *, epochs: float, what: str) -
     p.add_argument("--finetune-seeds", type=int, default=2, help=f"fine-tunes per {what}, each with its own seed")
 
 
+def _weights_help() -> str:
+    from autoprune.pipeline import SHIPPED_WEIGHTS
+
+    shipped = ", ".join(f"{model} on {data}" for model, data in SHIPPED_WEIGHTS)
+    return f"state dict of the trained model; not given: the shipped checkpoint ({shipped})"
+
+
 def _add_bench(sub, d, criteria: dict[str, str], fmt) -> None:
     from autoprune.bench import STUDIES
 
@@ -114,15 +121,15 @@ def _add_bench(sub, d, criteria: dict[str, str], fmt) -> None:
     for name, text in STUDIES.items():
         b = studies.add_parser(name, help=text, description=text, formatter_class=fmt)
         _add_common(b)
-        b.add_argument("--weights", default=None, help="state dict of the trained model (default: the shipped one)")
+        b.add_argument("--weights", default=None, help=_weights_help())
         b.add_argument("--criterion", default=d.criterion, choices=list(criteria))
-        b.add_argument("--space", default=None, help="search-space YAML (default: by model family)")
+        b.add_argument("--space", default=None, help="search-space YAML; not given: the model family's")
         b.add_argument("--calib-batches", type=int, default=d.calib_batches)
         b.add_argument("--score-images", type=int, default=d.score_images)
         b.add_argument("--tolerance", type=float, default=d.tolerance)
         b.add_argument("--finetune-lr", type=float, default=d.finetune_lr)
         b.add_argument("--limit-train", type=int, default=None)
-        b.add_argument("--out", default=None, help=f"output directory (default results/bench/{name})")
+        b.add_argument("--out", default=None, help=f"output directory; not given: results/bench/{name}")
         b.add_argument("--resume", action="store_true", help="continue an interrupted study in --out")
         parsers[name] = b
     f = parsers["fidelity"]
