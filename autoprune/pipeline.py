@@ -34,7 +34,15 @@ from autoprune.pruning.config import load_space_config
 from autoprune.pruning.criteria import get_criterion
 from autoprune.pruning.space import PruningSpace
 from autoprune.report import export_run
-from autoprune.results import STUDY_NAME, RunDir, SubnetRecord, save_subnet, trial_row, trials_frame
+from autoprune.results import STUDY_NAME, RunDir, SubnetRecord, save_subnet, trials_frame
+from autoprune.runners.trial import (
+    begin_trial,
+    check_failures,
+    describe_error,
+    finish_trial,
+    finished_count,
+    score_candidate,
+)
 from autoprune.search import SearchContext, Strategy, get_strategy
 from autoprune.search.sensitivity import (
     DAMAGES,
@@ -47,7 +55,8 @@ from autoprune.search.sensitivity import (
 from autoprune.specs import absolute_spec
 from autoprune.train import TrainResult, train
 
-SHIPPED_WEIGHTS = {("resnet20", "fashion-mnist"): Path(__file__).parent / "checkpoints" / "resnet20_fashion-mnist.pt"}
+SHIPPED_WEIGHTS = {(model, "fashion-mnist"): Path(__file__).parent / "checkpoints" / f"{model}_fashion-mnist.pt"
+                   for model in ("resnet20", "resnet56")}
 
 
 @dataclass
@@ -338,8 +347,7 @@ def _sensitivity_phase(config: SearchConfig, setup: _Setup, quiet: bool) -> list
 
 def _search_phase(config: SearchConfig, setup: _Setup, quiet: bool) -> optuna.Study:
     """Ask the strategy for candidates until ``config.trials`` trials are complete."""
-    space, budget, base = setup.space, setup.budget, setup.space.base_cost
-    strategy = setup.strategy
+    space, budget, strategy = setup.space, setup.budget, setup.strategy
     optuna.logging.set_verbosity(logging.WARNING)
     study = optuna.create_study(storage=setup.run.storage_url, study_name=STUDY_NAME,
                                 directions=list(strategy.directions), sampler=strategy.sampler(),
@@ -350,43 +358,28 @@ def _search_phase(config: SearchConfig, setup: _Setup, quiet: bool) -> optuna.St
         if t.state == optuna.trial.TrialState.RUNNING:
             study.tell(t.number, state=optuna.trial.TrialState.FAIL)
     setup.run.write_table("trials.csv", trials_frame(study, space.group_names))
-    done = _complete_count(study)
+    done = finished_count(study)
     best = max((t.user_attrs.get("proxy_acc") or 0.0 for t in study.trials), default=0.0)
     with progress_bar("search", config.trials, quiet=quiet) as bar:
         bar.advance(done)
         while done < config.trials:
-            tic = time.perf_counter()
-            trial, ratios = strategy.ask(study)
-            cost = space.cost(ratios)
-            for name, violation in budget.violations(cost, base).items():
-                trial.set_constraint(name, violation)
-            feasible = budget.feasible(cost, base)
-            trial.set_user_attr("macs", cost.macs)
-            trial.set_user_attr("params", cost.params)
-            if cost.latency_ms is not None:
-                trial.set_user_attr("predicted_latency_ms", cost.latency_ms)  # unrounded: compared with the budget
-            trial.set_user_attr("feasible", feasible)
-            proxy = 0.0
-            if feasible:
-                pruning = time.perf_counter()
-                subnet, _ = space.prune(ratios)
-                trial.set_user_attr("prune_seconds", round(time.perf_counter() - pruning, 4))
-                proxy = setup.evaluator.score(subnet)
-                for step, seconds in setup.evaluator.last_seconds.items():
-                    trial.set_user_attr(f"{step}_seconds", round(seconds, 4))
-                trial.set_user_attr("proxy_acc", proxy)
-                best = max(best, proxy)
-            trial.set_user_attr("seconds", round(time.perf_counter() - tic, 4))
-            frozen = study.tell(trial, strategy.objectives(proxy, cost))
-            setup.run.append_trial(trial_row(frozen, space.group_names))
+            pending = begin_trial(study, strategy, space, budget)
+            scored, error = None, None
+            if pending.feasible:
+                try:
+                    scored = score_candidate(space, setup.evaluator, pending.ratios)
+                except Exception as exc:  # noqa: BLE001  (a custom model that breaks at some widths: record it, go on)
+                    error = describe_error(exc)
+            finish_trial(study, strategy, setup.run, space.group_names, pending, scored, error)
+            if scored:
+                best = max(best, scored["proxy_acc"])
+            check_failures(study)
             done += 1
             bar.advance()
             bar.note(f"best proxy {best:.2%}")
     return study
 
 
-def _complete_count(study: optuna.Study) -> int:
-    return len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
 
 
 def _finetune_phase(config: SearchConfig, setup: _Setup, study: optuna.Study, quiet: bool) -> list[SubnetRecord]:

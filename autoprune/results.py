@@ -96,7 +96,7 @@ class RunDir:
 
 
 TRIAL_COLUMNS = ["number", "state", "macs", "params", "proxy_acc", "seconds", "prune_seconds",
-                 "recalibrate_seconds", "evaluate_seconds", "draws", "predicted_latency_ms", "latency_ms"]
+                 "recalibrate_seconds", "evaluate_seconds", "draws", "predicted_latency_ms", "latency_ms", "error"]
 
 
 def trial_row(t: optuna.trial.FrozenTrial, group_names: list[str]) -> dict:
@@ -108,6 +108,8 @@ def trial_row(t: optuna.trial.FrozenTrial, group_names: list[str]) -> dict:
         state = "infeasible"
     row = {column: attrs.get(column) for column in TRIAL_COLUMNS}
     row.update(number=t.number, state=state)
+    if row["error"]:
+        row["error"] = row["error"].strip().splitlines()[-1]  # the exception; the study keeps its traceback
     for name in group_names:
         ratio = t.params.get(name)
         row[f"ratio:{name}"] = None if ratio is None else round(ratio, 6)

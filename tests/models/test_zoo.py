@@ -174,12 +174,13 @@ def test_load_weights_of_something_else(tmp_path):
         load_weights(nn.Linear(2, 2), path)
 
 
-def test_shipped_baseline_fits_resnet20_on_fashion_mnist():
+@pytest.mark.parametrize("name", ["resnet20", "resnet56"])
+def test_shipped_baselines_fit_their_model(name):
     from autoprune.pipeline import SHIPPED_WEIGHTS
 
-    path = SHIPPED_WEIGHTS[("resnet20", "fashion-mnist")]
-    model = create_model("resnet20", in_channels=1, num_classes=10)
+    path = SHIPPED_WEIGHTS[(name, "fashion-mnist")]
+    model = create_model(name, in_channels=1, num_classes=10)
     load_weights(model, path)
     meta = json.loads(path.with_suffix(".json").read_text())
-    assert meta["model"] == "resnet20" and meta["data"] == "fashion-mnist"
+    assert meta["model"] == name and meta["data"] == "fashion-mnist"
     assert meta["test_acc"] > 0.85

@@ -1,0 +1,106 @@
+"""One trial, in three steps that every runner shares.
+
+``begin_trial`` (where the study lives) asks the strategy for ratios and records their exact cost
+against the budget; ``score_candidate`` (anywhere: this process or a worker) prunes and scores;
+``finish_trial`` (where the study lives) records the score, or the error, and tells the study.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from dataclasses import dataclass
+
+import optuna
+
+from autoprune.budget import Budget
+from autoprune.errors import UserError
+from autoprune.measure import AdaptiveBNEvaluator
+from autoprune.pruning.space import Cost, PruningSpace
+from autoprune.results import RunDir, trial_row
+from autoprune.search import Strategy
+
+
+@dataclass
+class PendingTrial:
+    trial: optuna.Trial
+    ratios: dict[str, float]
+    cost: Cost
+    feasible: bool
+    started: float  # perf_counter at the ask
+
+    @property
+    def number(self) -> int:
+        return self.trial.number
+
+
+def begin_trial(study: optuna.Study, strategy: Strategy, space: PruningSpace, budget: Budget) -> PendingTrial:
+    """Ask for the next candidate and record its cost and budget violations on the trial."""
+    started = time.perf_counter()
+    trial, ratios = strategy.ask(study)
+    cost = space.cost(ratios)
+    for name, violation in budget.violations(cost, space.base_cost).items():
+        trial.set_constraint(name, violation)
+    feasible = budget.feasible(cost, space.base_cost)
+    trial.set_user_attr("macs", cost.macs)
+    trial.set_user_attr("params", cost.params)
+    if cost.latency_ms is not None:
+        trial.set_user_attr("predicted_latency_ms", cost.latency_ms)  # unrounded: compared with the budget
+    trial.set_user_attr("feasible", feasible)
+    return PendingTrial(trial, ratios, cost, feasible, started)
+
+
+def score_candidate(space: PruningSpace, evaluator: AdaptiveBNEvaluator, ratios: dict[str, float]) -> dict[str, float]:
+    """Prune a copy of the model to ``ratios`` and score it: the hot path, timed step by step."""
+    tic = time.perf_counter()
+    subnet, _ = space.prune(ratios)
+    pruned = time.perf_counter()
+    proxy = evaluator.score(subnet)
+    return {"proxy_acc": proxy, "prune_seconds": pruned - tic,
+            **{f"{step}_seconds": seconds for step, seconds in evaluator.last_seconds.items()}}
+
+
+def finish_trial(study: optuna.Study, strategy: Strategy, run: RunDir, group_names: list[str], pending: PendingTrial,
+                 scored: dict[str, float] | None, error: str | None = None) -> optuna.trial.FrozenTrial:
+    """Record a scored (or infeasible, ``scored`` None) trial, or a failed one with its ``error``,
+    and append it to trials.csv."""
+    trial = pending.trial
+    if error is not None:
+        trial.set_user_attr("error", error[-2000:])
+        frozen = study.tell(trial, state=optuna.trial.TrialState.FAIL)
+    else:
+        for key, value in (scored or {}).items():
+            trial.set_user_attr(key, round(value, 4) if key.endswith("_seconds") else value)
+        trial.set_user_attr("seconds", round(time.perf_counter() - pending.started, 4))
+        proxy = scored["proxy_acc"] if scored else 0.0
+        frozen = study.tell(trial, strategy.objectives(proxy, pending.cost))
+    run.append_trial(trial_row(frozen, group_names))
+    return frozen
+
+
+def describe_error(exc: BaseException) -> str:
+    """What a failed trial records: the exception and the last frames of its traceback."""
+    frames = traceback.format_exception(exc)
+    return "".join(frames[:1] + frames[-3:]) if len(frames) > 4 else "".join(frames)
+
+
+def failed_with_error(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    return [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,)) if "error" in t.user_attrs]
+
+
+def finished_count(study: optuna.Study) -> int:
+    """Trials that count toward ``--trials``: complete ones, and those that failed with an error
+    (a trial left running by a killed run is failed without one, and is done again)."""
+    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    return len(complete) + len(failed_with_error(study))
+
+
+FAILURES_BEFORE_GIVING_UP = 3
+
+
+def check_failures(study: optuna.Study) -> None:
+    """Stop the search when its first trials all failed: the model, not a candidate, is broken."""
+    failed = failed_with_error(study)
+    if len(failed) >= FAILURES_BEFORE_GIVING_UP and not study.get_trials(
+            deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        raise UserError(f"the first {len(failed)} trials all failed; the last one with:\n{failed[-1].user_attrs['error']}")
