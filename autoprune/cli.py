@@ -74,6 +74,12 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default=None, help="run directory; not given: results/<timestamp>")
     s.add_argument("--resume", action="store_true", help="continue the run in --out")
     s.add_argument("--limit-train", type=int, default=None, help="use only this many training images (quick runs)")
+    s.add_argument("--ray-address", default=None, metavar="ADDRESS",
+                   help="run the trials on this Ray cluster (host:port, or auto for the one this machine joined)")
+    s.add_argument("--ray-local", type=int, default=None, metavar="N",
+                   help="start a Ray on this machine with N CPUs (loopback only) and run the trials on it")
+    s.add_argument("--workers", type=int, default=d.workers, help="concurrent trials on Ray")
+    s.add_argument("--trial-resources", default=d.trial_resources, help="Ray resources of one trial, e.g. cpu=1,gpu=0.25")
 
     sub.add_parser("sensitivity", parents=[s], add_help=False, conflict_handler="resolve",
                    help="only the per-group binary search: sensitivity.csv / .png", formatter_class=fmt)

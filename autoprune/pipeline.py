@@ -36,8 +36,8 @@ from autoprune.pruning.space import PruningSpace
 from autoprune.report import export_run
 from autoprune.results import STUDY_NAME, RunDir, SubnetRecord, save_subnet, trials_frame
 from autoprune.runners.trial import (
+    all_failing,
     begin_trial,
-    check_failures,
     describe_error,
     finish_trial,
     finished_count,
@@ -87,6 +87,10 @@ class SearchConfig:
     seed: int = 0
     device: str = "cpu"
     out: str | None = None
+    ray_address: str | None = None
+    ray_local: int | None = None
+    workers: int = 1
+    trial_resources: str = "cpu=1,gpu=0"
 
 
 @dataclass
@@ -200,7 +204,8 @@ def _prepare(config: SearchConfig, module: nn.Module | None, resume: bool) -> _S
     config.out = str(run.path)
     run.write_config({**asdict(config), "space_config": space.config.to_dict(), "data_summary": data.summary(),
                       "groups": space.describe(), "unprunable_groups": space.unprunable})
-    run.write_status(status="running", backend="local", workers=1, started=time.strftime("%Y-%m-%dT%H:%M:%S"))
+    run.write_status(status="running", backend="ray" if _uses_ray(config) else "local",
+                     workers=config.workers if _uses_ray(config) else 1, started=time.strftime("%Y-%m-%dT%H:%M:%S"))
     evaluator = make_evaluator(config, data)
     baseline = {
         "macs": space.base_cost.macs,
@@ -270,6 +275,12 @@ def check_options(config: SearchConfig) -> Budget:
             raise UserError("--sensitivity-from needs --strategy binary or --bounds-from-sensitivity")
         if read_sensitivity(Path(config.sensitivity_from)) is None:
             raise UserError(f"--sensitivity-from: no sensitivity.csv in {config.sensitivity_from}")
+    if config.ray_address is not None and config.ray_local is not None:
+        raise UserError("give --ray-address (an existing cluster) or --ray-local N (a new local Ray), not both")
+    if config.workers < 1 or (config.ray_local is not None and config.ray_local < 1):
+        raise UserError("--workers and --ray-local must be at least 1")
+    if _uses_ray(config):
+        _ray_settings(config)  # checks --trial-resources
     config.device = resolve_device(config.device)
     return budget
 
@@ -362,6 +373,19 @@ def _search_phase(config: SearchConfig, setup: _Setup, quiet: bool) -> optuna.St
     best = max((t.user_attrs.get("proxy_acc") or 0.0 for t in study.trials), default=0.0)
     with progress_bar("search", config.trials, quiet=quiet) as bar:
         bar.advance(done)
+
+        def finished(frozen: optuna.trial.FrozenTrial) -> None:
+            nonlocal best
+            best = max(best, frozen.user_attrs.get("proxy_acc") or 0.0)
+            bar.advance()
+            bar.note(f"best proxy {best:.2%}")
+
+        if _uses_ray(config):
+            from autoprune.runners.ray_tune import run_trials
+
+            run_trials(_ray_settings(config), study, strategy, space, budget, setup.run, _workbench(config, setup),
+                       config.trials - done, finished)
+            return study
         while done < config.trials:
             pending = begin_trial(study, strategy, space, budget)
             scored, error = None, None
@@ -370,16 +394,31 @@ def _search_phase(config: SearchConfig, setup: _Setup, quiet: bool) -> optuna.St
                     scored = score_candidate(space, setup.evaluator, pending.ratios)
                 except Exception as exc:  # noqa: BLE001  (a custom model that breaks at some widths: record it, go on)
                     error = describe_error(exc)
-            finish_trial(study, strategy, setup.run, space.group_names, pending, scored, error)
-            if scored:
-                best = max(best, scored["proxy_acc"])
-            check_failures(study)
+            finished(finish_trial(study, strategy, setup.run, space.group_names, pending, scored, error))
+            fatal = all_failing(study)
+            if fatal is not None:
+                raise fatal
             done += 1
-            bar.advance()
-            bar.note(f"best proxy {best:.2%}")
     return study
 
 
+def _uses_ray(config: SearchConfig) -> bool:
+    return config.ray_address is not None or config.ray_local is not None
+
+
+def _ray_settings(config: SearchConfig):
+    from autoprune.runners.ray_tune import RaySettings, parse_resources
+
+    cpus, gpus = parse_resources(config.trial_resources)
+    return RaySettings(config.ray_address, config.ray_local, config.workers, cpus, gpus)
+
+
+def _workbench(config: SearchConfig, setup: _Setup):
+    from autoprune.runners.ray_tune import Workbench
+
+    space = setup.space
+    return Workbench(space.model, space.example_input, space.config, config.criterion, config.seed, setup.evaluator,
+                     threads=max(1, int(_ray_settings(config).cpus_per_trial)), key=str(setup.run.path.resolve()))
 
 
 def _finetune_phase(config: SearchConfig, setup: _Setup, study: optuna.Study, quiet: bool) -> list[SubnetRecord]:
@@ -387,36 +426,68 @@ def _finetune_phase(config: SearchConfig, setup: _Setup, study: optuna.Study, qu
     metric, space = setup.budget.primary.metric, setup.space
     chosen = choose_for_finetune(study, config.finetune_top, lambda t: getattr(space.cost(trial_ratios(t, space)), metric),
                                  spread=setup.strategy.spread_finetune)
-    records = []
+    records: dict[int, SubnetRecord] = {}
+    todo = []
     for rank, t in enumerate(chosen, 1):
-        subnet_id = f"t{t.number:04d}"
-        directory = setup.run.subnet_dir(subnet_id)
+        directory = setup.run.subnet_dir(f"t{t.number:04d}")
         if (directory / "spec.json").exists():  # fine-tuned before a resume
-            records.append(_record_from_spec(directory))
-            continue
-        ratios = trial_ratios(t, setup.space)
-        subnet, kept = setup.space.prune(ratios)
-        result = finetune(subnet, config, setup.data, setup.evaluator, seed=config.seed + rank,
-                          description=f"fine-tune {subnet_id} ({rank}/{len(chosen)})", quiet=quiet)
-        test_acc = accuracy(subnet, setup.data.test, device=config.device)
-        holdout_acc = accuracy(subnet, setup.data.holdout, device=config.device)
-        cost = setup.space.cost(ratios)
-        latency = measure_latency(subnet, setup.data.input_shape, device=config.device, batch=config.latency_batch)
-        spec = {
-            "id": subnet_id, "trial": t.number, "model": None if config.model == "<python object>" else config.model,
-            "data": config.data, "in_channels": setup.data.in_channels, "num_classes": setup.data.num_classes,
-            "input_shape": list(setup.data.input_shape), "criterion": config.criterion, "seed": config.seed,
-            "base_weights": config.weights, "ratios": ratios,
-            "channels": {g.name: g.channels for g in setup.space.groups}, "kept": kept,
-            "macs": cost.macs, "params": cost.params, "proxy_acc": t.user_attrs["proxy_acc"],
-            "test_acc": test_acc, "holdout_acc": holdout_acc, "finetune_epochs": config.finetune_epochs,
-            "finetune_seconds": round(result.seconds, 2), "latency_ms": latency,
-            "predicted_latency_ms": cost.latency_ms, "latency_batch": config.latency_batch,
-            "device": config.device,
-        }
-        save_subnet(directory, subnet.cpu(), spec)
-        records.append(_record_from_spec(directory))
-    return records
+            records[rank] = _record_from_spec(directory)
+        else:
+            todo.append((rank, t))
+    jobs = [(trial_ratios(t, space), config.seed + rank) for rank, t in todo]
+    if _uses_ray(config) and jobs:
+        from autoprune.runners.ray_tune import finetune_on_ray
+
+        results = finetune_on_ray(_ray_settings(config), _workbench(config, setup), setup.data, config, jobs)
+    else:
+        results = (finetune_candidate(space, setup.evaluator, config, setup.data, ratios, seed=seed, quiet=quiet,
+                                      description=f"fine-tune t{t.number:04d} ({rank}/{len(chosen)})")
+                   for (ratios, seed), (rank, t) in zip(jobs, todo))
+    for (rank, t), (ratios, _), done in zip(todo, jobs, results):
+        records[rank] = _save_finetuned(config, setup, t, ratios, done)
+    return [records[rank] for rank in sorted(records)]
+
+
+@dataclass
+class Finetuned:
+    subnet: nn.Module
+    kept: dict
+    seconds: float
+    test_acc: float
+    holdout_acc: float
+
+
+def finetune_candidate(space: PruningSpace, evaluator: AdaptiveBNEvaluator, config: SearchConfig, data: DataBundle,
+                       ratios: dict[str, float], *, seed: int, description: str = "fine-tune",
+                       quiet: bool = True) -> Finetuned:
+    """Prune to ``ratios``, recalibrate, fine-tune, and measure test and held-out accuracy."""
+    subnet, kept = space.prune(ratios)
+    result = finetune(subnet, config, data, evaluator, seed=seed, description=description, quiet=quiet)
+    return Finetuned(subnet.cpu(), kept, result.seconds, accuracy(subnet, data.test, device=config.device),
+                     accuracy(subnet, data.holdout, device=config.device))
+
+
+def _save_finetuned(config: SearchConfig, setup: _Setup, t: optuna.trial.FrozenTrial, ratios: dict[str, float],
+                    done: Finetuned) -> SubnetRecord:
+    """Measure a fine-tuned subnet's latency here, on the run's device, and save it with its spec."""
+    subnet_id, space, data = f"t{t.number:04d}", setup.space, setup.data
+    cost = space.cost(ratios)
+    latency = measure_latency(done.subnet, data.input_shape, device=config.device, batch=config.latency_batch)
+    spec = {
+        "id": subnet_id, "trial": t.number, "model": None if config.model == "<python object>" else config.model,
+        "data": config.data, "in_channels": data.in_channels, "num_classes": data.num_classes,
+        "input_shape": list(data.input_shape), "criterion": config.criterion, "seed": config.seed,
+        "base_weights": config.weights, "ratios": ratios,
+        "channels": {g.name: g.channels for g in space.groups}, "kept": done.kept,
+        "macs": cost.macs, "params": cost.params, "proxy_acc": t.user_attrs["proxy_acc"],
+        "test_acc": done.test_acc, "holdout_acc": done.holdout_acc, "finetune_epochs": config.finetune_epochs,
+        "finetune_seconds": round(done.seconds, 2), "latency_ms": latency,
+        "predicted_latency_ms": cost.latency_ms, "latency_batch": config.latency_batch,
+        "device": config.device,
+    }
+    directory = setup.run.subnet_dir(subnet_id)
+    save_subnet(directory, done.subnet.cpu(), spec)
+    return _record_from_spec(directory)
 
 
 def trial_ratios(t: optuna.trial.FrozenTrial, space: PruningSpace) -> dict[str, float]:

@@ -98,9 +98,10 @@ def finished_count(study: optuna.Study) -> int:
 FAILURES_BEFORE_GIVING_UP = 3
 
 
-def check_failures(study: optuna.Study) -> None:
-    """Stop the search when its first trials all failed: the model, not a candidate, is broken."""
+def all_failing(study: optuna.Study) -> UserError | None:
+    """The error to stop on when the first trials all failed: then the model, not a candidate, is broken."""
     failed = failed_with_error(study)
-    if len(failed) >= FAILURES_BEFORE_GIVING_UP and not study.get_trials(
+    if len(failed) < FAILURES_BEFORE_GIVING_UP or study.get_trials(
             deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
-        raise UserError(f"the first {len(failed)} trials all failed; the last one with:\n{failed[-1].user_attrs['error']}")
+        return None
+    return UserError(f"the first {len(failed)} trials all failed; the last one with:\n{failed[-1].user_attrs['error']}")

@@ -5,36 +5,10 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 import torch
-from torch import nn
+from custom_models import Picky, odd_first, pruned
 
 from autoprune.errors import UserError
 from autoprune.pipeline import search
-
-
-class Picky(nn.Module):
-    """A small CNN whose forward refuses some widths of its convs, as custom models can."""
-
-    def __init__(self, refuse) -> None:
-        super().__init__()
-        self.refuse = refuse
-        self.features = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
-                                      nn.Conv2d(8, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
-                                      nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.fc = nn.Linear(16, 4)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        widths = (self.features[0].out_channels, self.features[3].out_channels)
-        if self.refuse(*widths):
-            raise ValueError(f"this model cannot run with {widths} channels")
-        return self.fc(self.features(x))
-
-
-def _odd(first: int, second: int) -> bool:
-    return first % 2 == 1
-
-
-def _pruned(first: int, second: int) -> bool:
-    return (first, second) != (8, 16)
 
 
 def _search(tiny_npz, tmp_path, refuse, trials):
@@ -45,7 +19,7 @@ def _search(tiny_npz, tmp_path, refuse, trials):
 
 
 def test_failing_candidates_are_recorded_and_the_search_completes(tiny_npz, tmp_path):
-    result = _search(tiny_npz, tmp_path, _odd, trials=8)
+    result = _search(tiny_npz, tmp_path, odd_first, trials=8)
     trials = pd.read_csv(result.run_dir / "trials.csv")
     assert len(trials) == 8
     failed = trials[trials["state"] == "fail"]
@@ -57,4 +31,4 @@ def test_failing_candidates_are_recorded_and_the_search_completes(tiny_npz, tmp_
 
 def test_a_model_that_fails_every_candidate_stops_with_its_error(tiny_npz, tmp_path):
     with pytest.raises(UserError, match="first 3 trials all failed(.|\n)*ValueError: this model cannot run"):
-        _search(tiny_npz, tmp_path, _pruned, trials=10)
+        _search(tiny_npz, tmp_path, pruned, trials=10)

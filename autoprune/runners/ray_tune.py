@@ -1,0 +1,239 @@
+"""Trials as Ray Tune trials, on a cluster or on a local Ray with several workers.
+
+The run's own strategy and Optuna study (``study.db``) stay in the driver, behind a Tune
+``Searcher``: ``suggest`` asks the strategy (Optuna's samplers, random, binary: the same objects
+as in a local run, with the same constraints and warm start), and ``on_trial_complete`` tells the
+study. Candidates over budget are recorded in the driver and never reach a worker. Workers only
+prune and score: the base model and the scoring data reach each of them once, through the object
+store (``tune.with_parameters``), and a worker builds its pruning space once and reuses it for
+every trial it runs (``reuse_actors``).
+
+Faults: a worker that dies mid-trial has its trial retried by Tune (``FailureConfig``); a trial
+that raises is recorded as failed with its error; a killed driver leaves ``study.db`` with every
+completed trial, and ``--resume`` goes on from there.
+
+Fine-tuning of the chosen subnets runs as parallel Ray tasks with the same resources as a trial;
+their latency is measured back in the driver, on the run's device, like a local run's.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+
+import optuna
+import torch
+from torch import nn
+
+from autoprune.budget import Budget
+from autoprune.errors import UserError
+from autoprune.measure import AdaptiveBNEvaluator
+from autoprune.pruning.config import SpaceConfig
+from autoprune.pruning.space import PruningSpace
+from autoprune.results import RunDir
+from autoprune.runners.trial import (
+    PendingTrial,
+    all_failing,
+    begin_trial,
+    describe_error,
+    finish_trial,
+    score_candidate,
+)
+from autoprune.search import Strategy
+
+LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": a local Ray listens on 127.0.0.1 only
+
+
+@dataclass
+class RaySettings:
+    address: str | None = None  # an existing cluster ("auto" or host:port)
+    local_workers: int | None = None  # or start a local Ray with this many CPUs
+    workers: int = 1  # concurrent trials
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+
+
+def parse_resources(text: str) -> tuple[float, float]:
+    """``cpu=1,gpu=0.25`` -> (1.0, 0.25)."""
+    values = {"cpu": 1.0, "gpu": 0.0}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        key, _, value = part.partition("=")
+        if key not in values:
+            raise UserError(f"--trial-resources: unknown resource {key!r} (use cpu=N,gpu=F)")
+        try:
+            values[key] = float(value)
+        except ValueError:
+            raise UserError(f"--trial-resources: {part!r} is not resource=number") from None
+        if values[key] < 0:
+            raise UserError(f"--trial-resources: {key} must not be negative")
+    if values["cpu"] <= 0:
+        raise UserError("--trial-resources: a trial needs some cpu")
+    return values["cpu"], values["gpu"]
+
+
+def connect(settings: RaySettings) -> None:
+    """Join the cluster at ``settings.address``, or start a local Ray on loopback."""
+    if settings.local_workers is not None:
+        os.environ.setdefault(LOOPBACK_ENV, "0")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # our progress bar, not Tune's status tables
+    import ray
+
+    if ray.is_initialized():
+        return
+    if settings.address is not None:
+        ray.init(address=settings.address, log_to_driver=False)
+    else:
+        ray.init(num_cpus=settings.local_workers, include_dashboard=False, log_to_driver=False,
+                 _node_ip_address="127.0.0.1")
+
+
+@dataclass
+class Workbench:
+    """What every worker needs, shipped once: the trained model and the scorer's data."""
+
+    model: nn.Module
+    example_input: torch.Tensor
+    space_config: SpaceConfig
+    criterion: str
+    seed: int
+    evaluator: AdaptiveBNEvaluator
+    threads: int
+    key: str  # one per run: a worker process keeps the space it built for it
+
+    def build(self) -> tuple[PruningSpace, AdaptiveBNEvaluator]:
+        torch.set_num_threads(max(1, self.threads))
+        space = PruningSpace(self.model, self.example_input, self.space_config, criterion=self.criterion, seed=self.seed)
+        return space, self.evaluator
+
+
+_WORKER_STATE: dict[str, tuple[PruningSpace, AdaptiveBNEvaluator]] = {}
+
+
+def _worker_state(workbench: Workbench) -> tuple[PruningSpace, AdaptiveBNEvaluator]:
+    """The pruning space of this run, built once per worker process."""
+    if workbench.key not in _WORKER_STATE:
+        _WORKER_STATE.clear()
+        _WORKER_STATE[workbench.key] = workbench.build()
+    return _WORKER_STATE[workbench.key]
+
+
+def _score_trial(config: dict, workbench: Workbench) -> None:
+    """The Tune trainable: prune and score one candidate, report the score or the error."""
+    from ray import tune
+
+    space, evaluator = _worker_state(workbench)
+    try:
+        result = score_candidate(space, evaluator, config["ratios"])
+    except Exception as exc:  # noqa: BLE001  (recorded as a failed trial by the searcher)
+        result = {"proxy_acc": 0.0, "error": describe_error(exc)}
+    tune.report({**result, "pid": os.getpid()})
+
+
+_SCORED = ("proxy_acc", "prune_seconds", "recalibrate_seconds", "evaluate_seconds")
+
+
+def make_searcher(study: optuna.Study, strategy: Strategy, space: PruningSpace, budget: Budget, run: RunDir,
+                  remaining: int, on_finish):
+    """A Tune ``Searcher`` over the run's study; ``on_finish(frozen_trial)`` after each trial.
+    (Defined here so that importing this module does not import Ray.)"""
+    from ray.tune.search import Searcher
+
+    class _StudySearcher(Searcher):
+        def __init__(self) -> None:
+            super().__init__(metric="proxy_acc", mode="max")
+            self.pending: dict[str, PendingTrial] = {}
+            self.asked = 0
+            self.fatal: UserError | None = None
+
+        def suggest(self, trial_id: str):
+            while self.asked < remaining and self.fatal is None:
+                self.asked += 1
+                pending = begin_trial(study, strategy, space, budget)
+                if pending.feasible:
+                    self.pending[trial_id] = pending
+                    return {"ratios": pending.ratios, "trial": pending.number}
+                on_finish(finish_trial(study, strategy, run, space.group_names, pending, None))
+            return Searcher.FINISHED
+
+        def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+            pending = self.pending.pop(trial_id, None)
+            if pending is None:
+                return
+            if error or not result:
+                frozen = finish_trial(study, strategy, run, space.group_names, pending, None,
+                                      error="RayTrialError: the trial's worker failed on every retry")
+            elif result.get("error"):
+                frozen = finish_trial(study, strategy, run, space.group_names, pending, None, error=result["error"])
+            else:
+                scored = {k: result[k] for k in _SCORED if k in result}
+                frozen = finish_trial(study, strategy, run, space.group_names, pending, scored)
+            on_finish(frozen)
+            self.fatal = self.fatal or all_failing(study)
+
+        def save(self, checkpoint_path: str) -> None:
+            """Nothing to save: the study in the run directory holds the search's state."""
+
+        def restore(self, checkpoint_path: str) -> None:
+            """Nothing to restore: ``--resume`` reopens the study."""
+
+    return _StudySearcher()
+
+
+def ship_model_code(model: nn.Module) -> None:
+    """Let the classes of a user's model travel by value: a ``file.py:factory`` model, or one
+    defined in a script, cannot be imported by name on the workers. Installed packages (torch,
+    autoprune, ...) are imported there as usual."""
+    from ray import cloudpickle
+
+    for name in sorted({type(m).__module__ for m in model.modules()}):
+        module = sys.modules.get(name)
+        path = getattr(module, "__file__", None) or ""
+        if name == "__main__" or name.split(".")[0] in ("torch", "autoprune") or "-packages" in path:
+            continue
+        cloudpickle.register_pickle_by_value(module)
+
+
+def run_trials(settings: RaySettings, study: optuna.Study, strategy: Strategy, space: PruningSpace, budget: Budget,
+               run: RunDir, workbench: Workbench, remaining: int, on_finish) -> None:
+    """Run ``remaining`` trials as Tune trials, ``settings.workers`` at a time."""
+    from ray import tune
+
+    connect(settings)
+    ship_model_code(workbench.model)
+    searcher = make_searcher(study, strategy, space, budget, run, remaining, on_finish)
+    trainable = tune.with_resources(tune.with_parameters(_score_trial, workbench=workbench),
+                                    {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial})
+    tuner = tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(search_alg=searcher, num_samples=-1, max_concurrent_trials=settings.workers,
+                                    reuse_actors=True,
+                                    trial_dirname_creator=lambda trial: f"trial-{trial.config['trial']:04d}"),
+        run_config=tune.RunConfig(name="tune", storage_path=str((run.path / "ray").resolve()), verbose=0,
+                                  failure_config=tune.FailureConfig(max_failures=2)),
+    )
+    tuner.fit()
+    if searcher.fatal is not None:
+        raise searcher.fatal
+
+
+def _finetune_job(workbench: Workbench, data, config, ratios: dict[str, float], seed: int):
+    from autoprune.pipeline import finetune_candidate
+
+    space, evaluator = _worker_state(workbench)
+    return finetune_candidate(space, evaluator, config, data, ratios, seed=seed)
+
+
+def finetune_on_ray(settings: RaySettings, workbench: Workbench, data, config, jobs: list[tuple[dict[str, float], int]]):
+    """Fine-tune every (ratios, seed) of ``jobs`` as parallel Ray tasks; yields the results in order,
+    each as soon as it and those before it are done."""
+    import ray
+
+    connect(settings)
+    ship_model_code(workbench.model)
+    task = ray.remote(_finetune_job).options(num_cpus=settings.cpus_per_trial, num_gpus=settings.gpus_per_trial,
+                                             max_retries=2)
+    bench_ref, data_ref = ray.put(workbench), ray.put(data)
+    refs = [task.remote(bench_ref, data_ref, config, ratios, seed) for ratios, seed in jobs]
+    for ref in refs:
+        yield ray.get(ref)
