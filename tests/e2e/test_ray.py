@@ -1,0 +1,158 @@
+"""Searches on a real Ray cluster: a head started on loopback for these tests and stopped after.
+
+The head listens on 127.0.0.1 only (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``, set for the head and
+for every driver before Ray is imported).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("RAY_AUTH_MODE", "token")  # as Ray's default; said explicitly so head and drivers agree
+
+from custom_models import Picky, odd_first, slow
+
+from autoprune.cli import main
+from autoprune.pipeline import search
+
+RAY = Path(sys.executable).with_name("ray")
+CUSTOM_MODELS = Path(__file__).with_name("custom_models.py")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def head():
+    """A Ray head with 2 CPUs on loopback; its address."""
+    port = _free_port()
+    env = os.environ.copy()
+    subprocess.run([str(RAY), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
+                    "--include-dashboard=false", "--disable-usage-stats"], check=True, env=env,
+                   capture_output=True, timeout=120)
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        import ray
+
+        ray.shutdown()
+        subprocess.run([str(RAY), "stop", "--force"], env=env, capture_output=True, timeout=120, check=False)
+
+
+@pytest.fixture(scope="module")
+def slow_weights(tmp_path_factory) -> str:
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("slow") / "slow.pt"
+    torch.save(slow(1, 4).state_dict(), path)
+    return str(path)
+
+
+def _slow_args(tiny_npz, weights, out, trials):
+    return ["search", "--model", f"{CUSTOM_MODELS}:slow", "--weights", weights, "--data", tiny_npz,
+            "--budget", "60%flops", "--strategy", "random", "--trials", str(trials), "--finetune-top", "0",
+            "--holdout", "120", "--batch-size", "64", "--calib-batches", "2", "--score-images", "120",
+            "--out", str(out), "--quiet"]
+
+
+def _ray_pids(pattern: str) -> list[int]:
+    out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True, check=True).stdout
+    return [int(line.split(None, 1)[0]) for line in out.splitlines() if pattern in line]
+
+
+def test_search_on_the_cluster_writes_what_a_local_run_writes(head, search_args, tmp_path):
+    local, remote = tmp_path / "local", tmp_path / "ray"
+    common = search_args + ["--strategy", "random", "--trials", "4", "--finetune-top", "1", "--finetune-epochs", "0.1"]
+    assert main(common + ["--out", str(local)]) == 0
+    assert main(common + ["--out", str(remote), "--ray-address", head, "--workers", "2"]) == 0
+    for run in (local, remote):
+        assert {"trials.csv", "pareto.csv", "pareto.json", "report.md", "study.db"} <= {p.name for p in run.iterdir()}
+    ours, theirs = pd.read_csv(local / "trials.csv"), pd.read_csv(remote / "trials.csv")
+    assert list(ours.columns) == list(theirs.columns)
+    assert (theirs["state"] == "complete").sum() == 4
+    # the same strategy and seed ask for the same candidates, wherever they are scored
+    ratios = [c for c in ours.columns if c.startswith("ratio:")]
+    pd.testing.assert_frame_equal(ours.sort_values("number")[ratios].reset_index(drop=True),
+                                  theirs.sort_values("number")[ratios].reset_index(drop=True))
+    status = pd.read_json(remote / "run.json", typ="series")
+    assert status["backend"] == "ray" and status["workers"] == 2
+
+
+def test_a_worker_killed_mid_trial_has_its_trial_retried(head, tiny_npz, slow_weights, tmp_path):
+    killed: list[int] = []
+    finished = threading.Event()
+
+    def kill_one_worker() -> None:
+        while not finished.is_set() and not killed:
+            pids = _ray_pids("ray::ImplicitFunc")
+            if pids:
+                time.sleep(0.5)  # well inside the trial
+                os.kill(pids[0], signal.SIGKILL)
+                killed.append(pids[0])
+            time.sleep(0.2)
+
+    watcher = threading.Thread(target=kill_one_worker, daemon=True)
+    watcher.start()
+    out = tmp_path / "run"
+    try:
+        assert main(_slow_args(tiny_npz, slow_weights, out, 4) + ["--ray-address", head, "--workers", "2"]) == 0
+    finally:
+        finished.set()
+    watcher.join(timeout=5)
+    assert killed, "no trial worker was found to kill"
+    trials = pd.read_csv(out / "trials.csv")
+    assert len(trials) == 4 and (trials["state"] == "complete").all()
+
+
+def test_a_killed_driver_resumes_without_repeating_trials(head, tiny_npz, slow_weights, tmp_path):
+    out = tmp_path / "run"
+    args = _slow_args(tiny_npz, slow_weights, out, 6) + ["--ray-address", head, "--workers", "1"]
+    driver = subprocess.Popen([sys.executable, "-m", "autoprune.cli", *args], env=os.environ.copy(),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        path = out / "trials.csv"
+        if path.exists() and len(pd.read_csv(path)) >= 2:
+            break
+        time.sleep(0.5)
+    driver.send_signal(signal.SIGKILL)
+    driver.wait(timeout=30)
+    before = pd.read_csv(out / "trials.csv")
+    assert 2 <= len(before) < 6
+    assert main(args + ["--resume"]) == 0
+    after = pd.read_csv(out / "trials.csv")
+    complete = after[after["state"] == "complete"]
+    assert len(complete) == 6
+    # the trials completed before the kill are kept as they were, not scored again
+    columns = [c for c in after.columns if c.startswith("ratio:")] + ["proxy_acc", "seconds"]
+    kept = after.set_index("number").loc[before["number"], columns]
+    pd.testing.assert_frame_equal(kept.reset_index(drop=True), before[columns].reset_index(drop=True))
+    # what was lost is at most the one trial in flight, closed as failed (no error) and asked anew
+    lost = after[after["state"] == "fail"]
+    assert len(lost) <= 1 and lost["error"].isna().all()
+    assert len(after) == 6 + len(lost)
+
+
+def test_a_trial_that_raises_is_recorded_and_the_search_goes_on(head, tiny_npz, tmp_path):
+    torch.manual_seed(0)
+    result = search(Picky(odd_first), tiny_npz, budget="60%flops", strategy="random", trials=8, finetune_top=0,
+                    holdout=120, batch_size=64, calib_batches=2, score_images=120, out=str(tmp_path / "run"),
+                    quiet=True, ray_address=head, workers=2)
+    trials = pd.read_csv(result.run_dir / "trials.csv")
+    assert len(trials) == 8
+    failed = trials[trials["state"] == "fail"]
+    assert len(failed) >= 1 and failed["error"].str.contains("ValueError: this model cannot run").all()
