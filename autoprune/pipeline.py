@@ -463,8 +463,9 @@ def finetune_candidate(space: PruningSpace, evaluator: AdaptiveBNEvaluator, conf
     """Prune to ``ratios``, recalibrate, fine-tune, and measure test and held-out accuracy."""
     subnet, kept = space.prune(ratios)
     result = finetune(subnet, config, data, evaluator, seed=seed, description=description, quiet=quiet)
-    return Finetuned(subnet.cpu(), kept, result.seconds, accuracy(subnet, data.test, device=config.device),
-                     accuracy(subnet, data.holdout, device=config.device))
+    test_acc = accuracy(subnet, data.test, device=config.device)
+    holdout_acc = accuracy(subnet, data.holdout, device=config.device)
+    return Finetuned(subnet.cpu(), kept, result.seconds, test_acc, holdout_acc)
 
 
 def _save_finetuned(config: SearchConfig, setup: _Setup, t: optuna.trial.FrozenTrial, ratios: dict[str, float],

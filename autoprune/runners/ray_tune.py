@@ -127,7 +127,7 @@ def _score_trial(config: dict, workbench: Workbench) -> None:
         result = score_candidate(space, evaluator, config["ratios"])
     except Exception as exc:  # noqa: BLE001  (recorded as a failed trial by the searcher)
         result = {"proxy_acc": 0.0, "error": describe_error(exc)}
-    tune.report({**result, "pid": os.getpid()})
+    tune.report(result)
 
 
 _SCORED = ("proxy_acc", "prune_seconds", "recalibrate_seconds", "evaluate_seconds")
