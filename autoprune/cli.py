@@ -91,6 +91,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--epochs", type=float, default=30)
     t.add_argument("--lr", type=float, default=0.1)
     t.add_argument("--out", required=True, help="where to write the state dict (.pt)")
+    t.add_argument("--init", default=None, metavar="WEIGHTS",
+                   help="start from this state dict instead of random weights (to train a checkpoint further)")
     t.add_argument("--limit-train", type=int, default=None)
     return parser
 
@@ -190,7 +192,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from autoprune.data import load_data
     from autoprune.device import resolve_device
     from autoprune.measure import accuracy
-    from autoprune.models import create_model
+    from autoprune.models import create_model, load_weights
     from autoprune.progress import console
     from autoprune.train import train
 
@@ -201,6 +203,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
     data = load_data(args.data, holdout=args.holdout, seed=args.seed, limit_train=args.limit_train)
     model = create_model(args.model, in_channels=data.in_channels, num_classes=data.num_classes)
+    prior_epochs: float | None = 0.0  # epochs the starting weights were trained for (None: not known)
+    if args.init is not None:
+        load_weights(model, args.init)
+        init_json = Path(args.init).with_suffix(".json")
+        init_meta = json.loads(init_json.read_text()) if init_json.is_file() else {}
+        prior_epochs = init_meta.get("epochs_total", init_meta.get("epochs"))
     result = train(
         model, data, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
         device=device, seed=args.seed, quiet=args.quiet,
@@ -214,6 +222,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         "model": args.model, "data": args.data, "epochs": args.epochs, "lr": args.lr,
         "batch_size": args.batch_size, "seed": args.seed, "holdout": args.holdout,
         "test_acc": test_acc, "holdout_acc": holdout_acc, "seconds": round(result.seconds, 1),
+        "init": args.init, "epochs_total": None if prior_epochs is None else prior_epochs + args.epochs,
         "command": "autoprune " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("autoprune") else None,
     }
     out.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
