@@ -104,9 +104,10 @@ class AdaptiveBNEvaluator:
 
     @torch.no_grad()
     def recalibrate(self, model: nn.Module, batches: int | None = None) -> None:
-        """Re-estimate BN statistics on the first ``batches`` calibration batches (default: all)."""
+        """Re-estimate BN statistics on the first ``batches`` calibration batches (default: all);
+        without calibration batches (a vanilla scorer) the statistics are left as they are."""
         bns = [m for m in model.modules() if isinstance(m, _BN_TYPES) and m.track_running_stats]
-        if not bns:
+        if not bns or not self._calib[:batches]:
             return
         model.eval()  # dropout and friends stay deterministic; the BN layers normalise by batch statistics below
         for bn in bns:

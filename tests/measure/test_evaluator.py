@@ -47,10 +47,14 @@ def test_recalibration_sets_running_stats_to_the_calibration_statistics(bundle):
 
 def test_vanilla_scoring_leaves_statistics_alone(bundle):
     model = create_model("resnet20", in_channels=1, num_classes=3)
+    model.bn1.running_var.fill_(4.0)
     before = model.bn1.running_mean.clone()
-    score = AdaptiveBNEvaluator(bundle, calib_batches=2, batch_size=32, adaptive=False).score(model)
+    vanilla = AdaptiveBNEvaluator(bundle, calib_batches=2, batch_size=32, adaptive=False)
+    score = vanilla.score(model)
     assert 0.0 <= score <= 1.0
+    vanilla.recalibrate(model)  # as fine-tuning does first: nothing to calibrate on, nothing changes
     torch.testing.assert_close(model.bn1.running_mean, before)
+    assert torch.all(model.bn1.running_var == 4.0)
 
 
 def test_pruned_candidate_statistics_change(bundle):
