@@ -3,13 +3,14 @@
 Layout of ``results/<run>/``::
 
     config.yaml      everything resolved (re-read by --resume)
-    run.json         status (running | complete), backend, timings
+    run.json         status (running | complete), backend (local | ray), workers, timings
     study.db         the Optuna study (SQLite): the source of truth for trials
     trials.csv       one row per trial
     pareto.csv/json  non-dominated fine-tuned subnets (test accuracy vs MACs)
     pareto.png       candidates and fine-tuned subnets against MACs, budget line
     report.md        baseline vs subnets, budget, time spent
     subnets/<id>/    spec.json + weights.pt (a plain state dict)
+    ray/             Ray runs only: Tune's experiment directory
 """
 
 from __future__ import annotations
