@@ -132,6 +132,10 @@ def search(
         run.write_table("trials.csv", trials)
     with _timed(timings, "fine-tune"):
         subnets = _finetune_phase(config, setup, study, quiet)
+    if config.ray_local is not None:
+        from autoprune.runners.ray_tune import stop_local
+
+        stop_local()
     measured = {s.trial: s.latency_ms for s in subnets}
     trials["latency_ms"] = trials["number"].map(measured)
     run.write_table("trials.csv", trials)

@@ -72,20 +72,38 @@ def parse_resources(text: str) -> tuple[float, float]:
     return values["cpu"], values["gpu"]
 
 
+_started_here = False  # whether this process started the Ray it is connected to (--ray-local)
+
+
 def connect(settings: RaySettings) -> None:
-    """Join the cluster at ``settings.address``, or start a local Ray on loopback."""
+    """Join the cluster at ``settings.address``, or start a private local Ray on loopback."""
+    global _started_here
     if settings.local_workers is not None:
         os.environ.setdefault(LOOPBACK_ENV, "0")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # our progress bar, not Tune's status tables
     import ray
 
     if ray.is_initialized():
+        if settings.local_workers is not None and not _started_here:
+            raise UserError("--ray-local: this process is already connected to a Ray cluster; use --ray-address")
         return
     if settings.address is not None:
         ray.init(address=settings.address, log_to_driver=False)
     else:
-        ray.init(num_cpus=settings.local_workers, include_dashboard=False, log_to_driver=False,
+        # "local": a new Ray for this run, even where this machine already runs a cluster
+        ray.init(address="local", num_cpus=settings.local_workers, include_dashboard=False, log_to_driver=False,
                  _node_ip_address="127.0.0.1")
+        _started_here = True
+
+
+def stop_local() -> None:
+    """Stop the private Ray that ``--ray-local`` started for the run."""
+    global _started_here
+    if _started_here:
+        import ray
+
+        ray.shutdown()
+        _started_here = False
 
 
 @dataclass

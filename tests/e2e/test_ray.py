@@ -156,3 +156,26 @@ def test_a_trial_that_raises_is_recorded_and_the_search_goes_on(head, tiny_npz, 
     assert len(trials) == 8
     failed = trials[trials["state"] == "fail"]
     assert len(failed) >= 1 and failed["error"].str.contains("ValueError: this model cannot run").all()
+
+
+def test_a_private_local_ray_runs_the_search_beside_a_running_cluster(head, search_args, tmp_path):
+    out = tmp_path / "run"
+    args = search_args + ["--strategy", "random", "--trials", "3", "--finetune-top", "0", "--out", str(out),
+                          "--ray-local", "2", "--workers", "2"]
+    # its own process: this one is already connected to the test cluster
+    done = subprocess.run([sys.executable, "-m", "autoprune.cli", *args], capture_output=True, text=True,
+                          timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    status = pd.read_json(out / "run.json", typ="series")
+    assert status["backend"] == "ray" and status["status"] == "complete"
+    assert (pd.read_csv(out / "trials.csv")["state"] == "complete").sum() == 3
+
+
+def test_ray_local_refuses_a_process_already_connected_to_a_cluster(head, search_args, tmp_path, capsys):
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=head, log_to_driver=False)
+    args = search_args + ["--trials", "2", "--finetune-top", "0", "--out", str(tmp_path / "run"), "--ray-local", "2"]
+    assert main(args) == 2
+    assert "already connected to a Ray cluster" in capsys.readouterr().err
