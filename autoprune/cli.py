@@ -168,13 +168,14 @@ def _add_bench(sub, d, criteria: dict[str, str], fmt) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    command = "autoprune " + shlex.join(sys.argv[1:] if argv is None else argv)  # as typed, for the records
     try:
         if args.command == "train":
-            return _cmd_train(args)
+            return _cmd_train(args, command)
         if args.command == "bench":
             from autoprune.bench.run import run_from_args
 
-            return run_from_args(args, "autoprune " + shlex.join(sys.argv[1:] if argv is None else argv))
+            return run_from_args(args, command)
         return _cmd_search(args)  # search or sensitivity
     except UserError as exc:
         print(f"autoprune: error: {exc}", file=sys.stderr)
@@ -184,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def _cmd_train(args: argparse.Namespace) -> int:
+def _cmd_train(args: argparse.Namespace, command: str) -> int:
     import json
 
     import torch
@@ -223,7 +224,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         "batch_size": args.batch_size, "seed": args.seed, "holdout": args.holdout,
         "test_acc": test_acc, "holdout_acc": holdout_acc, "seconds": round(result.seconds, 1),
         "init": args.init, "epochs_total": None if prior_epochs is None else prior_epochs + args.epochs,
-        "command": "autoprune " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("autoprune") else None,
+        "command": command,
     }
     out.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
     console.print(

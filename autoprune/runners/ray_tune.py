@@ -4,9 +4,9 @@ The run's own strategy and Optuna study (``study.db``) stay in the driver, behin
 ``Searcher``: ``suggest`` asks the strategy (Optuna's samplers, random, binary: the same objects
 as in a local run, with the same constraints and warm start), and ``on_trial_complete`` tells the
 study. Candidates over budget are recorded in the driver and never reach a worker. Workers only
-prune and score: the base model and the scoring data reach each of them once, through the object
-store (``tune.with_parameters``), and a worker builds its pruning space once and reuses it for
-every trial it runs (``reuse_actors``).
+prune and score: the base model and the scoring data go into the object store once per run
+(``tune.with_parameters``; each trial reads them from there), and a worker builds its pruning space
+once and reuses it for every trial it runs (``reuse_actors``).
 
 Faults: a worker that dies mid-trial has its trial retried by Tune (``FailureConfig``); a trial
 that raises is recorded as failed with its error; a killed driver leaves ``study.db`` with every

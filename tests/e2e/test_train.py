@@ -21,3 +21,4 @@ def test_training_continues_from_the_given_weights(tiny_npz, tiny_weights, tmp_p
     meta = json.loads(out.with_suffix(".json").read_text())
     assert meta["init"] == tiny_weights
     assert meta["epochs_total"] == 3.1  # the 3 epochs of the starting checkpoint, then 0.1
+    assert meta["command"].startswith("autoprune train --model resnet20 ") and "--init" in meta["command"]
