@@ -47,8 +47,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--weights", default=None, help=_weights_help())
     s.add_argument("--strategy", default=d.strategy, choices=list(strategies),
                    help="; ".join(f"{k}: {v}" for k, v in strategies.items()))
-    s.add_argument("--criterion", default=d.criterion, choices=list(criteria),
-                   help="filter importance; " + "; ".join(f"{k}: {v}" for k, v in criteria.items()))
+    _add_criterion(s, d, criteria)
     s.add_argument("--space", default=None, help="search-space YAML; not given: the model family's")
     s.add_argument("--trials", type=int, default=d.trials)
     s.add_argument("--tolerance", type=float, default=d.tolerance,
@@ -71,6 +70,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--finetune-top", type=int, default=d.finetune_top, help="fine-tune the best K feasible candidates")
     s.add_argument("--finetune-epochs", type=float, default=d.finetune_epochs, help="fractions allowed, e.g. 0.1")
     s.add_argument("--finetune-lr", type=float, default=d.finetune_lr)
+    _add_retrain(s, d)
     s.add_argument("--out", default=None, help="run directory; not given: results/<timestamp>")
     s.add_argument("--resume", action="store_true", help="continue the run in --out")
     s.add_argument("--limit-train", type=int, default=None, help="use only this many training images (quick runs)")
@@ -94,7 +94,33 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--init", default=None, metavar="WEIGHTS",
                    help="start from this state dict instead of random weights (to train a checkpoint further)")
     t.add_argument("--limit-train", type=int, default=None)
+    t.add_argument("--save-init", action="store_true",
+                   help="also write the weights before training, OUT.init.pt, for `search --rewind lottery`")
+    t.add_argument("--save-init-epoch", type=int, default=None, metavar="K",
+                   help="also write the weights after epoch K, OUT.epoch<K>.pt, for `search --rewind lottery "
+                   "--rewind-epoch K` (late rewinding)")
     return parser
+
+
+def _add_retrain(p: argparse.ArgumentParser, d) -> None:
+    from autoprune.retrain import REWINDS, SCHEDULES
+
+    p.add_argument("--rewind", default=d.rewind, choices=REWINDS,
+                   help="what the chosen subnets train from: none, their trained weights (fine-tune); lottery, "
+                   "the kept weights at initialisation (Frankle & Carbin 2019; needs `autoprune train --save-init`); "
+                   "scratch-e / scratch-b, a fresh random initialisation trained for --finetune-epochs / for the "
+                   "compute of --finetune-epochs of the unpruned model (Liu et al. 2019)")
+    p.add_argument("--rewind-epoch", type=int, default=d.rewind_epoch, metavar="K",
+                   help="lottery: rewind to the weights after epoch K (`autoprune train --save-init-epoch K`)")
+    p.add_argument("--schedule", default=d.schedule, choices=SCHEDULES,
+                   help="oneshot: prune to the ratios at once; iterative: in --steps steps, fine-tuning between them")
+    p.add_argument("--steps", type=int, default=d.steps,
+                   help="steps of --schedule iterative, each fine-tuned for --finetune-epochs / steps")
+    p.add_argument("--distill", action="store_true",
+                   help="distil from the unpruned model while training the subnets (Hinton et al. 2015)")
+    p.add_argument("--distill-temperature", type=float, default=d.distill_temperature, metavar="T")
+    p.add_argument("--distill-weight", type=float, default=d.distill_weight, metavar="W",
+                   help="loss = (1 - W) * cross-entropy + W * T^2 * KL(teacher || student)")
 
 
 def _ints(text: str) -> list[int]:
@@ -120,6 +146,16 @@ def _weights_help() -> str:
     return f"state dict of the trained model; not given: the shipped checkpoint ({shipped})"
 
 
+def _add_criterion(p: argparse.ArgumentParser, d, criteria: dict[str, str]) -> None:
+    from autoprune.pruning.criteria import needs_data
+
+    p.add_argument("--criterion", default=d.criterion, choices=list(criteria),
+                   help="filter importance; " + "; ".join(f"{k}: {v}" for k, v in criteria.items()))
+    p.add_argument("--criterion-batches", type=int, default=d.criterion_batches,
+                   help="training batches (of --batch-size) that the data-driven criteria ("
+                   + ", ".join(name for name in criteria if needs_data(name)) + ") rank channels on")
+
+
 def _add_bench(sub, d, criteria: dict[str, str], fmt) -> None:
     from autoprune.bench import STUDIES
 
@@ -130,7 +166,7 @@ def _add_bench(sub, d, criteria: dict[str, str], fmt) -> None:
         b = studies.add_parser(name, help=text, description=text, formatter_class=fmt)
         _add_common(b)
         b.add_argument("--weights", default=None, help=_weights_help())
-        b.add_argument("--criterion", default=d.criterion, choices=list(criteria))
+        _add_criterion(b, d, criteria)
         b.add_argument("--space", default=None, help="search-space YAML; not given: the model family's")
         b.add_argument("--calib-batches", type=int, default=d.calib_batches)
         b.add_argument("--score-images", type=int, default=d.score_images)
@@ -195,10 +231,13 @@ def _cmd_train(args: argparse.Namespace, command: str) -> int:
     from autoprune.measure import accuracy
     from autoprune.models import create_model, load_weights
     from autoprune.progress import console
+    from autoprune.retrain import rewind_weights_path
     from autoprune.train import train
 
     if args.epochs <= 0:
         raise UserError("--epochs must be positive")
+    if args.save_init_epoch is not None and not 1 <= args.save_init_epoch <= args.epochs:
+        raise UserError("--save-init-epoch must be an epoch the training completes: 1 to --epochs")
     device = resolve_device(args.device)
     out = Path(args.out)
     torch.manual_seed(args.seed)
@@ -210,21 +249,36 @@ def _cmd_train(args: argparse.Namespace, command: str) -> int:
         init_json = Path(args.init).with_suffix(".json")
         init_meta = json.loads(init_json.read_text()) if init_json.is_file() else {}
         prior_epochs = init_meta.get("epochs_total", init_meta.get("epochs"))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    rewind_points = []  # the weights saved for lottery rewinding
+
+    def save(path: Path) -> None:
+        torch.save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, path)
+
+    def save_rewind_point(epoch: int | None = None) -> None:
+        path = rewind_weights_path(out, epoch)
+        save(path)
+        rewind_points.append(str(path))
+
+    def after_epoch(epoch: int) -> None:
+        if epoch == args.save_init_epoch:
+            save_rewind_point(epoch)
+
+    if args.save_init:
+        save_rewind_point()
     result = train(
         model, data, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
-        device=device, seed=args.seed, quiet=args.quiet,
+        device=device, seed=args.seed, quiet=args.quiet, after_epoch=after_epoch,
     )
     test_acc = accuracy(model, data.test, device=device)
     holdout_acc = accuracy(model, data.holdout, device=device)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    torch.save(state, out)
+    save(out)
     meta = {
         "model": args.model, "data": args.data, "epochs": args.epochs, "lr": args.lr,
         "batch_size": args.batch_size, "seed": args.seed, "holdout": args.holdout,
         "test_acc": test_acc, "holdout_acc": holdout_acc, "seconds": round(result.seconds, 1),
         "init": args.init, "epochs_total": None if prior_epochs is None else prior_epochs + args.epochs,
-        "command": command,
+        "rewind_points": rewind_points, "command": command,
     }
     out.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
     console.print(

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import logging
 import time
@@ -31,10 +32,17 @@ from autoprune.models import create_model, load_weights, model_family
 from autoprune.pareto import non_dominated
 from autoprune.progress import console, progress_bar
 from autoprune.pruning.config import load_space_config
-from autoprune.pruning.criteria import get_criterion
+from autoprune.pruning.criteria import criterion_batches, needs_data
 from autoprune.pruning.space import PruningSpace
 from autoprune.report import export_run
 from autoprune.results import STUDY_NAME, RunDir, SubnetRecord, save_subnet, trials_frame
+from autoprune.retrain import (
+    check_retrain,
+    check_retrain_model,
+    describe_retrain,
+    retrain,
+    retrain_record,
+)
 from autoprune.runners.trial import (
     all_failing,
     begin_trial,
@@ -67,6 +75,7 @@ class SearchConfig:
     weights: str | None = None
     strategy: str = "tpe"
     criterion: str = "l1"
+    criterion_batches: int = 4  # training batches (of batch_size) the data-driven criteria rank channels on
     space: str | None = None
     trials: int = 40
     tolerance: float = 0.02
@@ -81,6 +90,14 @@ class SearchConfig:
     finetune_top: int = 3
     finetune_epochs: float = 0.5
     finetune_lr: float = 0.01
+    # how the chosen subnets are trained (autoprune.retrain); like the other fine-tune options, free to change on resume
+    rewind: str = "none"  # none (fine-tune the trained weights) | lottery | scratch-e | scratch-b
+    rewind_epoch: int | None = None  # lottery: rewind to the weights after this epoch instead of the initialisation
+    schedule: str = "oneshot"  # oneshot | iterative
+    steps: int = 3  # iterative: pruning steps, each fine-tuned finetune_epochs / steps
+    distill: bool = False  # knowledge distillation from the unpruned model while training
+    distill_temperature: float = 4.0
+    distill_weight: float = 0.9
     batch_size: int = 128
     holdout: int = 5000
     limit_train: int | None = None
@@ -188,6 +205,7 @@ def _prepare(config: SearchConfig, module: nn.Module | None, resume: bool) -> _S
         _check_resume_config(run, config)
     budget = check_options(config)
     data, model, space = load_workbench(config, module)
+    check_retrain_model(config, model)
     strategy = get_strategy(config.strategy, SearchContext(space, budget, config.seed, config.tolerance,
                                                            config.warm_start, config.trials))
     base_latency = measure_latency(model, data.input_shape, device=config.device, batch=config.latency_batch)
@@ -228,7 +246,10 @@ def load_workbench(config: SearchConfig, module: nn.Module | None = None) -> tup
     data = load_data(config.data, holdout=config.holdout, seed=config.seed, limit_train=config.limit_train)
     model = module if module is not None else _load_model(config, data)
     space_config = load_space_config(config.space, None if module is not None else model_family(config.model))
-    space = PruningSpace(model, data.example_input(), space_config, criterion=config.criterion, seed=config.seed)
+    batches = (criterion_batches(data.train, config.criterion_batches, config.batch_size, config.seed)
+               if needs_data(config.criterion) else None)
+    space = PruningSpace(model, data.example_input(), space_config, criterion=config.criterion, seed=config.seed,
+                         batches=batches)
     return data, model, space
 
 
@@ -244,11 +265,14 @@ def make_evaluator(config: SearchConfig, data: DataBundle, *, calib_batches: int
 
 
 def finetune(subnet: nn.Module, config: SearchConfig, data: DataBundle, evaluator: AdaptiveBNEvaluator, *,
-             seed: int, epochs: float | None = None, description: str = "fine-tune", quiet: bool = False) -> TrainResult:
-    """Recalibrate BN, then fine-tune ``subnet`` in place with the run's settings."""
+             seed: int, epochs: float | None = None, teacher: nn.Module | None = None, description: str = "fine-tune",
+             quiet: bool = False) -> TrainResult:
+    """Recalibrate BN, then fine-tune ``subnet`` in place with the run's settings (distilling from
+    ``teacher`` where given, at the run's temperature and weight)."""
     evaluator.recalibrate(subnet.to(config.device))
     return train(subnet, data, epochs=config.finetune_epochs if epochs is None else epochs, lr=config.finetune_lr,
-                 batch_size=config.batch_size, device=config.device, seed=seed, description=description, quiet=quiet)
+                 batch_size=config.batch_size, device=config.device, seed=seed, description=description, quiet=quiet,
+                 teacher=teacher, temperature=config.distill_temperature, distill_weight=config.distill_weight)
 
 
 def resolve_paths(config: SearchConfig) -> None:
@@ -262,14 +286,16 @@ def resolve_paths(config: SearchConfig) -> None:
 def check_options(config: SearchConfig) -> Budget:
     """The checks that need no data or model; returns the parsed budget."""
     budget = parse_budget(config.budget)
-    get_criterion(config.criterion)
+    needs_data(config.criterion)  # an unknown criterion is a UserError here
     for name, value in (("--trials", config.trials), ("--calib-batches", config.calib_batches),
+                        ("--criterion-batches", config.criterion_batches),
                         ("--latency-batch", config.latency_batch),
                         ("--score-images", config.score_images), ("--batch-size", config.batch_size)):
         if value < 1:
             raise UserError(f"{name} must be at least 1")
     if config.finetune_top < 0 or config.finetune_epochs < 0:
         raise UserError("--finetune-top and --finetune-epochs must not be negative")
+    check_retrain(config)
     if not 0 < config.tolerance < 1:
         raise UserError("--tolerance must be between 0 and 1")
     if config.damage not in DAMAGES:
@@ -306,9 +332,9 @@ def _load_model(config: SearchConfig, data: DataBundle) -> nn.Module:
 
 
 # The settings that define a run's search; --trials and the fine-tuning options may change on resume.
-_RUN_IDENTITY = ("model", "data", "budget", "strategy", "criterion", "seed", "weights", "space", "calib_batches",
-                 "score_images", "adaptive_bn", "tolerance", "holdout", "limit_train", "batch_size", "warm_start",
-                 "damage", "bounds_from_sensitivity", "sensitivity_from", "latency_batch")
+_RUN_IDENTITY = ("model", "data", "budget", "strategy", "criterion", "criterion_batches", "seed", "weights", "space",
+                 "calib_batches", "score_images", "adaptive_bn", "tolerance", "holdout", "limit_train", "batch_size",
+                 "warm_start", "damage", "bounds_from_sensitivity", "sensitivity_from", "latency_batch")
 
 
 def _check_resume_config(run: RunDir, config: SearchConfig) -> None:
@@ -421,7 +447,7 @@ def _workbench(config: SearchConfig, setup: _Setup):
     from autoprune.runners.ray_tune import Workbench
 
     space = setup.space
-    return Workbench(space.model, space.example_input, space.config, config.criterion, config.seed, setup.evaluator,
+    return Workbench(space.model, space.example_input, space.config, space.orders, setup.evaluator,
                      threads=max(1, int(_ray_settings(config).cpus_per_trial)), key=str(setup.run.path.resolve()))
 
 
@@ -459,17 +485,24 @@ class Finetuned:
     seconds: float
     test_acc: float
     holdout_acc: float
+    epochs: float  # epochs trained, every step of an iterative schedule together
 
 
 def finetune_candidate(space: PruningSpace, evaluator: AdaptiveBNEvaluator, config: SearchConfig, data: DataBundle,
                        ratios: dict[str, float], *, seed: int, description: str = "fine-tune",
                        quiet: bool = True) -> Finetuned:
-    """Prune to ``ratios``, recalibrate, fine-tune, and measure test and held-out accuracy."""
-    subnet, kept = space.prune(ratios)
-    result = finetune(subnet, config, data, evaluator, seed=seed, description=description, quiet=quiet)
-    test_acc = accuracy(subnet, data.test, device=config.device)
-    holdout_acc = accuracy(subnet, data.holdout, device=config.device)
-    return Finetuned(subnet.cpu(), kept, result.seconds, test_acc, holdout_acc)
+    """Prune to ``ratios``, train the subnet as ``config`` asks (fine-tune, lottery rewind, from scratch,
+    iteratively; distilled from the unpruned model or not), and measure test and held-out accuracy."""
+    teacher = copy.deepcopy(space.model) if config.distill else None  # a copy: training moves it to the device
+
+    def fit(subnet: nn.Module, epochs: float) -> TrainResult:
+        return finetune(subnet, config, data, evaluator, seed=seed, epochs=epochs, teacher=teacher,
+                        description=description, quiet=quiet)
+
+    done = retrain(space, ratios, config, fit, seed=seed)
+    test_acc = accuracy(done.subnet, data.test, device=config.device)
+    holdout_acc = accuracy(done.subnet, data.holdout, device=config.device)
+    return Finetuned(done.subnet.cpu(), done.kept, done.seconds, test_acc, holdout_acc, done.epochs)
 
 
 def _save_finetuned(config: SearchConfig, setup: _Setup, t: optuna.trial.FrozenTrial, ratios: dict[str, float],
@@ -486,7 +519,8 @@ def _save_finetuned(config: SearchConfig, setup: _Setup, t: optuna.trial.FrozenT
         "channels": {g.name: g.channels for g in space.groups}, "kept": done.kept,
         "macs": cost.macs, "params": cost.params, "proxy_acc": t.user_attrs["proxy_acc"],
         "test_acc": done.test_acc, "holdout_acc": done.holdout_acc, "finetune_epochs": config.finetune_epochs,
-        "finetune_seconds": round(done.seconds, 2), "latency_ms": latency,
+        "finetune_seconds": round(done.seconds, 2), "retrain": retrain_record(config, done.epochs),
+        "latency_ms": latency,
         "predicted_latency_ms": cost.latency_ms, "latency_batch": config.latency_batch,
         "device": config.device,
     }
@@ -526,7 +560,7 @@ def _record_from_spec(directory: Path) -> SubnetRecord:
         id=spec["id"], trial=spec["trial"], macs=spec["macs"], params=spec["params"], proxy_acc=spec["proxy_acc"],
         test_acc=spec["test_acc"], holdout_acc=spec["holdout_acc"], finetune_seconds=spec["finetune_seconds"],
         latency_ms=spec["latency_ms"], predicted_latency_ms=spec["predicted_latency_ms"],
-        ratios=spec["ratios"], path=str(directory),
+        ratios=spec["ratios"], path=str(directory), retrain=describe_retrain(spec.get("retrain")),
     )
 
 

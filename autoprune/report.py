@@ -116,18 +116,22 @@ def write_report(
         "",
         f"Latency: median of timed forward passes at batch {config['latency_batch']} on {config['device']}.",
         "",
-        "| subnet | MACs (M) | MACs % | params (M) | latency (ms) | proxy acc | test acc | delta vs baseline | Pareto |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|:---:|",
+        (
+            "| subnet | MACs (M) | MACs % | params (M) | latency (ms) | proxy acc | test acc | delta vs baseline "
+            "| Pareto | trained after pruning |"
+        ),
+        "|---|---:|---:|---:|---:|---:|---:|---:|:---:|---|",
         (
             f"| baseline | {base_macs / 1e6:.2f} | 100.0 | {base_params / 1e6:.3f} | {baseline['latency_ms']:.2f} | "
-            f"{baseline['proxy_acc']:.2%} | {baseline['test_acc']:.2%} | | |"
+            f"{baseline['proxy_acc']:.2%} | {baseline['test_acc']:.2%} | | | |"
         ),
     ]
     for s in sorted(subnets, key=lambda r: -r.test_acc):
         lines.append(
             f"| {s.id} | {s.macs / 1e6:.2f} | {100 * s.macs / base_macs:.1f} | {s.params / 1e6:.3f} | "
             f"{s.latency_ms:.2f} | {s.proxy_acc:.2%} | {s.test_acc:.2%} | "
-            f"{100 * (s.test_acc - baseline['test_acc']):+.2f} pp | {'yes' if s.id in front_ids else ''} |"
+            f"{100 * (s.test_acc - baseline['test_acc']):+.2f} pp | {'yes' if s.id in front_ids else ''} | "
+            f"{s.retrain} |"
         )
     predicted = [s for s in subnets if s.predicted_latency_ms is not None]
     if predicted:

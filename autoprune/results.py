@@ -136,6 +136,7 @@ class SubnetRecord:
     predicted_latency_ms: float | None  # from the latency table, where the budget has a latency
     ratios: dict[str, float]
     path: str
+    retrain: str = "fine-tune"  # how it was trained after pruning, in a few words (spec.json has the record)
 
     def row(self) -> dict:
         return {k: v for k, v in self.__dict__.items() if k != "ratios"}

@@ -2,9 +2,9 @@
 
 Structure comes from Torch-Pruning's dependency graph; what we add is stable names (the module
 path of each group's root layer), ratios keyed by those names and applied to the copy being
-pruned, a channel ranking computed once per criterion, an exact analytic cost model so a
-candidate's MACs and params are known before anything is pruned, and a check that the pruned
-widths are the ones asked for.
+pruned, a channel ranking computed once per criterion (or handed over ready-made), an exact
+analytic cost model so a candidate's MACs and params are known before anything is pruned, and a
+check that the pruned widths are the ones asked for.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import fnmatch
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -22,7 +22,7 @@ from torch import nn
 from autoprune.errors import UserError
 from autoprune.measure.latency import LatencyTable
 from autoprune.pruning.config import SpaceConfig
-from autoprune.pruning.criteria import get_criterion
+from autoprune.pruning.criteria import Batch, Criterion, CriterionContext, get_criterion
 
 _ROOT_TYPES = (nn.Conv2d, nn.Linear)
 
@@ -65,7 +65,10 @@ class _LayerShape:
 class PruningSpace:
     """Prunable groups of ``model`` and the ratio -> subnet map.
 
-    ``model`` is never modified; every subnet is pruned on a deep copy.
+    ``model`` is never modified; every subnet is pruned on a deep copy. ``batches`` are training
+    (images, labels) batches for the data-driven criteria. ``orders`` are channel rankings computed
+    before (another space's ``orders``): given them, the criterion is not run, so a remote worker
+    rebuilds the space its driver ranked without the data or the time the ranking took.
     """
 
     def __init__(
@@ -76,6 +79,8 @@ class PruningSpace:
         *,
         criterion: str = "l1",
         seed: int = 0,
+        batches: Sequence[Batch] | None = None,
+        orders: Mapping[str, Sequence[int]] | None = None,
     ) -> None:
         self.config = config or SpaceConfig()
         self.criterion = criterion
@@ -87,7 +92,7 @@ class PruningSpace:
         ignored = [m for m in (classifier,) if m is not None]
         self.classifier = names.get(classifier)  # never pruned: its outputs are the classes
         graph = _build_graph(self.model, self.example_input)
-        score = get_criterion(criterion, seed)
+        score = None if orders is not None else _scorer(criterion, CriterionContext(self.model, batches, seed))
         self.groups: list[Group] = []
         self.unprunable: dict[str, str] = {}
         # group name -> [(module name, "in"/"out", units per channel)]
@@ -112,12 +117,10 @@ class PruningSpace:
                 effects.append((target, dim, len(idxs) // channels))
                 if dim == "out" and target not in members:
                     members.append(target)
-            try:
-                with torch.no_grad():
-                    importance = score(tp_group)
-            except Exception as exc:  # a layer pattern the criterion cannot rank
-                raise UserError(f"criterion '{criterion}' cannot rank the channels of group '{name}': {exc}") from exc
-            order = torch.argsort(importance.detach().float().cpu(), stable=True).tolist()
+            if orders is None:
+                order = _ranked(score, tp_group, criterion, name)
+            else:
+                order = _given_order(orders, name, channels)
             self.groups.append(Group(name, channels, members, low, high, order))
             self._effects[name] = effects
         if not self.groups:
@@ -127,6 +130,9 @@ class PruningSpace:
                 + (f" ({detail})" if detail else "")
             )
         self._by_name = {g.name: g for g in self.groups}
+        unknown = sorted(set(orders or {}) - set(self._by_name))
+        if unknown:
+            raise ValueError(f"orders given for group(s) {unknown} that this space does not have")
         self.latency: LatencyTable | None = None
         self.base_cost = self.cost({})
 
@@ -209,12 +215,42 @@ class PruningSpace:
         kept = self.kept_channels(ratios)
         return {g.name: sorted(g.order[g.channels - kept[g.name] :]) for g in self.groups}
 
-    def prune(self, ratios: Mapping[str, float]) -> tuple[nn.Module, dict[str, list[int]]]:
-        """A pruned deep copy of the model at ``ratios`` and the kept channel indices per group."""
+    def prune(
+        self, ratios: Mapping[str, float], weights: Mapping[str, torch.Tensor] | None = None
+    ) -> tuple[nn.Module, dict[str, list[int]]]:
+        """A pruned deep copy of the model at ``ratios`` and the kept channel indices per group.
+
+        ``weights``, a state dict of the unpruned model (its initialisation, say), replaces the
+        trained weights before pruning: the channels kept are still the ones the trained model's
+        ranking chose, so the subnet has the same structure and holds those weights' values at them.
+        """
         kept = self.kept_indices(ratios)
         subnet = copy.deepcopy(self.model)
+        if weights is not None:
+            subnet.load_state_dict(weights)
         apply_kept(subnet, self.example_input, kept, {g.name: g.channels for g in self.groups})
         return subnet, kept
+
+    def prune_further(
+        self, subnet: nn.Module, current: Mapping[str, list[int]], kept: Mapping[str, list[int]]
+    ) -> nn.Module:
+        """Prune ``subnet``, this space's model already pruned to keep ``current``, in place down to ``kept``.
+
+        Both are channel indices of the unpruned model (``kept_indices``), and each group's ``kept``
+        must lie within its ``current``. Pruning keeps the surviving channels in their order, so
+        channel j of the subnet is original channel ``current[name][j]``: that map turns ``kept``
+        into the subnet's own indices. The weights of the channels kept carry over, which is what an
+        iterative schedule that fine-tunes between its steps needs.
+        """
+        relative = {}
+        for g in self.groups:
+            position = {channel: j for j, channel in enumerate(current[g.name])}
+            outside = sorted(set(kept[g.name]) - position.keys())
+            if outside:
+                raise ValueError(f"group '{g.name}': channels {outside} are not in the subnet any more")
+            relative[g.name] = sorted(position[channel] for channel in kept[g.name])
+        example = self.example_input.to(next(subnet.parameters()).device)
+        return apply_kept(subnet, example, relative, {name: len(channels) for name, channels in current.items()})
 
     def readers(self, name: str) -> set[str]:
         """Layers that read the group's channels as their inputs (the 'next layers')."""
@@ -226,6 +262,11 @@ class PruningSpace:
         for name, high in highs.items():
             group = self._by_name[name]
             group.high = max(group.low, min(group.high, float(high)))
+
+    @property
+    def orders(self) -> dict[str, list[int]]:
+        """Each group's channel ranking, least important first; ``orders=`` rebuilds the space from it."""
+        return {g.name: list(g.order) for g in self.groups}
 
     def describe(self) -> list[dict]:
         return [
@@ -270,6 +311,35 @@ def apply_kept(
         if got != len(keep):
             raise RuntimeError(f"pruning '{name}' left {got} channels, asked for {len(keep)}")
     return model
+
+
+def _scorer(criterion: str, context: CriterionContext) -> Criterion:
+    try:
+        return get_criterion(criterion, context)
+    except UserError:
+        raise
+    except Exception as exc:  # a model the data-driven pass cannot run (e.g. its output is no logits)
+        raise UserError(f"criterion '{criterion}' cannot score this model on the training batches: {exc}") from exc
+
+
+def _ranked(score: Criterion, tp_group: tp.dependency.group.Group, criterion: str, name: str) -> list[int]:
+    """The group's channels, least important first by ``score``."""
+    try:
+        with torch.no_grad():
+            importance = score(tp_group)
+    except Exception as exc:  # a layer pattern the criterion cannot rank
+        raise UserError(f"criterion '{criterion}' cannot rank the channels of group '{name}': {exc}") from exc
+    return torch.argsort(importance.detach().float().cpu(), stable=True).tolist()
+
+
+def _given_order(orders: Mapping[str, Sequence[int]], name: str, channels: int) -> list[int]:
+    """The ready-made ranking of group ``name``, checked to rank each of its channels once."""
+    if name not in orders:
+        raise ValueError(f"no channel order given for group '{name}'")
+    order = [int(i) for i in orders[name]]
+    if sorted(order) != list(range(channels)):
+        raise ValueError(f"the order given for group '{name}' does not rank each of its {channels} channels once")
+    return order
 
 
 def _is_grouped(module: nn.Module) -> bool:

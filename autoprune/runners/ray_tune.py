@@ -4,9 +4,9 @@ The run's own strategy and Optuna study (``study.db``) stay in the driver, behin
 ``Searcher``: ``suggest`` asks the strategy (Optuna's samplers, random, binary: the same objects
 as in a local run, with the same constraints and warm start), and ``on_trial_complete`` tells the
 study. Candidates over budget are recorded in the driver and never reach a worker. Workers only
-prune and score: the base model and the scoring data go into the object store once per run
-(``tune.with_parameters``; each trial reads them from there), and a worker builds its pruning space
-once and reuses it for every trial it runs (``reuse_actors``).
+prune and score: the base model, the driver's channel rankings and the scoring data go into the
+object store once per run (``ship``), and each worker process reads them out once and builds its
+pruning space once for every trial it runs (``reuse_actors``).
 
 Faults: a worker that dies mid-trial has its trial retried by Tune (``FailureConfig``); a trial
 that raises is recorded as failed with its error; a killed driver leaves ``study.db`` with every
@@ -113,34 +113,50 @@ class Workbench:
     model: nn.Module
     example_input: torch.Tensor
     space_config: SpaceConfig
-    criterion: str
-    seed: int
+    orders: dict[str, list[int]]  # the driver's channel rankings: workers never rerun the criterion
     evaluator: AdaptiveBNEvaluator
     threads: int
     key: str  # one per run: a worker process keeps the space it built for it
 
     def build(self) -> tuple[PruningSpace, AdaptiveBNEvaluator]:
         torch.set_num_threads(max(1, self.threads))
-        space = PruningSpace(self.model, self.example_input, self.space_config, criterion=self.criterion, seed=self.seed)
+        space = PruningSpace(self.model, self.example_input, self.space_config, orders=self.orders)
         return space, self.evaluator
+
+
+@dataclass(frozen=True)
+class Shipped:
+    """A run's ``Workbench`` in the object store, behind a key: a worker reads it out of the store
+    only the first time it meets the key, so later trials cost no deserialisation."""
+
+    key: str
+    ref: object  # ray.ObjectRef of the Workbench
 
 
 _WORKER_STATE: dict[str, tuple[PruningSpace, AdaptiveBNEvaluator]] = {}
 
 
-def _worker_state(workbench: Workbench) -> tuple[PruningSpace, AdaptiveBNEvaluator]:
-    """The pruning space of this run, built once per worker process."""
-    if workbench.key not in _WORKER_STATE:
+def ship(workbench: Workbench) -> Shipped:
+    import ray
+
+    return Shipped(workbench.key, ray.put(workbench))
+
+
+def _worker_state(shipped: Shipped) -> tuple[PruningSpace, AdaptiveBNEvaluator]:
+    """The pruning space and scorer of this run, built once per worker process."""
+    if shipped.key not in _WORKER_STATE:
+        import ray
+
         _WORKER_STATE.clear()
-        _WORKER_STATE[workbench.key] = workbench.build()
-    return _WORKER_STATE[workbench.key]
+        _WORKER_STATE[shipped.key] = ray.get(shipped.ref).build()
+    return _WORKER_STATE[shipped.key]
 
 
-def _score_trial(config: dict, workbench: Workbench) -> None:
+def _score_trial(config: dict, shipped: Shipped) -> None:
     """The Tune trainable: prune and score one candidate, report the score or the error."""
     from ray import tune
 
-    space, evaluator = _worker_state(workbench)
+    space, evaluator = _worker_state(shipped)
     try:
         result = score_candidate(space, evaluator, config["ratios"])
     except Exception as exc:  # noqa: BLE001  (recorded as a failed trial by the searcher)
@@ -220,7 +236,7 @@ def run_trials(settings: RaySettings, study: optuna.Study, strategy: Strategy, s
     connect(settings)
     ship_model_code(workbench.model)
     searcher = make_searcher(study, strategy, space, budget, run, remaining, on_finish)
-    trainable = tune.with_resources(tune.with_parameters(_score_trial, workbench=workbench),
+    trainable = tune.with_resources(tune.with_parameters(_score_trial, shipped=ship(workbench)),
                                     {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial})
     tuner = tune.Tuner(
         trainable,
@@ -235,10 +251,10 @@ def run_trials(settings: RaySettings, study: optuna.Study, strategy: Strategy, s
         raise searcher.fatal
 
 
-def _finetune_job(workbench: Workbench, data, config, ratios: dict[str, float], seed: int):
+def _finetune_job(shipped: Shipped, data, config, ratios: dict[str, float], seed: int):
     from autoprune.pipeline import finetune_candidate
 
-    space, evaluator = _worker_state(workbench)
+    space, evaluator = _worker_state(shipped)
     return finetune_candidate(space, evaluator, config, data, ratios, seed=seed)
 
 
@@ -251,7 +267,7 @@ def finetune_on_ray(settings: RaySettings, workbench: Workbench, data, config, j
     ship_model_code(workbench.model)
     task = ray.remote(_finetune_job).options(num_cpus=settings.cpus_per_trial, num_gpus=settings.gpus_per_trial,
                                              max_retries=2)
-    bench_ref, data_ref = ray.put(workbench), ray.put(data)
-    refs = [task.remote(bench_ref, data_ref, config, ratios, seed) for ratios, seed in jobs]
+    shipped, data_ref = ship(workbench), ray.put(data)
+    refs = [task.remote(shipped, data_ref, config, ratios, seed) for ratios, seed in jobs]
     for ref in refs:
         yield ray.get(ref)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -45,6 +46,11 @@ def _replace(args: list[str], flag: str, value: str) -> list[str]:
         ("--strategy", "nosuch", "invalid choice"),
         ("--criterion", "nosuch", "invalid choice"),
         ("--space", "/nonexistent/space.yaml", "not found"),
+        ("--rewind", "lottery", "`autoprune train --save-init --out "),  # the tiny weights kept no initialisation
+        ("--rewind", "nosuch", "invalid choice"),
+        ("--rewind-epoch", "1", "goes with --rewind lottery"),
+        ("--steps", "0", "--steps must be at least 1"),
+        ("--distill-weight", "1.5", "--distill-weight"),
     ],
 )
 def test_bad_input_is_one_line(tmp_path, capsys, search_args, flag, value, needle):
@@ -91,3 +97,21 @@ def test_no_traceback_from_the_console_script(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
     assert "Traceback" not in proc.stderr and proc.stderr.startswith("autoprune: error:")
+
+
+def test_rewinding_needs_what_train_saved(tmp_path, capsys, search_args):
+    args = search_args + ["--rewind", "lottery", "--rewind-epoch", "2", "--out", str(tmp_path / "r")]
+    code, lines = _run(args, capsys)
+    assert code == 2 and len(lines) == 1 and "`autoprune train --save-init-epoch 2 --out " in lines[0]
+    code, lines = _run(["search", "--rewind", "lottery", "--out", str(tmp_path / "r")], capsys)
+    assert code == 2 and len(lines) == 1 and "no saved initialisation of a shipped checkpoint" in lines[0]
+    weights = Path(search_args[search_args.index("--weights") + 1])
+    torch.save(create_model("resnet32", in_channels=1, num_classes=4).state_dict(), tmp_path / "w.init.pt")
+    (tmp_path / "w.pt").write_bytes(weights.read_bytes())
+    code, lines = _run(_replace(search_args, "--weights", str(tmp_path / "w.pt"))
+                       + ["--rewind", "lottery", "--out", str(tmp_path / "r")], capsys)
+    assert code == 2 and len(lines) == 1 and "w.init.pt" in lines[0] and "do not fit" in lines[0]
+    code, lines = _run(search_args + ["--rewind", "scratch-e", "--schedule", "iterative", "--out", str(tmp_path / "r")],
+                       capsys)
+    assert code == 2 and len(lines) == 1 and "does not go with --schedule iterative" in lines[0]
+    assert not (tmp_path / "r").exists()

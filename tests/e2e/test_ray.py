@@ -7,6 +7,7 @@ for every driver before Ray is imported).
 from __future__ import annotations
 
 import os
+import pickle
 import signal
 import socket
 import subprocess
@@ -25,7 +26,10 @@ os.environ.setdefault("RAY_AUTH_MODE", "token")  # as Ray's default; said explic
 from custom_models import Picky, odd_first, slow
 
 from autoprune.cli import main
+from autoprune.models import create_model
 from autoprune.pipeline import search
+from autoprune.pruning.space import PruningSpace
+from autoprune.runners.ray_tune import Workbench
 
 RAY = Path(sys.executable).with_name("ray")
 CUSTOM_MODELS = Path(__file__).with_name("custom_models.py")
@@ -76,7 +80,9 @@ def _ray_pids(pattern: str) -> list[int]:
 
 def test_search_on_the_cluster_writes_what_a_local_run_writes(head, search_args, tmp_path):
     local, remote = tmp_path / "local", tmp_path / "ray"
-    common = search_args + ["--strategy", "random", "--trials", "4", "--finetune-top", "1", "--finetune-epochs", "0.1"]
+    # a data-driven criterion: the workers must prune by the rankings the driver computed on its batches
+    common = search_args + ["--strategy", "random", "--trials", "4", "--finetune-top", "1", "--finetune-epochs", "0.1",
+                            "--criterion", "apoz"]
     assert main(common + ["--out", str(local)]) == 0
     assert main(common + ["--out", str(remote), "--ray-address", head, "--workers", "2"]) == 0
     for run in (local, remote):
@@ -90,6 +96,22 @@ def test_search_on_the_cluster_writes_what_a_local_run_writes(head, search_args,
                                   theirs.sort_values("number")[ratios].reset_index(drop=True))
     status = pd.read_json(remote / "run.json", typ="series")
     assert status["backend"] == "ray" and status["workers"] == 2
+
+
+def test_a_worker_rebuilds_the_drivers_space_from_its_rankings():
+    torch.manual_seed(0)
+    model, x = create_model("resnet20", in_channels=1, num_classes=10).eval(), torch.randn(1, 1, 28, 28)
+    batches = [(torch.randn(16, 1, 28, 28), torch.randint(0, 10, (16,)))]
+    driver = PruningSpace(model, x, criterion="taylor", batches=batches)
+    bench = Workbench(driver.model, driver.example_input, driver.config, driver.orders, evaluator=None, threads=1, key="k")
+    threads = torch.get_num_threads()
+    try:
+        worker, _ = pickle.loads(pickle.dumps(bench)).build()  # as it travels; no batches reach the worker
+    finally:
+        torch.set_num_threads(threads)  # build() sets a worker's threads
+    assert worker.orders == driver.orders
+    ratios = driver.uniform_ratios(0.4)
+    assert worker.kept_indices(ratios) == driver.kept_indices(ratios)
 
 
 def test_a_worker_killed_mid_trial_has_its_trial_retried(head, tiny_npz, slow_weights, tmp_path):

@@ -134,7 +134,7 @@ def test_unknown_group_is_a_key_error(resnet):
 def test_unknown_criterion(resnet):
     model, _ = resnet
     with pytest.raises(UserError, match="unknown criterion"):
-        PruningSpace(model, _example(), criterion="taylor")
+        PruningSpace(model, _example(), criterion="nosuch")
 
 
 def test_example_input_the_model_cannot_take():
@@ -218,6 +218,40 @@ def test_apply_kept_checks_the_model(pruned):
     name = pruned.space.group_names[0]
     with pytest.raises(ValueError, match="channels, expected"):
         apply_kept(fresh, _example(), {name: [0]}, {name: 3})
+
+
+def test_kept_sets_nest_as_ratios_grow(pruned):
+    """One ranking per group: the channels kept at a larger ratio are among those kept at a smaller one."""
+    space = pruned.space
+    previous = space.kept_indices({})
+    for fraction in (0.25, 0.5, 0.75, 1.0):
+        kept = space.kept_indices({name: ratio * fraction for name, ratio in pruned.ratios.items()})
+        assert all(set(kept[name]) <= set(previous[name]) for name in kept)
+        previous = kept
+    assert previous == pruned.kept
+
+
+def test_pruning_further_is_pruning_at_once(pruned):
+    """Pruning a subnet again, by indices of the unpruned model, lands on the subnet that pruning at once
+    makes, weight for weight."""
+    space = pruned.space
+    subnet, current = space.prune({name: ratio / 2 for name, ratio in pruned.ratios.items()})
+    space.prune_further(subnet, current, pruned.kept)
+    once = pruned.subnet.state_dict()
+    assert subnet.state_dict().keys() == once.keys()
+    assert all(torch.equal(value, once[key]) for key, value in subnet.state_dict().items())
+    with pytest.raises(ValueError, match="not in the subnet"):
+        space.prune_further(subnet, pruned.kept, space.kept_indices({}))
+
+
+def test_pruning_other_weights_keeps_the_same_channels(pruned):
+    """``weights=`` (an initialisation, say) is pruned at the indices the trained model's ranking chose."""
+    torch.manual_seed(1)
+    other = create_model(pruned.name, in_channels=1, num_classes=10)
+    subnet, kept = pruned.space.prune(pruned.ratios, other.state_dict())
+    assert kept == pruned.kept
+    apply_kept(other, _example(), kept)
+    assert all(torch.equal(value, other.state_dict()[key]) for key, value in subnet.state_dict().items())
 
 
 def _ones_model(zero_layer, zero_channel):

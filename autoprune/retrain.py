@@ -1,0 +1,207 @@
+"""How a chosen subnet is trained after pruning: the retraining methods of the pruning literature.
+
+- fine-tune (the default): the subnet keeps the trained weights of the channels it kept.
+- ``lottery`` (Frankle & Carbin 2019): the kept weights go back to their values at initialisation,
+  or after epoch K of the baseline's training (late rewinding, Frankle et al. 2020), then train.
+- ``scratch-e`` / ``scratch-b`` (Liu et al. 2019, "Rethinking the value of network pruning"): the
+  pruned architecture from a fresh random initialisation, trained for the same epochs (E), or for
+  the compute of the unpruned network over those epochs (B).
+- ``iterative``: prune in S steps toward the ratios, fine-tuning between the steps.
+
+Distillation from the unpruned network (``autoprune.train.distillation_loss``) goes with each of
+them: it only changes the loss of the training loop that ``fit`` runs.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from autoprune.errors import UserError
+from autoprune.models import load_weights
+from autoprune.pruning.space import PruningSpace
+from autoprune.train import TrainResult
+
+if TYPE_CHECKING:
+    from autoprune.pipeline import SearchConfig
+
+REWINDS = ("none", "lottery", "scratch-e", "scratch-b")
+SCHEDULES = ("oneshot", "iterative")
+
+Fit = Callable[[nn.Module, float], TrainResult]  # recalibrate BN, then train the subnet in place for the epochs
+
+
+@dataclass
+class Retrained:
+    subnet: nn.Module
+    kept: dict[str, list[int]]  # channel indices of the unpruned model, per group
+    epochs: float  # epochs trained, every step of a schedule together
+    seconds: float
+
+
+def rewind_weights_path(weights: str | Path, epoch: int | None = None) -> Path:
+    """Where ``autoprune train --save-init`` leaves the weights a lottery ticket rewinds to: ``X.init.pt``
+    next to ``X.pt`` (the initialisation), or with ``--save-init-epoch K`` ``X.epoch<K>.pt`` (after epoch K)."""
+    return Path(weights).with_suffix(".init.pt" if epoch is None else f".epoch{epoch}.pt")
+
+
+def check_retrain(config: SearchConfig) -> None:
+    """The retraining options' checks that need no model: a bad one stops the run before any work."""
+    if config.rewind not in REWINDS:
+        raise UserError(f"--rewind must be one of {', '.join(REWINDS)}")
+    if config.schedule not in SCHEDULES:
+        raise UserError(f"--schedule must be one of {', '.join(SCHEDULES)}")
+    if config.steps < 1:
+        raise UserError("--steps must be at least 1")
+    if config.rewind != "none" and config.schedule == "iterative":
+        raise UserError("--rewind does not go with --schedule iterative: the steps of an iterative schedule "
+                        "carry the weights of one step's fine-tune into the next")
+    if config.rewind_epoch is not None and (config.rewind != "lottery" or config.rewind_epoch < 1):
+        raise UserError("--rewind-epoch K (K >= 1) goes with --rewind lottery")
+    if config.distill_temperature <= 0 or not 0 <= config.distill_weight <= 1:
+        raise UserError("--distill-temperature must be positive and --distill-weight between 0 and 1")
+    if config.rewind == "lottery":
+        flag = "--save-init" if config.rewind_epoch is None else f"--save-init-epoch {config.rewind_epoch}"
+        if config.weights is None:
+            raise UserError(f"--rewind lottery needs --weights of a model trained with `autoprune train {flag}`: "
+                            "there is no saved initialisation of a shipped checkpoint or a Python model object")
+        path = rewind_weights_path(config.weights, config.rewind_epoch)
+        if not path.is_file():
+            raise UserError(f"--rewind lottery: {path} not found; `autoprune train {flag} --out {config.weights}` "
+                            "writes it next to the weights")
+
+
+def check_retrain_model(config: SearchConfig, model: nn.Module) -> None:
+    """The checks that need the model: the rewind weights fit it, and a from-scratch run can re-initialise it."""
+    if config.rewind == "lottery":
+        load_rewind_state(model, config.weights, config.rewind_epoch)
+    if config.rewind in ("scratch-e", "scratch-b"):
+        _resettable_layers(model)
+
+
+def load_rewind_state(model: nn.Module, weights: str, epoch: int | None) -> dict[str, torch.Tensor]:
+    """The state dict a lottery ticket rewinds to, checked to fit ``model``, the unpruned architecture.
+
+    It is read from the file where this runs: on a Ray cluster, every node needs it at the same path.
+    """
+    probe = copy.deepcopy(model).cpu()
+    load_weights(probe, rewind_weights_path(weights, epoch))
+    return probe.state_dict()
+
+
+def starting_subnet(space: PruningSpace, ratios: Mapping[str, float], config: SearchConfig, *,
+                    seed: int) -> tuple[nn.Module, dict[str, list[int]]]:
+    """The subnet at ``ratios`` with the weights ``config.rewind`` starts training from, and its kept indices.
+
+    The kept channels are always the ones the trained model's ranking chose: a lottery ticket takes
+    its initial values at exactly those indices, and a from-scratch subnet keeps their architecture.
+    """
+    if config.rewind == "lottery":
+        subnet, kept = space.prune(ratios, load_rewind_state(space.model, config.weights, config.rewind_epoch))
+        for bn in subnet.modules():  # statistics of the trained net, or none at all: unknown for these weights
+            if isinstance(bn, nn.modules.batchnorm._BatchNorm) and bn.track_running_stats:
+                bn.reset_running_stats()
+        return subnet, kept
+    subnet, kept = space.prune(ratios)
+    if config.rewind in ("scratch-e", "scratch-b"):
+        reinitialise(subnet, seed)
+    return subnet, kept
+
+
+def reinitialise(model: nn.Module, seed: int) -> None:
+    """Fresh random weights at the pruned widths: each layer's own ``reset_parameters()`` (PyTorch's
+    default initialisation of conv, linear and BN), seeded, with the global RNG left as it was."""
+    layers = _resettable_layers(model)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        for layer in layers:
+            layer.reset_parameters()
+
+
+def _resettable_layers(model: nn.Module) -> list[nn.Module]:
+    """The layers holding parameters; each must have ``reset_parameters`` for a fresh start to be whole."""
+    layers = [m for m in model.modules() if any(True for _ in m.parameters(recurse=False))]
+    lacking = sorted({type(m).__name__ for m in layers if not callable(getattr(m, "reset_parameters", None))})
+    if lacking:
+        raise UserError(f"--rewind scratch-*: layers of type {', '.join(lacking)} have parameters but no "
+                        "reset_parameters(), so the subnet cannot be re-initialised")
+    return layers
+
+
+def retrain_epochs(space: PruningSpace, ratios: Mapping[str, float], rewind: str, epochs: float) -> float:
+    """Epochs to train: ``epochs``, except Scratch-B's, scaled by base MACs / subnet MACs so the subnet
+    gets the compute of ``epochs`` of the unpruned network (no cap: at 25% MACs, 4x the epochs)."""
+    if rewind != "scratch-b":
+        return epochs
+    return epochs * space.base_cost.macs / space.cost(ratios).macs
+
+
+def schedule_ratios(ratios: Mapping[str, float], steps: int) -> list[dict[str, float]]:
+    """The ratios of each step of an iterative schedule: step i of S prunes every group to i/S of its
+    ratio, and the last step to the ratio itself."""
+    return [{name: ratio * (step / steps) for name, ratio in ratios.items()} for step in range(1, steps + 1)]
+
+
+def retrain(space: PruningSpace, ratios: Mapping[str, float], config: SearchConfig, fit: Fit, *,
+            seed: int) -> Retrained:
+    """Prune to ``ratios`` and train the subnet as ``config`` asks; ``fit`` recalibrates BN and trains."""
+    if config.schedule == "iterative":
+        return _prune_iteratively(space, ratios, config.steps, config.finetune_epochs, fit)
+    subnet, kept = starting_subnet(space, ratios, config, seed=seed)
+    result = fit(subnet, retrain_epochs(space, ratios, config.rewind, config.finetune_epochs))
+    return Retrained(subnet, kept, result.epochs, result.seconds)
+
+
+def _prune_iteratively(space: PruningSpace, ratios: Mapping[str, float], steps: int, epochs: float,
+                       fit: Fit) -> Retrained:
+    """Prune in ``steps`` steps, each fine-tuned for ``epochs / steps``: the budget of a one-shot fine-tune.
+
+    A channel ranking is one order per group, so the channels kept at a larger ratio are among those
+    kept at a smaller one: each step prunes the fine-tuned subnet of the step before, and the last
+    step keeps exactly the channels ``space.prune(ratios)`` keeps.
+    """
+    subnet, current = space.prune({})
+    trained = seconds = 0.0
+    for step in schedule_ratios(ratios, steps):
+        kept = space.kept_indices(step)
+        space.prune_further(subnet, current, kept)
+        result = fit(subnet, epochs / steps)
+        trained, seconds, current = trained + result.epochs, seconds + result.seconds, kept
+    return Retrained(subnet, current, trained, seconds)
+
+
+def retrain_record(config: SearchConfig, epochs: float) -> dict:
+    """What a subnet's spec.json records of how it was trained after pruning."""
+    return {
+        "rewind": config.rewind,
+        "rewind_epoch": config.rewind_epoch if config.rewind == "lottery" else None,
+        "schedule": config.schedule,
+        "steps": config.steps if config.schedule == "iterative" else 1,
+        "distill": ({"temperature": config.distill_temperature, "weight": config.distill_weight}
+                    if config.distill else None),
+        "lr": config.finetune_lr,
+        "epochs": round(epochs, 4),
+    }
+
+
+def describe_retrain(record: Mapping | None) -> str:
+    """A record in a few words, for the report: ``lottery (init), 0.5 epochs``, ``iterative in 3 steps +
+    distillation (T 4, W 0.9), 0.5 epochs``. No record: a subnet saved before methods were recorded,
+    which was fine-tuned."""
+    if record is None:
+        return "fine-tune"
+    names = {"none": "fine-tune", "lottery": "lottery", "scratch-e": "scratch-E", "scratch-b": "scratch-B"}
+    text = names[record["rewind"]]
+    if record["rewind"] == "lottery":
+        text += " (init)" if record["rewind_epoch"] is None else f" (epoch {record['rewind_epoch']})"
+    if record["schedule"] == "iterative":
+        text = f"iterative in {record['steps']} steps"
+    if record["distill"]:
+        text += f" + distillation (T {record['distill']['temperature']:g}, W {record['distill']['weight']:g})"
+    return f"{text}, {record['epochs']:g} epochs"
