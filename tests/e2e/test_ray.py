@@ -29,7 +29,7 @@ from autoprune.cli import main
 from autoprune.models import create_model
 from autoprune.pipeline import search
 from autoprune.pruning.space import PruningSpace
-from autoprune.runners.ray_tune import Workbench
+from autoprune.runners.ray_tune import Shipped, Workbench, _worker_state
 
 RAY = Path(sys.executable).with_name("ray")
 CUSTOM_MODELS = Path(__file__).with_name("custom_models.py")
@@ -98,15 +98,25 @@ def test_search_on_the_cluster_writes_what_a_local_run_writes(head, search_args,
     assert status["backend"] == "ray" and status["workers"] == 2
 
 
-def test_a_worker_rebuilds_the_drivers_space_from_its_rankings():
+def test_a_worker_rebuilds_the_drivers_space_from_its_rankings_once_per_run(monkeypatch):
     torch.manual_seed(0)
     model, x = create_model("resnet20", in_channels=1, num_classes=10).eval(), torch.randn(1, 1, 28, 28)
     batches = [(torch.randn(16, 1, 28, 28), torch.randint(0, 10, (16,)))]
     driver = PruningSpace(model, x, criterion="taylor", batches=batches)
-    bench = Workbench(driver.model, driver.example_input, driver.config, driver.orders, evaluator=None, threads=1, key="k")
+    bench = Workbench(driver.model, driver.example_input, driver.config, driver.orders, evaluator=None, threads=1, key="a")
+    reads = []
+
+    def read(ref):  # the object store's part, as a pickle: what a worker reads is what the driver put
+        reads.append(ref)
+        return pickle.loads(ref)
+
+    monkeypatch.setattr("ray.get", read)
     threads = torch.get_num_threads()
     try:
-        worker, _ = pickle.loads(pickle.dumps(bench)).build()  # as it travels; no batches reach the worker
+        shipped = Shipped("a", pickle.dumps(bench))
+        worker, _ = _worker_state(shipped)  # no batches reach the worker
+        assert _worker_state(shipped)[0] is worker and len(reads) == 1  # later trials read nothing
+        assert _worker_state(Shipped("b", pickle.dumps(bench)))[0] is not worker and len(reads) == 2  # a new run
     finally:
         torch.set_num_threads(threads)  # build() sets a worker's threads
     assert worker.orders == driver.orders
