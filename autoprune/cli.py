@@ -48,6 +48,15 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--strategy", default=d.strategy, choices=list(strategies),
                    help="; ".join(f"{k}: {v}" for k, v in strategies.items()))
     _add_criterion(s, d, criteria)
+    s.add_argument("--pfp-eps", type=float, default=d.pfp_eps, metavar="EPS",
+                   help="strategy pfp: the error bound every group is allocated at; not given: the smallest that "
+                   "meets the budget")
+    s.add_argument("--sparsity-train", type=float, default=d.sparsity_train, metavar="EPOCHS",
+                   help="before the search, train the model this many epochs with an L1 penalty on its BatchNorm "
+                   "scales (network slimming, Liu et al. 2017) so that --criterion bn_scale finds channels near zero; "
+                   "saved in the run and reused on --resume")
+    s.add_argument("--sparsity-lambda", type=float, default=d.sparsity_lambda, metavar="L",
+                   help="weight of the L1 penalty of --sparsity-train")
     s.add_argument("--space", default=None, help="search-space YAML; not given: the model family's")
     s.add_argument("--trials", type=int, default=d.trials)
     s.add_argument("--tolerance", type=float, default=d.tolerance,

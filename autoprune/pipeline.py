@@ -76,6 +76,9 @@ class SearchConfig:
     strategy: str = "tpe"
     criterion: str = "l1"
     criterion_batches: int = 4  # training batches (of batch_size) the data-driven criteria rank channels on
+    sparsity_train: float = 0.0  # epochs of L1 training on the BN scales before the search (network slimming)
+    sparsity_lambda: float = 1e-4
+    pfp_eps: float | None = None  # strategy pfp: the error bound to allocate at; None: the one that meets the budget
     space: str | None = None
     trials: int = 40
     tolerance: float = 0.02
@@ -136,7 +139,7 @@ def search(
     """
     config, module = _config_from(model, data, budget, options)
     started = time.perf_counter()
-    setup = _prepare(config, module, resume)  # every check happens here, before any work
+    setup = _prepare(config, module, resume, quiet)  # every check happens here, before any work
     run, space, budget_obj = setup.run, setup.space, setup.budget
     timings = dict(run.read_status().get("timings", {})) if resume else {}
     timings["setup"] = timings.get("setup", 0.0) + setup.seconds
@@ -196,8 +199,9 @@ class _Setup:
     seconds: float
 
 
-def _prepare(config: SearchConfig, module: nn.Module | None, resume: bool) -> _Setup:
-    """Validate everything the user gave, then create the run directory and measure the baseline."""
+def _prepare(config: SearchConfig, module: nn.Module | None, resume: bool, quiet: bool = True) -> _Setup:
+    """Validate everything the user gave, then create the run directory, sparsity-train the model where
+    asked and measure the baseline."""
     tic = time.perf_counter()
     run = RunDir.check(config.out, resume)
     resolve_paths(config)
@@ -207,7 +211,7 @@ def _prepare(config: SearchConfig, module: nn.Module | None, resume: bool) -> _S
     data, model, space = load_workbench(config, module)
     check_retrain_model(config, model)
     strategy = get_strategy(config.strategy, SearchContext(space, budget, config.seed, config.tolerance,
-                                                           config.warm_start, config.trials))
+                                                           config.warm_start, config.trials, pfp_eps=config.pfp_eps))
     base_latency = measure_latency(model, data.input_shape, device=config.device, batch=config.latency_batch)
     if budget.needs_latency:
         table = LatencyTable(space.latency_layers(), device=config.device, batch=config.latency_batch,
@@ -228,6 +232,8 @@ def _prepare(config: SearchConfig, module: nn.Module | None, resume: bool) -> _S
                       "groups": space.describe(), "unprunable_groups": space.unprunable})
     run.write_status(status="running", backend="ray" if _uses_ray(config) else "local",
                      workers=config.workers if _uses_ray(config) else 1, started=time.strftime("%Y-%m-%dT%H:%M:%S"))
+    if config.sparsity_train > 0:
+        model = _sparsity_trained(config, run, data, model, space, quiet)
     evaluator = make_evaluator(config, data)
     baseline = {
         "macs": space.base_cost.macs,
@@ -246,11 +252,38 @@ def load_workbench(config: SearchConfig, module: nn.Module | None = None) -> tup
     data = load_data(config.data, holdout=config.holdout, seed=config.seed, limit_train=config.limit_train)
     model = module if module is not None else _load_model(config, data)
     space_config = load_space_config(config.space, None if module is not None else model_family(config.model))
-    batches = (criterion_batches(data.train, config.criterion_batches, config.batch_size, config.seed)
-               if needs_data(config.criterion) else None)
     space = PruningSpace(model, data.example_input(), space_config, criterion=config.criterion, seed=config.seed,
-                         batches=batches)
+                         batches=_criterion_batches(config, data))
     return data, model, space
+
+
+def _sparsity_trained(config: SearchConfig, run: RunDir, data: DataBundle, model: nn.Module, space: PruningSpace,
+                      quiet: bool) -> nn.Module:
+    """Network slimming's sparsity training (Liu et al. 2017): ``config.sparsity_train`` epochs with an L1
+    penalty of ``config.sparsity_lambda`` on every BatchNorm scale, at the fine-tuning learning rate. The
+    search starts from the result, and the space ranks its channels again on it. The weights are saved in
+    the run as ``sparsity_trained.pt`` and read back on resume, so the training happens once a run."""
+    path = run.path / "sparsity_trained.pt"
+    model = copy.deepcopy(model)  # a model object the caller gave stays as it was
+    if path.is_file():
+        load_weights(model, path)
+    else:
+        train(model, data, epochs=config.sparsity_train, lr=config.finetune_lr, batch_size=config.batch_size,
+              device=config.device, seed=config.seed, bn_l1=config.sparsity_lambda, description="sparsity training",
+              quiet=quiet)
+        model.cpu()
+        partial = path.with_suffix(".partial")
+        torch.save(model.state_dict(), partial)
+        partial.replace(path)
+    space.rerank(model.eval(), _criterion_batches(config, data))
+    return model
+
+
+def _criterion_batches(config: SearchConfig, data: DataBundle) -> list | None:
+    """The fixed training batches a data-driven criterion ranks channels on; None for the others."""
+    if not needs_data(config.criterion):
+        return None
+    return criterion_batches(data.train, config.criterion_batches, config.batch_size, config.seed)
 
 
 def make_evaluator(config: SearchConfig, data: DataBundle, *, calib_batches: int | None = None,
@@ -295,6 +328,12 @@ def check_options(config: SearchConfig) -> Budget:
             raise UserError(f"{name} must be at least 1")
     if config.finetune_top < 0 or config.finetune_epochs < 0:
         raise UserError("--finetune-top and --finetune-epochs must not be negative")
+    if config.sparsity_train < 0 or config.sparsity_lambda < 0:
+        raise UserError("--sparsity-train and --sparsity-lambda must not be negative")
+    if config.pfp_eps is not None and (config.strategy != "pfp" or config.pfp_eps <= 0):
+        raise UserError("--pfp-eps goes with --strategy pfp and must be positive")
+    if config.strategy == "pfp" and config.criterion != "pfp":
+        raise UserError("--strategy pfp allocates by PFP's sensitivities: it needs --criterion pfp")
     check_retrain(config)
     if not 0 < config.tolerance < 1:
         raise UserError("--tolerance must be between 0 and 1")
@@ -332,7 +371,8 @@ def _load_model(config: SearchConfig, data: DataBundle) -> nn.Module:
 
 
 # The settings that define a run's search; --trials and the fine-tuning options may change on resume.
-_RUN_IDENTITY = ("model", "data", "budget", "strategy", "criterion", "criterion_batches", "seed", "weights", "space",
+_RUN_IDENTITY = ("model", "data", "budget", "strategy", "criterion", "criterion_batches", "sparsity_train",
+                 "sparsity_lambda", "pfp_eps", "seed", "weights", "space",
                  "calib_batches", "score_images", "adaptive_bn", "tolerance", "holdout", "limit_train", "batch_size",
                  "warm_start", "damage", "bounds_from_sensitivity", "sensitivity_from", "latency_batch")
 
@@ -353,7 +393,7 @@ def sensitivity(model: str | nn.Module = "resnet20", data: str = "fashion-mnist"
                 resume: bool = False, quiet: bool = False, **options) -> list[GroupSensitivity]:
     """Only the per-group binary search: writes sensitivity.csv / .png in the run directory."""
     config, module = _config_from(model, data, budget, options)
-    setup = _prepare(config, module, resume)
+    setup = _prepare(config, module, resume, quiet)
     timings = {"setup": setup.seconds}
     with _timed(timings, "sensitivity"):
         results = _sensitivity_phase(config, setup, quiet)

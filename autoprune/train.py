@@ -46,14 +46,18 @@ def train(
     teacher: nn.Module | None = None,
     temperature: float = 4.0,
     distill_weight: float = 0.9,
+    bn_l1: float = 0.0,
     after_epoch: Callable[[int], None] | None = None,
 ) -> TrainResult:
     """Train ``model`` in place for ``epochs`` (fractions allowed) over ``data.train``.
 
     With a ``teacher``, the loss is ``distillation_loss`` against its outputs on the same (augmented)
     batch; the teacher runs in eval mode without gradients and is moved to ``device``, so pass a copy
-    of a model that must stay where it is. ``after_epoch(k)`` is called once epoch ``k`` (1, 2, ...)
-    is complete, with the model still in train mode: a snapshot there is the state after k epochs.
+    of a model that must stay where it is. ``bn_l1`` > 0 adds ``bn_l1 * sum |gamma|`` over every
+    BatchNorm scale to the loss (network slimming's sparsity training, Liu et al. 2017), as the
+    subgradient ``bn_l1 * sign(gamma)`` added to the scales' gradients. ``after_epoch(k)`` is called
+    once epoch ``k`` (1, 2, ...) is complete, with the model still in train mode: a snapshot there is
+    the state after k epochs.
     """
     if epochs <= 0:
         return TrainResult(0, 0.0, float("nan"), 0.0)
@@ -72,6 +76,8 @@ def train(
     aug = data.augment if augment else ()
     if teacher is not None:
         teacher = to_device(teacher, device).eval()
+    scales = [m.weight for m in model.modules()
+              if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None and m.weight.requires_grad]
     model.train()
     step, loss_value = 0, float("nan")
     running = 0.0
@@ -93,6 +99,10 @@ def train(
                     loss = distillation_loss(logits, target, y, temperature=temperature, weight=distill_weight)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                if bn_l1 > 0:
+                    with torch.no_grad():
+                        for gamma in (g for g in scales if g.grad is not None):
+                            gamma.grad.add_(torch.sign(gamma), alpha=bn_l1)
                 optimizer.step()
                 schedule.step()
                 step += 1

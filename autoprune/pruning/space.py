@@ -45,6 +45,8 @@ class Group:
     low: float
     high: float
     order: list[int] = field(repr=False, default_factory=list)  # least important channel first
+    # the criterion's score of each channel (higher = keep); None where the order was handed over
+    importance: list[float] | None = field(repr=False, default=None)
 
 
 @dataclass
@@ -117,11 +119,12 @@ class PruningSpace:
                 effects.append((target, dim, len(idxs) // channels))
                 if dim == "out" and target not in members:
                     members.append(target)
+            group = Group(name, channels, members, low, high)
             if orders is None:
-                order = _ranked(score, tp_group, criterion, name)
+                group.order, group.importance = _ranked(score, tp_group, criterion, name)
             else:
-                order = _given_order(orders, name, channels)
-            self.groups.append(Group(name, channels, members, low, high, order))
+                group.order = _given_order(orders, name, channels)
+            self.groups.append(group)
             self._effects[name] = effects
         if not self.groups:
             detail = "; ".join(f"{k}: {v}" for k, v in self.unprunable.items())
@@ -135,6 +138,20 @@ class PruningSpace:
             raise ValueError(f"orders given for group(s) {unknown} that this space does not have")
         self.latency: LatencyTable | None = None
         self.base_cost = self.cost({})
+
+    def rerank(self, model: nn.Module, batches: Sequence[Batch] | None = None) -> None:
+        """Take ``model``'s weights (this space's architecture, trained further: after sparsity training,
+        say) and rank every group's channels again on them. Widths, costs and bounds stay as they are."""
+        self.model = copy.deepcopy(model).cpu().eval()
+        names = {m: n for n, m in self.model.named_modules()}
+        modules = dict(self.model.named_modules())
+        ignored = [modules[self.classifier]] if self.classifier is not None else []
+        graph = _build_graph(self.model, self.example_input)
+        score = _scorer(self.criterion, CriterionContext(self.model, batches, self.seed))
+        for tp_group in graph.get_all_groups(ignored_layers=ignored, root_module_types=_ROOT_TYPES):
+            group = self._by_name.get(names[tp_group[0].dep.target.module])
+            if group is not None:
+                group.order, group.importance = _ranked(score, tp_group, self.criterion, group.name)
 
     # --- ratios -> widths and cost ---------------------------------------------------------
 
@@ -322,14 +339,15 @@ def _scorer(criterion: str, context: CriterionContext) -> Criterion:
         raise UserError(f"criterion '{criterion}' cannot score this model on the training batches: {exc}") from exc
 
 
-def _ranked(score: Criterion, tp_group: tp.dependency.group.Group, criterion: str, name: str) -> list[int]:
-    """The group's channels, least important first by ``score``."""
+def _ranked(score: Criterion, tp_group: tp.dependency.group.Group, criterion: str,
+            name: str) -> tuple[list[int], list[float]]:
+    """The group's channels, least important first by ``score``, and the score of each."""
     try:
         with torch.no_grad():
-            importance = score(tp_group)
+            importance = score(tp_group).detach().float().cpu()
     except Exception as exc:  # a layer pattern the criterion cannot rank
         raise UserError(f"criterion '{criterion}' cannot rank the channels of group '{name}': {exc}") from exc
-    return torch.argsort(importance.detach().float().cpu(), stable=True).tolist()
+    return torch.argsort(importance, stable=True).tolist(), importance.tolist()
 
 
 def _given_order(orders: Mapping[str, Sequence[int]], name: str, channels: int) -> list[int]:

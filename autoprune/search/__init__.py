@@ -1,6 +1,6 @@
 """Search strategies on one ask/tell interface, listed in one registry."""
 
-from autoprune.search import _binary, _nsga2, _random, _tpe  # noqa: F401  (fill the registry)
+from autoprune.search import _binary, _nsga2, _pfp, _random, _tpe  # noqa: F401  (fill the registry)
 from autoprune.search.base import (
     SearchContext,
     Strategy,

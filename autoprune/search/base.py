@@ -26,6 +26,7 @@ class SearchContext:
     warm_start: bool = False
     trials: int = 40
     safe_ratios: dict[str, float] | None = None  # per-group results of the sensitivity phase
+    pfp_eps: float | None = None  # the pfp strategy's error bound; None: the one that meets the budget
 
 
 class Strategy(ABC):

@@ -1,3 +1,4 @@
+import copy
 from types import SimpleNamespace
 
 import numpy as np
@@ -285,6 +286,24 @@ def test_zeroed_channel_is_pruned_first(criterion, layer, channel):
     assert kept == [c for c in range(8) if c != channel]
     subnet, _ = space.prune({name: 1 / 8})
     assert subnet[layer].out_channels == 7
+
+
+@pytest.mark.parametrize("criterion", ["l1", "bn_scale"])
+def test_reranking_on_new_weights_is_building_on_them(criterion):
+    model = _ones_model(0, 5)
+    space = PruningSpace(model, torch.randn(1, 1, 12, 12), criterion=criterion)
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        other[0].weight.mul_(torch.arange(1.0, 9.0).view(8, 1, 1, 1).flip(0))
+        other[1].weight.copy_(torch.arange(1.0, 9.0).flip(0))
+        other[4].weight.copy_(torch.arange(1.0, 9.0).flip(0))
+    fresh = PruningSpace(other, torch.randn(1, 1, 12, 12), criterion=criterion)
+    before = space.orders
+    space.rerank(other)
+    assert space.orders == fresh.orders != before
+    assert [g.importance for g in space.groups] == [g.importance for g in fresh.groups]
+    assert all(torch.equal(v, other.state_dict()[k]) for k, v in space.model.state_dict().items())
+    assert space.base_cost == fresh.base_cost
 
 
 def test_shipped_resnet_space():

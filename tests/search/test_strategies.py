@@ -96,3 +96,63 @@ def test_spread_choice_covers_the_front():
     assert [t.user_attrs["macs"] for t in spread] == [100, 20, 60]
     top = choose_for_finetune(study, 3, macs, spread=False)
     assert [t.user_attrs["proxy_acc"] for t in top] == [0.9, 0.8, 0.7]
+
+
+# --- PFP's allocation ----------------------------------------------------------------------------
+
+
+def test_pfp_keeps_the_expected_distinct_channels_of_its_draws():
+    from autoprune.search._pfp import DELTA, SAMPLE_CONSTANT, pfp_kept
+
+    sensitivity = [0.5, 0.2, 0.1, 0.1, 0.05, 0.03, 0.01, 0.01, 0.0, 0.0]
+    eps, groups = 8.0, 5
+    total = sum(sensitivity)
+    draws = int(np.ceil(SAMPLE_CONSTANT * (6 + 2 * eps) * total * np.log(8 * groups / DELTA) / eps**2))
+    rng = np.random.default_rng(0)
+    p = np.array(sensitivity) / total
+    simulated = np.mean([len(set(rng.choice(len(p), size=draws, p=p))) for _ in range(4000)])
+    assert pfp_kept(sensitivity, eps, groups) == int(np.ceil(simulated - 0.05))
+    # a smaller error bound needs more draws, never fewer channels; channels of zero sensitivity are never drawn
+    kept = [pfp_kept(sensitivity, e, groups) for e in (100.0, 10.0, 1.0, 0.1, 0.01)]
+    assert kept == sorted(kept) and kept[0] < kept[-1] == 8
+    assert pfp_kept([3.0, 0.0, 0.0, 0.0], 0.01, groups) == 1
+    assert pfp_kept([0.0, 0.0], 1.0, groups) == 2  # nothing measured: nothing to prune by
+
+
+@pytest.fixture(scope="module")
+def pfp_space():
+    torch.manual_seed(0)
+    batches = [(torch.randn(32, 1, 28, 28), torch.randint(0, 10, (32,)))]
+    return PruningSpace(create_model("resnet20", in_channels=1, num_classes=10), torch.randn(1, 1, 28, 28),
+                        criterion="pfp", batches=batches)
+
+
+def test_pfp_allocation_is_the_smallest_error_bound_within_budget(pfp_space):
+    from autoprune.search._pfp import pfp_ratios
+
+    ctx = _context(pfp_space)
+    study = optuna.create_study(sampler=get_strategy("pfp", ctx).sampler())
+    strategy = get_strategy("pfp", ctx)
+    trial, ratios = strategy.ask(study)
+    eps = trial.user_attrs["pfp_eps"]
+    assert trial.user_attrs["allocation"] is True
+    assert ctx.budget.feasible(pfp_space.cost(ratios), pfp_space.base_cost)
+    tighter = pfp_ratios(ctx, dict.fromkeys(pfp_space.group_names, eps * 0.999))
+    assert not ctx.budget.feasible(pfp_space.cost(tighter), pfp_space.base_cost)
+    assert len(set(ratios.values())) > 1  # groups keep what their own sensitivities need, not one ratio
+    study.tell(trial, 0.5)
+    trial, neighbour = strategy.ask(study)
+    assert trial.user_attrs["allocation"] is False and neighbour != ratios
+    assert ctx.budget.feasible(pfp_space.cost(neighbour), pfp_space.base_cost)
+
+
+def test_pfp_at_a_given_error_bound(pfp_space):
+    from autoprune.search._pfp import pfp_ratios
+
+    ctx = _context(pfp_space, pfp_eps=2.0)
+    strategy = get_strategy("pfp", ctx)
+    study = optuna.create_study(sampler=strategy.sampler())
+    _, ratios = strategy.ask(study)
+    assert ratios == pfp_ratios(ctx, dict.fromkeys(pfp_space.group_names, 2.0))
+    larger = pfp_ratios(ctx, dict.fromkeys(pfp_space.group_names, 20.0))
+    assert pfp_space.cost(larger).macs < pfp_space.cost(ratios).macs
