@@ -48,6 +48,13 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--strategy", default=d.strategy, choices=list(strategies),
                    help="; ".join(f"{k}: {v}" for k, v in strategies.items()))
     _add_criterion(s, d, criteria)
+    s.add_argument("--granularity", default=d.granularity, choices=["filter", "weight"],
+                   help="filter: remove channels, so the network gets narrower and faster; weight: zero single "
+                   "weights by magnitude (unstructured), keeping the dense shape (sparse MACs and params fall, "
+                   "dense latency does not)")
+    s.add_argument("--mask-scope", default=d.mask_scope, choices=["layer", "global"],
+                   help="--granularity weight: a ratio per layer (searched), or one for the whole network with one "
+                   "magnitude threshold over all layers")
     s.add_argument("--pfp-eps", type=float, default=d.pfp_eps, metavar="EPS",
                    help="strategy pfp: the error bound every group is allocated at; not given: the smallest that "
                    "meets the budget")
@@ -209,6 +216,21 @@ def _add_bench(sub, d, criteria: dict[str, str], fmt) -> None:
     p.add_argument("--latency-budget", default="50%latency", help="the latency-budget search measured too ('' to skip)")
     p.add_argument("--trials", type=int, default=10, help="random-strategy trials per budget for the searched subnet")
     p.add_argument("--latency-batches", type=_ints, default="1,64", help="batch sizes latency is measured at; the latency search uses the largest")
+    c = parsers["criteria"]
+    c.add_argument("--budget", default="50%flops", help="the budget of the uniform and searched ratios")
+    c.add_argument("--criteria", type=_words, default=",".join(criteria), help="criteria to compare")
+    c.add_argument("--trials", type=int, default=40, help="random-strategy trials of the search for the searched ratios")
+    _finetune_options(c, epochs=0.5, what="subnet")
+    r = parsers["retrain"]
+    r.add_argument("--budget", default="50%flops", help="the budget of the uniform ratios every method trains")
+    r.add_argument("--base-epochs", type=float, default=4, help="epochs of the baseline the study trains (no --weights)")
+    r.add_argument("--base-lr", type=float, default=0.1, help="learning rate of that baseline")
+    r.add_argument("--rewind-epoch", type=int, default=1, help="the late-rewinding lottery arm rewinds to this epoch")
+    _finetune_options(r, epochs=1.0, what="method")
+    g = parsers["granularity"]
+    g.add_argument("--budgets", type=_words, default="50%params,30%params,20%params",
+                   help="comma-separated parameter (or MAC) budgets of the filter-pruned subnets")
+    g.add_argument("--latency-batches", type=_ints, default="1,64", help="batch sizes latency is measured at")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -34,6 +34,7 @@ from autoprune.progress import console, progress_bar
 from autoprune.pruning.config import load_space_config
 from autoprune.pruning.criteria import criterion_batches, needs_data
 from autoprune.pruning.space import PruningSpace
+from autoprune.pruning.weights import SCOPES, WeightSpace, weight_masks
 from autoprune.report import export_run
 from autoprune.results import STUDY_NAME, RunDir, SubnetRecord, save_subnet, trials_frame
 from autoprune.retrain import (
@@ -75,6 +76,8 @@ class SearchConfig:
     weights: str | None = None
     strategy: str = "tpe"
     criterion: str = "l1"
+    granularity: str = "filter"  # filter (channels, the dense net shrinks) | weight (unstructured: zeros and a mask)
+    mask_scope: str = "layer"  # weight granularity: a ratio per layer, or one magnitude threshold for all (global)
     criterion_batches: int = 4  # training batches (of batch_size) the data-driven criteria rank channels on
     sparsity_train: float = 0.0  # epochs of L1 training on the BN scales before the search (network slimming)
     sparsity_lambda: float = 1e-4
@@ -251,9 +254,12 @@ def load_workbench(config: SearchConfig, module: nn.Module | None = None) -> tup
     torch.manual_seed(config.seed)
     data = load_data(config.data, holdout=config.holdout, seed=config.seed, limit_train=config.limit_train)
     model = module if module is not None else _load_model(config, data)
+    if config.granularity == "weight":  # the model family's space file holds channel bounds: only --space applies
+        space_config = load_space_config(config.space, None) if config.space is not None else None
+        return data, model, WeightSpace(model, data.example_input(), space_config, scope=config.mask_scope)
     space_config = load_space_config(config.space, None if module is not None else model_family(config.model))
     space = PruningSpace(model, data.example_input(), space_config, criterion=config.criterion, seed=config.seed,
-                         batches=_criterion_batches(config, data))
+                         batches=ranking_batches(config, data))
     return data, model, space
 
 
@@ -275,11 +281,11 @@ def _sparsity_trained(config: SearchConfig, run: RunDir, data: DataBundle, model
         partial = path.with_suffix(".partial")
         torch.save(model.state_dict(), partial)
         partial.replace(path)
-    space.rerank(model.eval(), _criterion_batches(config, data))
+    space.rerank(model.eval(), ranking_batches(config, data))
     return model
 
 
-def _criterion_batches(config: SearchConfig, data: DataBundle) -> list | None:
+def ranking_batches(config: SearchConfig, data: DataBundle) -> list | None:
     """The fixed training batches a data-driven criterion ranks channels on; None for the others."""
     if not needs_data(config.criterion):
         return None
@@ -301,11 +307,13 @@ def finetune(subnet: nn.Module, config: SearchConfig, data: DataBundle, evaluato
              seed: int, epochs: float | None = None, teacher: nn.Module | None = None, description: str = "fine-tune",
              quiet: bool = False) -> TrainResult:
     """Recalibrate BN, then fine-tune ``subnet`` in place with the run's settings (distilling from
-    ``teacher`` where given, at the run's temperature and weight)."""
+    ``teacher`` where given, at the run's temperature and weight; keeping a weight-pruned subnet's zeros)."""
+    masks = weight_masks(subnet) if config.granularity == "weight" else None
     evaluator.recalibrate(subnet.to(config.device))
     return train(subnet, data, epochs=config.finetune_epochs if epochs is None else epochs, lr=config.finetune_lr,
                  batch_size=config.batch_size, device=config.device, seed=seed, description=description, quiet=quiet,
-                 teacher=teacher, temperature=config.distill_temperature, distill_weight=config.distill_weight)
+                 teacher=teacher, temperature=config.distill_temperature, distill_weight=config.distill_weight,
+                 masks=masks)
 
 
 def resolve_paths(config: SearchConfig) -> None:
@@ -320,6 +328,20 @@ def check_options(config: SearchConfig) -> Budget:
     """The checks that need no data or model; returns the parsed budget."""
     budget = parse_budget(config.budget)
     needs_data(config.criterion)  # an unknown criterion is a UserError here
+    if config.granularity not in ("filter", "weight"):
+        raise UserError("--granularity must be filter or weight")
+    if config.mask_scope not in SCOPES:
+        raise UserError(f"--mask-scope must be one of {', '.join(SCOPES)}")
+    if config.granularity == "weight":
+        if config.criterion != SearchConfig.criterion or config.strategy == "pfp":
+            raise UserError("--granularity weight ranks single weights by magnitude: --criterion and --strategy pfp "
+                            "rank channels")
+        if budget.needs_latency:
+            raise UserError("a latency budget does not go with --granularity weight: zeroed weights run as fast as "
+                            "any others on dense kernels (bench granularity measures it); give a flops or params "
+                            "budget")
+        if config.damage == "recon":
+            raise UserError("--damage recon needs --granularity filter; use --damage proxy")
     for name, value in (("--trials", config.trials), ("--calib-batches", config.calib_batches),
                         ("--criterion-batches", config.criterion_batches),
                         ("--latency-batch", config.latency_batch),
@@ -371,7 +393,8 @@ def _load_model(config: SearchConfig, data: DataBundle) -> nn.Module:
 
 
 # The settings that define a run's search; --trials and the fine-tuning options may change on resume.
-_RUN_IDENTITY = ("model", "data", "budget", "strategy", "criterion", "criterion_batches", "sparsity_train",
+_RUN_IDENTITY = ("model", "data", "budget", "strategy", "criterion", "granularity", "mask_scope", "criterion_batches",
+                 "sparsity_train",
                  "sparsity_lambda", "pfp_eps", "seed", "weights", "space",
                  "calib_batches", "score_images", "adaptive_bn", "tolerance", "holdout", "limit_train", "batch_size",
                  "warm_start", "damage", "bounds_from_sensitivity", "sensitivity_from", "latency_batch")
@@ -488,7 +511,8 @@ def _workbench(config: SearchConfig, setup: _Setup):
 
     space = setup.space
     return Workbench(space.model, space.example_input, space.config, space.orders, setup.evaluator,
-                     threads=max(1, int(_ray_settings(config).cpus_per_trial)), key=str(setup.run.path.resolve()))
+                     threads=max(1, int(_ray_settings(config).cpus_per_trial)), key=str(setup.run.path.resolve()),
+                     mask_scope=space.scope if isinstance(space, WeightSpace) else None)
 
 
 def _finetune_phase(config: SearchConfig, setup: _Setup, study: optuna.Study, quiet: bool) -> list[SubnetRecord]:
@@ -554,7 +578,9 @@ def _save_finetuned(config: SearchConfig, setup: _Setup, t: optuna.trial.FrozenT
     spec = {
         "id": subnet_id, "trial": t.number, "model": None if config.model == "<python object>" else config.model,
         "data": config.data, "in_channels": data.in_channels, "num_classes": data.num_classes,
-        "input_shape": list(data.input_shape), "criterion": config.criterion, "seed": config.seed,
+        "input_shape": list(data.input_shape), "granularity": config.granularity, "seed": config.seed,
+        "criterion": "magnitude" if config.granularity == "weight" else config.criterion,
+        "mask_scope": config.mask_scope if config.granularity == "weight" else None,
         "base_weights": config.weights, "ratios": ratios,
         "channels": {g.name: g.channels for g in space.groups}, "kept": done.kept,
         "macs": cost.macs, "params": cost.params, "proxy_acc": t.user_attrs["proxy_acc"],
@@ -565,7 +591,8 @@ def _save_finetuned(config: SearchConfig, setup: _Setup, t: optuna.trial.FrozenT
         "device": config.device,
     }
     directory = setup.run.subnet_dir(subnet_id)
-    save_subnet(directory, done.subnet.cpu(), spec)
+    masks = weight_masks(done.subnet) if config.granularity == "weight" else None
+    save_subnet(directory, done.subnet.cpu(), spec, masks=masks)
     return _record_from_spec(directory)
 
 

@@ -95,11 +95,20 @@ def write_report(
 ) -> None:
     base_macs, base_params = baseline["macs"], baseline["params"]
     front_ids = {s.id for s in front}
+    if config.get("granularity") == "weight":
+        what = f"weights zeroed by magnitude (mask scope {config['mask_scope']})"
+        units = ("MACs and params count what a sparse kernel would do: the multiplications by zeroed weights and "
+                 "the zeros themselves are left out. Dense kernels run them all: latency does not fall with them.")
+    else:
+        what = f"channels, criterion {config['criterion']}"
+        units = "MACs count multiply-accumulates of conv and linear layers; FLOPs = 2 x MACs."
+    if config.get("sparsity_train"):
+        what += f", after {config['sparsity_train']:g} epochs of sparsity training (lambda {config['sparsity_lambda']:g})"
     lines = [
         f"# autoprune run: {config['model']} on {config['data']}",
         "",
         f"- budget: {budget_text}",
-        f"- strategy: {config['strategy']}, criterion: {config['criterion']}, trials: {config['trials']}",
+        f"- strategy: {config['strategy']}, pruning {what}, trials: {config['trials']}",
         (
             f"- scoring: {'adaptive BN' if config['adaptive_bn'] else 'vanilla (no BN recalibration)'}"
             f" with {config['calib_batches']} calibration batches of {config['batch_size']}, "
@@ -110,7 +119,7 @@ def write_report(
             f"(lr {config['finetune_lr']}, SGD, cosine)"
         ),
         "",
-        "MACs count multiply-accumulates of conv and linear layers; FLOPs = 2 x MACs.",
+        units,
         "",
         "## Baseline vs subnets",
         "",

@@ -9,7 +9,7 @@ Layout of ``results/<run>/``::
     pareto.csv/json  non-dominated fine-tuned subnets (test accuracy vs MACs)
     pareto.png       candidates and fine-tuned subnets against MACs, budget line
     report.md        baseline vs subnets, budget, time spent
-    subnets/<id>/    spec.json + weights.pt (a plain state dict)
+    subnets/<id>/    spec.json + weights.pt (a plain state dict; + masks.pt if weight-pruned)
     ray/             Ray runs only: Tune's experiment directory
 """
 
@@ -142,18 +142,23 @@ class SubnetRecord:
         return {k: v for k, v in self.__dict__.items() if k != "ratios"}
 
 
-def save_subnet(directory: Path, subnet: nn.Module, spec: dict) -> None:
-    """Write ``weights.pt`` (a plain state dict) then ``spec.json``; the spec marks it complete."""
+def save_subnet(directory: Path, subnet: nn.Module, spec: dict, *, masks: dict[str, torch.Tensor] | None = None) -> None:
+    """Write ``weights.pt`` (a plain state dict), ``masks.pt`` for a weight-pruned subnet (parameter
+    name -> boolean tensor, true where a weight is kept), then ``spec.json``: the spec marks it complete."""
     directory.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in subnet.state_dict().items()}
-    tmp = directory / ".weights.pt.tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, directory / "weights.pt")
+    files = {"weights.pt": {k: v.detach().cpu().contiguous() for k, v in subnet.state_dict().items()}}
+    if masks is not None:
+        files["masks.pt"] = masks
+    for name, content in files.items():
+        tmp = directory / f".{name}.tmp"
+        torch.save(content, tmp)
+        os.replace(tmp, directory / name)
     _atomic_write(directory / "spec.json", json.dumps({"format": SPEC_FORMAT, **spec}, indent=2) + "\n")
 
 
 def load_subnet(path: str | Path, base_model: nn.Module | None = None) -> nn.Module:
-    """Rebuild a saved subnet: the base architecture, pruned to the kept channels, with its weights.
+    """Rebuild a saved subnet: the base architecture, pruned to the kept channels (a weight-pruned
+    subnet keeps the dense architecture, its zeros in the weights), with its weights.
 
     ``path`` is a ``subnets/<id>`` directory (or its spec.json). ``base_model`` is needed only when
     the search was given a Python model object rather than a model spec.
@@ -172,8 +177,8 @@ def load_subnet(path: str | Path, base_model: nn.Module | None = None) -> nn.Mod
         model = create_model(spec["model"], in_channels=spec["in_channels"], num_classes=spec["num_classes"])
     else:
         raise ValueError("this subnet was searched from a Python model object: pass base_model=")
-    example = torch.zeros(1, *spec["input_shape"])
-    apply_kept(model.eval(), example, spec["kept"], spec["channels"])
+    if spec.get("granularity", "filter") == "filter":
+        apply_kept(model.eval(), torch.zeros(1, *spec["input_shape"]), spec["kept"], spec["channels"])
     state = torch.load(directory / "weights.pt", map_location="cpu", weights_only=True)
     model.load_state_dict(state)
     return model.eval()

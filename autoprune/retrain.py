@@ -26,6 +26,7 @@ from torch import nn
 from autoprune.errors import UserError
 from autoprune.models import load_weights
 from autoprune.pruning.space import PruningSpace
+from autoprune.pruning.weights import apply_masks, weight_masks
 from autoprune.train import TrainResult
 
 if TYPE_CHECKING:
@@ -110,7 +111,9 @@ def starting_subnet(space: PruningSpace, ratios: Mapping[str, float], config: Se
         return subnet, kept
     subnet, kept = space.prune(ratios)
     if config.rewind in ("scratch-e", "scratch-b"):
+        masks = weight_masks(subnet) if config.granularity == "weight" else {}  # a weight-pruned subnet keeps its zeros
         reinitialise(subnet, seed)
+        apply_masks(subnet, masks)
     return subnet, kept
 
 

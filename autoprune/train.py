@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -47,6 +47,7 @@ def train(
     temperature: float = 4.0,
     distill_weight: float = 0.9,
     bn_l1: float = 0.0,
+    masks: Mapping[str, torch.Tensor] | None = None,
     after_epoch: Callable[[int], None] | None = None,
 ) -> TrainResult:
     """Train ``model`` in place for ``epochs`` (fractions allowed) over ``data.train``.
@@ -55,7 +56,9 @@ def train(
     batch; the teacher runs in eval mode without gradients and is moved to ``device``, so pass a copy
     of a model that must stay where it is. ``bn_l1`` > 0 adds ``bn_l1 * sum |gamma|`` over every
     BatchNorm scale to the loss (network slimming's sparsity training, Liu et al. 2017), as the
-    subgradient ``bn_l1 * sign(gamma)`` added to the scales' gradients. ``after_epoch(k)`` is called
+    subgradient ``bn_l1 * sign(gamma)`` added to the scales' gradients. ``masks`` (parameter name ->
+    boolean tensor, ``autoprune.pruning.weights.weight_masks``) keep a weight-pruned model's zeros:
+    the gradients are masked, so weight decay and momentum never move a zero either. ``after_epoch(k)`` is called
     once epoch ``k`` (1, 2, ...) is complete, with the model still in train mode: a snapshot there is
     the state after k epochs.
     """
@@ -78,6 +81,9 @@ def train(
         teacher = to_device(teacher, device).eval()
     scales = [m.weight for m in model.modules()
               if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None and m.weight.requires_grad]
+    parameters = dict(model.named_parameters())
+    hooks = [parameters[name].register_hook(lambda grad, keep=mask.to(device): grad * keep)
+             for name, mask in (masks or {}).items()]
     model.train()
     step, loss_value = 0, float("nan")
     running = 0.0
@@ -113,6 +119,8 @@ def train(
                     bar.note(f"loss {running:.3f}")
                 if after_epoch is not None and step % steps_per_epoch == 0:
                     after_epoch(step // steps_per_epoch)
+    for hook in hooks:
+        hook.remove()
     model.eval()
     return TrainResult(step, step / steps_per_epoch, running, time.perf_counter() - start)
 

@@ -10,4 +10,7 @@ STUDIES = {
     "efficiency": "best proxy vs trials per strategy over seeds; candidates per minute; scoring overhead",
     "baselines": "searched vs uniform L1 vs Torch-Pruning global magnitude vs unpruned, fine-tuned alike",
     "speedup": "measured CPU latency (batch 1 and 64) vs MACs at several budgets, and a latency budget",
+    "criteria": "every importance criterion at the same uniform and searched ratios: proxy, fine-tuned, ranking time",
+    "retrain": "fine-tune vs lottery rewind (init, epoch K) vs Scratch-E vs Scratch-B on one pruned architecture",
+    "granularity": "weight vs filter pruning at equal parameters: measured latency and proxy accuracy",
 }

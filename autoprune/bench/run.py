@@ -17,6 +17,9 @@ _OWN = {
     "efficiency": ("budget", "strategies", "trials", "seeds", "overhead_candidates"),
     "baselines": ("budgets", "strategy", "trials", "finetune_epochs", "finetune_seeds", "latency_batches"),
     "speedup": ("budgets", "latency_budget", "trials", "latency_batches"),
+    "granularity": ("budgets", "latency_batches"),
+    "retrain": ("budget", "base_epochs", "base_lr", "rewind_epoch", "finetune_epochs", "finetune_seeds"),
+    "criteria": ("budget", "criteria", "trials", "finetune_epochs", "finetune_seeds"),
 }
 
 

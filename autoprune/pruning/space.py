@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import fnmatch
 import math
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -94,7 +95,9 @@ class PruningSpace:
         ignored = [m for m in (classifier,) if m is not None]
         self.classifier = names.get(classifier)  # never pruned: its outputs are the classes
         graph = _build_graph(self.model, self.example_input)
+        tic = time.perf_counter()
         score = None if orders is not None else _scorer(criterion, CriterionContext(self.model, batches, seed))
+        self.ranking_seconds = time.perf_counter() - tic  # the criterion's pass over the data, then each group's ranking
         self.groups: list[Group] = []
         self.unprunable: dict[str, str] = {}
         # group name -> [(module name, "in"/"out", units per channel)]
@@ -121,7 +124,9 @@ class PruningSpace:
                     members.append(target)
             group = Group(name, channels, members, low, high)
             if orders is None:
+                tic = time.perf_counter()
                 group.order, group.importance = _ranked(score, tp_group, criterion, name)
+                self.ranking_seconds += time.perf_counter() - tic
             else:
                 group.order = _given_order(orders, name, channels)
             self.groups.append(group)

@@ -31,6 +31,7 @@ from autoprune.errors import UserError
 from autoprune.measure import AdaptiveBNEvaluator
 from autoprune.pruning.config import SpaceConfig
 from autoprune.pruning.space import PruningSpace
+from autoprune.pruning.weights import WeightSpace
 from autoprune.results import RunDir
 from autoprune.runners.trial import (
     PendingTrial,
@@ -117,9 +118,12 @@ class Workbench:
     evaluator: AdaptiveBNEvaluator
     threads: int
     key: str  # one per run: a worker process keeps the space it built for it
+    mask_scope: str | None = None  # weight pruning: the WeightSpace's scope (its magnitude ranking is redone)
 
     def build(self) -> tuple[PruningSpace, AdaptiveBNEvaluator]:
         torch.set_num_threads(max(1, self.threads))
+        if self.mask_scope is not None:
+            return WeightSpace(self.model, self.example_input, self.space_config, scope=self.mask_scope), self.evaluator
         space = PruningSpace(self.model, self.example_input, self.space_config, orders=self.orders)
         return space, self.evaluator
 

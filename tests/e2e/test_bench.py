@@ -105,9 +105,50 @@ def test_speedup(bench_args, tmp_path, one_thread):
     assert (out / "speedup.png").stat().st_size > 0
 
 
+def test_granularity(bench_args, tmp_path, one_thread):
+    out = tmp_path / "granularity"
+    assert main(bench_args("granularity", out, "--budgets", "50%params,30%params", "--latency-batches", "1")) == 0
+    frame = pd.read_csv(out / "granularity.csv").set_index("model")
+    assert list(frame.index) == ["unpruned", "50%params filter", "50%params weight", "30%params filter",
+                                 "30%params weight"]
+    for budget in ("50%params", "30%params"):
+        filt, weight = frame.loc[f"{budget} filter"], frame.loc[f"{budget} weight"]
+        assert abs(weight["params"] - filt["params"]) <= 1  # equal parameter counts
+        assert weight["dense_macs_pct"] == 100 and filt["dense_macs_pct"] == filt["macs_pct"] < 100
+    assert frame["proxy_acc"].between(0, 1).all()
+    assert (out / "granularity.png").stat().st_size > 0 and "Weight vs filter" in (out / "summary.md").read_text()
+
+
 def test_bench_errors(bench_args, tmp_path, capsys):
     assert main(bench_args("efficiency", tmp_path / "e", "--strategies", "annealing")) == 2
     assert "--strategies: unknown ['annealing']" in capsys.readouterr().err
     assert main(bench_args("speedup", tmp_path / "s", "--budgets", "8ms")) == 2
     assert main(bench_args("fidelity", tmp_path / "f", "--resume")) == 2
     assert "holds no benchmark" in capsys.readouterr().err
+
+
+def test_criteria(bench_args, tmp_path, one_thread):
+    out = tmp_path / "criteria"
+    assert main(bench_args("criteria", out, "--criteria", "l1,taylor,random", "--trials", "2",
+                           "--finetune-epochs", "0.05", "--finetune-seeds", "1")) == 0
+    table = pd.read_csv(out / "criteria.csv")
+    assert list(zip(table["criterion"], table["ratios"])) == [
+        (c, k) for c in ("l1", "taylor", "random") for k in ("uniform", "searched")]
+    for kind, group in table.groupby("ratios"):
+        assert group["macs_pct"].nunique() == 1  # the same widths for every criterion
+    assert (table["ranking_seconds"] > 0).all() and table["test_mean"].between(0, 1).all()
+    assert (out / "criteria.png").stat().st_size > 0 and "taylor" in (out / "summary.md").read_text()
+
+
+def test_retrain(bench_args, tmp_path, one_thread):
+    out = tmp_path / "retrain"
+    args = [a for a in bench_args("retrain", out, "--base-epochs", "2", "--finetune-epochs", "0.1",
+                                  "--finetune-seeds", "1") if a]
+    weights = args.index("--weights")
+    del args[weights : weights + 2]  # the study trains its own baseline, keeping its initialisation
+    assert main(args) == 0
+    table = pd.read_csv(out / "retrain.csv").set_index("method")
+    assert list(table.index) == ["fine-tune", "lottery (init)", "lottery (epoch 1)", "scratch-e", "scratch-b"]
+    assert table.loc["scratch-b", "epochs"] > 1.5 * table.loc["scratch-e", "epochs"]  # the compute of the unpruned net
+    assert (out / "baseline" / "model.init.pt").is_file() and (out / "baseline" / "model.epoch1.pt").is_file()
+    assert table["test_mean"].between(0, 1).all() and "Scratch-B" in (out / "summary.md").read_text()

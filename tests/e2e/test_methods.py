@@ -75,3 +75,80 @@ def test_search_with_pfp_allocation(tmp_path, search_args):
     trials = pd.read_csv(run / "trials.csv")
     assert list(trials["state"]) == ["complete"] * 3  # each within the budget
     assert list(Path(run, "subnets").iterdir())
+
+
+# --- unstructured weight pruning -----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def weight_bench(tiny_npz, tiny_weights):
+    config = pipeline.SearchConfig(model="resnet20", data=tiny_npz, weights=tiny_weights, holdout=120, batch_size=64,
+                                   calib_batches=2, score_images=120, finetune_epochs=0.3, granularity="weight",
+                                   mask_scope="global")
+    data, _, space = pipeline.load_workbench(config)
+    return config, data, space, pipeline.make_evaluator(config, data)
+
+
+def test_fine_tuning_keeps_the_zeros_of_a_weight_pruned_subnet(weight_bench):
+    from autoprune.pruning.weights import weight_masks
+
+    config, data, space, evaluator = weight_bench
+    subnet, _ = space.prune(space.uniform_ratios(0.6))
+    masks = weight_masks(subnet)
+    before = {k: v.clone() for k, v in subnet.state_dict().items()}
+    unmasked = copy.deepcopy(subnet)
+    pipeline.finetune(subnet, config, data, evaluator, seed=1, quiet=True)
+    for name, mask in masks.items():
+        weight = subnet.state_dict()[name]
+        assert torch.equal(weight != 0, mask), name  # not one zero moved, not one kept weight became zero
+        assert not torch.equal(weight, before[name])  # and the kept ones did train
+    train(unmasked, data, epochs=0.3, lr=config.finetune_lr, batch_size=64, quiet=True)  # the control
+    assert any(not torch.equal(unmasked.state_dict()[k] != 0, m) for k, m in masks.items())
+
+
+def test_scratch_training_of_a_weight_pruned_subnet_keeps_its_mask(weight_bench):
+    from dataclasses import replace
+
+    from autoprune.pruning.weights import weight_masks
+
+    config, data, space, evaluator = weight_bench
+    ratios = space.uniform_ratios(0.5)
+    done = pipeline.finetune_candidate(space, evaluator, replace(config, rewind="scratch-e"), data, ratios, seed=4)
+    pruned, _ = space.prune(ratios)
+    expected = weight_masks(pruned)
+    got = weight_masks(done.subnet)
+    assert got.keys() == expected.keys() and all(torch.equal(got[k], expected[k]) for k in expected)
+
+
+@pytest.mark.parametrize("scope", ["layer", "global"])
+def test_search_with_weight_pruning(tmp_path, search_args, scope):
+    from autoprune.pruning.weights import weight_masks
+    from autoprune.results import load_subnet
+
+    run = tmp_path / "run"
+    args = _with(search_args, "--budget", "40%params") + [
+        "--granularity", "weight", "--mask-scope", scope, "--strategy", "random", "--trials", "3",
+        "--finetune-top", "1", "--finetune-epochs", "0.2", "--out", str(run)]
+    assert main(args) == 0
+    (directory,) = Path(run, "subnets").iterdir()
+    spec = __import__("json").loads((directory / "spec.json").read_text())
+    assert (spec["granularity"], spec["mask_scope"], spec["criterion"]) == ("weight", scope, "magnitude")
+    subnet = load_subnet(directory)
+    masks = torch.load(directory / "masks.pt", weights_only=True)
+    assert masks.keys() == weight_masks(subnet).keys()
+    assert all(torch.equal(weight_masks(subnet)[k], m) for k, m in masks.items())
+    assert sum(int((p != 0).sum()) for p in subnet.parameters()) == spec["params"] <= 0.4 * 272_000
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--budget", "5ms"], "latency budget does not go with --granularity weight"),
+    (["--criterion", "taylor"], "ranks single weights by magnitude"),
+    (["--damage", "recon", "--strategy", "binary"], "--damage recon needs --granularity filter"),
+])
+def test_weight_pruning_refuses_what_does_not_apply(tmp_path, search_args, capsys, extra, message):
+    args = search_args + ["--granularity", "weight", "--out", str(tmp_path / "run")]
+    for flag, value in zip(extra[::2], extra[1::2]):
+        args = _with(args, flag, value) if flag in args else args + [flag, value]
+    assert main(args) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
