@@ -58,9 +58,9 @@ def train(
     BatchNorm scale to the loss (network slimming's sparsity training, Liu et al. 2017), as the
     subgradient ``bn_l1 * sign(gamma)`` added to the scales' gradients. ``masks`` (parameter name ->
     boolean tensor, ``autoprune.pruning.weights.weight_masks``) keep a weight-pruned model's zeros:
-    the gradients are masked, so weight decay and momentum never move a zero either. ``after_epoch(k)`` is called
-    once epoch ``k`` (1, 2, ...) is complete, with the model still in train mode: a snapshot there is
-    the state after k epochs.
+    the gradients are masked, so weight decay and momentum never move a zero either.
+    ``after_epoch(k)`` is called once epoch ``k`` (1, 2, ...) is complete, with the model still in
+    train mode: a snapshot there is the state after k epochs.
     """
     if epochs <= 0:
         return TrainResult(0, 0.0, float("nan"), 0.0)
@@ -82,8 +82,7 @@ def train(
     scales = [m.weight for m in model.modules()
               if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None and m.weight.requires_grad]
     parameters = dict(model.named_parameters())
-    hooks = [parameters[name].register_hook(lambda grad, keep=mask.to(device): grad * keep)
-             for name, mask in (masks or {}).items()]
+    hooks = [parameters[name].register_hook(_masking(mask.to(device))) for name, mask in (masks or {}).items()]
     model.train()
     step, loss_value = 0, float("nan")
     running = 0.0
@@ -123,6 +122,11 @@ def train(
         hook.remove()
     model.eval()
     return TrainResult(step, step / steps_per_epoch, running, time.perf_counter() - start)
+
+
+def _masking(keep: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A gradient hook that zeroes the gradient where ``keep`` is false."""
+    return lambda grad: grad * keep
 
 
 def distillation_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, y: torch.Tensor, *, temperature: float,

@@ -21,7 +21,13 @@ from autoprune.bench.common import BenchDir, best_searched, figure
 from autoprune.budget import parse_budget
 from autoprune.errors import UserError
 from autoprune.measure import accuracy
-from autoprune.pipeline import SearchConfig, finetune, load_workbench, make_evaluator, ranking_batches
+from autoprune.pipeline import (
+    SearchConfig,
+    finetune,
+    load_workbench,
+    make_evaluator,
+    ranking_batches,
+)
 from autoprune.pruning.criteria import list_criteria
 from autoprune.pruning.space import PruningSpace
 from autoprune.search import SearchContext

@@ -18,7 +18,14 @@ import numpy as np
 import optuna
 import torch
 
-from autoprune.search.base import SearchContext, Strategy, ask_fixed, register_strategy, snap, study_has_attr
+from autoprune.search.base import (
+    SearchContext,
+    Strategy,
+    ask_fixed,
+    register_strategy,
+    snap,
+    study_has_attr,
+)
 
 SAMPLE_CONSTANT = 3.0  # K of the sample-size bound
 DELTA = 0.1  # failure probability of the bound over all groups
