@@ -9,19 +9,23 @@ groups, bisected to the same budget), and the unpruned model.
 from __future__ import annotations
 
 import copy
-import time
 from dataclasses import replace
 
 import pandas as pd
 import torch_pruning as tp
 from torch import nn
 
-from autoprune.bench.common import BenchDir, best_searched, figure, measure_latencies
+from autoprune.bench.common import (
+    BenchDir,
+    best_searched,
+    figure,
+    finetuned_accuracy,
+    measure_latencies,
+)
 from autoprune.budget import Budget, parse_budget
 from autoprune.errors import UserError
-from autoprune.measure import accuracy
 from autoprune.measure.count import count_cost
-from autoprune.pipeline import SearchConfig, finetune, load_workbench, make_evaluator
+from autoprune.pipeline import SearchConfig, load_workbench, make_evaluator
 from autoprune.pruning.space import PruningSpace
 from autoprune.search import SearchContext, list_strategies
 from autoprune.search.base import scale_to_budget
@@ -68,13 +72,8 @@ def run(config: SearchConfig, bench: BenchDir, *, budgets: list[str], strategy: 
                                                     "proxy_acc": evaluator.score(copy.deepcopy(model))})
         for seed in seeds:
             key = f"{text} {method} seed {seed}"
-            result = bench.done(key)
-            if result is None:
-                tic = time.perf_counter()
-                subnet = copy.deepcopy(model)
-                finetune(subnet, config, data, evaluator, seed=seed, quiet=True)
-                result = bench.record(key, {"test_acc": accuracy(subnet, data.test, device=config.device),
-                                            "finetune_seconds": round(time.perf_counter() - tic, 1)})
+            result, trained = finetuned_accuracy(bench, key, model, config, data, evaluator, seed=seed)
+            if trained:
                 bench.log(f"{key}: {result['test_acc']:.2%} after {finetune_epochs} epochs")
             rows.append({"budget": text, "method": method, "seed": seed, **arm,
                          **{f"latency_b{b}_ms": latency[f"{text} {method}"][str(b)] for b in latency_batches}, **result})

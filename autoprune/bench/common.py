@@ -18,8 +18,9 @@ import torch
 from torch import nn
 
 from autoprune.errors import UserError
+from autoprune.measure import accuracy
 from autoprune.measure.latency import measure_latency
-from autoprune.pipeline import SearchConfig, search
+from autoprune.pipeline import SearchConfig, finetune, search
 from autoprune.progress import console
 from autoprune.pruning.space import PruningSpace
 
@@ -155,6 +156,20 @@ def best_searched(config: SearchConfig, bench: BenchDir, space: PruningSpace, bu
         return None
     best = scored.sort_values(["proxy_acc", "number"], ascending=[False, True]).iloc[0]
     return {g: float(best[f"ratio:{g}"]) for g in space.group_names}, best, run_dir
+
+
+def finetuned_accuracy(bench: BenchDir, key: str, model: nn.Module, config: SearchConfig, data, evaluator, *,
+                       seed: int) -> tuple[dict, bool]:
+    """Test accuracy of a copy of ``model`` fine-tuned with the run's settings and ``seed``, recorded in
+    the journal under ``key`` (read back if it is there); and whether it was trained just now."""
+    result = bench.done(key)
+    if result is not None:
+        return result, False
+    tic = time.perf_counter()
+    tuned = copy.deepcopy(model)
+    finetune(tuned, config, data, evaluator, seed=seed, quiet=True)
+    return bench.record(key, {"test_acc": accuracy(tuned, data.test, device=config.device),
+                              "finetune_seconds": round(time.perf_counter() - tic, 1)}), True
 
 
 def measure_latencies(models: dict[str, nn.Module], input_shape: tuple[int, ...], batches: list[int], device: str,

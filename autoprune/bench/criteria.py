@@ -11,19 +11,16 @@ time the criterion took to rank the channels is recorded too.
 from __future__ import annotations
 
 import copy
-import time
 from dataclasses import replace
 
 import numpy as np
 import pandas as pd
 
-from autoprune.bench.common import BenchDir, best_searched, figure
+from autoprune.bench.common import BenchDir, best_searched, figure, finetuned_accuracy
 from autoprune.budget import parse_budget
 from autoprune.errors import UserError
-from autoprune.measure import accuracy
 from autoprune.pipeline import (
     SearchConfig,
-    finetune,
     load_workbench,
     make_evaluator,
     ranking_batches,
@@ -67,17 +64,12 @@ def run(config: SearchConfig, bench: BenchDir, *, budget: str, criteria: list[st
             subnet, _ = ranked.prune(ratios)
             arm = bench.done(f"{criterion} {kind}") or bench.record(
                 f"{criterion} {kind}", {"proxy_acc": evaluator.score(copy.deepcopy(subnet))})
+            cost = space.cost(ratios)  # the same for every criterion: only the channels kept differ
             for seed in seeds:
                 key = f"{criterion} {kind} seed {seed}"
-                result = bench.done(key)
-                if result is None:
-                    tic = time.perf_counter()
-                    tuned = copy.deepcopy(subnet)
-                    finetune(tuned, config, data, evaluator, seed=seed, quiet=True)
-                    result = bench.record(key, {"test_acc": accuracy(tuned, data.test, device=config.device),
-                                                "finetune_seconds": round(time.perf_counter() - tic, 1)})
+                result, trained = finetuned_accuracy(bench, key, subnet, config, data, evaluator, seed=seed)
+                if trained:
                     bench.log(f"{key}: proxy {arm['proxy_acc']:.1%}, fine-tuned {result['test_acc']:.2%}")
-                cost = space.cost(ratios)
                 rows.append({"criterion": criterion, "ratios": kind, "seed": seed, "macs": cost.macs,
                              "macs_pct": 100 * cost.macs / space.base_cost.macs, **ranking, **arm, **result})
     runs = pd.DataFrame(rows)
