@@ -69,6 +69,7 @@ def train(
     torch.set_flush_denormal(True)
     start = time.perf_counter()
     model = to_device(model, device)
+    hooks = _nchw_where_onednn_fails(model, device)
     n = len(data.train)
     steps_per_epoch = math.ceil(n / batch_size)
     total_steps = max(1, math.ceil(epochs * steps_per_epoch))
@@ -82,7 +83,7 @@ def train(
     scales = [m.weight for m in model.modules()
               if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None and m.weight.requires_grad]
     parameters = dict(model.named_parameters())
-    hooks = [parameters[name].register_hook(_masking(mask.to(device))) for name, mask in (masks or {}).items()]
+    hooks += [parameters[name].register_hook(_masking(mask.to(device))) for name, mask in (masks or {}).items()]
     model.train()
     step, loss_value = 0, float("nan")
     running = 0.0
@@ -122,6 +123,26 @@ def train(
         hook.remove()
     model.eval()
     return TrainResult(step, step / steps_per_epoch, running, time.perf_counter() - start)
+
+
+def _nchw_where_onednn_fails(model: nn.Module, device: str) -> list[torch.utils.hooks.RemovableHandle]:
+    """Put the convolutions that oneDNN cannot train in channels_last into NCHW; the hooks to remove.
+
+    oneDNN's 1x1 backward-weights kernel overruns its workspace for a strided 1x1 convolution with
+    fewer input channels than its channel block (8 with AVX2, 16 with AVX-512) in channels_last
+    (oneDNN issue 6035): here the fine-tune of a pruned ResNet-56, whose stride-2 shortcut kept 5
+    input channels, hung in the kernel's thread barrier within a few steps. In NCHW, weights and
+    input alike, oneDNN takes its blocked path, which is sound.
+    """
+    if torch.device(device).type != "cpu":
+        return []
+    hooks = []
+    for module in model.modules():
+        if (isinstance(module, nn.Conv2d) and module.kernel_size == (1, 1) and module.stride != (1, 1)
+                and module.in_channels // module.groups < 16):
+            module.to(memory_format=torch.contiguous_format)
+            hooks.append(module.register_forward_pre_hook(lambda _, args: (args[0].contiguous(), *args[1:])))
+    return hooks
 
 
 def _masking(keep: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:

@@ -1,0 +1,54 @@
+"""Training runs the convolutions that oneDNN cannot train in channels_last in NCHW instead."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import torch
+from torch import nn
+
+from autoprune.train import _nchw_where_onednn_fails
+
+# A stem of 5 channels into a stride-2 1x1 convolution: the shape of a pruned ResNet shortcut. With
+# 2 threads, oneDNN's channels_last backward-weights kernel hangs on it within a few dozen steps.
+SCRIPT = textwrap.dedent("""
+    import torch
+    from torch import nn
+    from autoprune.data.bundle import Split, DataBundle
+    from autoprune.train import train
+    torch.manual_seed(0)
+    torch.set_num_threads(2)
+    net = nn.Sequential(nn.Conv2d(1, 5, 3, padding=1), nn.BatchNorm2d(5), nn.ReLU(), nn.Conv2d(5, 14, 1, stride=2),
+                        nn.BatchNorm2d(14), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(14, 4))
+    split = Split(torch.rand(2048, 1, 28, 28), torch.randint(0, 4, (2048,)))
+    print(train(net, DataBundle("noise", split, split, split, 4), epochs=3, batch_size=64, quiet=True).steps)
+""")
+
+
+def test_training_a_strided_1x1_convolution_on_few_channels_completes():
+    done = subprocess.run([sys.executable, "-c", SCRIPT], check=False, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["96"]
+
+
+def test_only_strided_1x1_convolutions_on_few_channels_change_layout():
+    net = nn.Sequential(nn.Conv2d(5, 14, 1, stride=2), nn.Conv2d(14, 14, 1), nn.Conv2d(14, 16, 3, stride=2),
+                        nn.Conv2d(16, 8, 1, stride=2), nn.Conv2d(8, 15, 1, stride=2))
+    net = net.to(memory_format=torch.channels_last)
+    x = torch.randn(2, 5, 32, 32).contiguous(memory_format=torch.channels_last)
+    expected = net(x)
+    before = [(m.weight.detach().clone(), m.weight.stride()) for m in net]
+    hooks = _nchw_where_onednn_fails(net, "cpu")
+    assert len(hooks) == 2
+    seen = []
+    net[4].register_forward_pre_hook(lambda _, args: seen.append(args[0].is_contiguous()))
+    torch.testing.assert_close(net(x), expected)
+    assert seen == [True]  # the hook hands the convolution an NCHW input
+    for i, (m, (weight, stride)) in enumerate(zip(net, before)):
+        torch.testing.assert_close(m.weight, weight)
+        if i in (0, 4):  # 1x1, stride 2, 5 and 8 input channels
+            assert m.weight.is_contiguous() and m.weight.stride() != stride
+        else:
+            assert m.weight.stride() == stride
