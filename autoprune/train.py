@@ -64,8 +64,7 @@ def train(
     """
     if epochs <= 0:
         return TrainResult(0, 0.0, float("nan"), 0.0)
-    # Denormal floats run up to 100x slower on x86 CPUs: one fine-tune of a pruned net took over
-    # 6 minutes instead of 70 s in oneDNN's backward pass until they were flushed to zero.
+    # Denormal floats run up to 100x slower on x86 CPUs; flush them to zero.
     torch.set_flush_denormal(True)
     start = time.perf_counter()
     model = to_device(model, device)
