@@ -47,6 +47,7 @@ from autoprune.retrain import (
 from autoprune.runners.trial import (
     all_failing,
     begin_trial,
+    close_left_behind,
     describe_error,
     finish_trial,
     finished_count,
@@ -456,11 +457,7 @@ def _search_phase(config: SearchConfig, setup: _Setup, quiet: bool) -> optuna.St
     study = optuna.create_study(storage=setup.run.storage_url, study_name=STUDY_NAME,
                                 directions=list(strategy.directions), sampler=strategy.sampler(),
                                 load_if_exists=True)
-    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,
-                                                       optuna.trial.TrialState.WAITING)):
-        # left behind by a killed run: close it so it is neither counted nor repeated
-        if t.state == optuna.trial.TrialState.RUNNING:
-            study.tell(t.number, state=optuna.trial.TrialState.FAIL)
+    close_left_behind(study)
     setup.run.write_table("trials.csv", trials_frame(study, space.group_names))
     done = finished_count(study)
     best = max((t.user_attrs.get("proxy_acc") or 0.0 for t in study.trials), default=0.0)

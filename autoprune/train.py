@@ -140,7 +140,7 @@ def _nchw_where_onednn_fails(model: nn.Module, device: str) -> list[torch.utils.
         if (isinstance(module, nn.Conv2d) and module.kernel_size == (1, 1) and module.stride != (1, 1)
                 and module.in_channels // module.groups < 16):
             module.to(memory_format=torch.contiguous_format)
-            hooks.append(module.register_forward_pre_hook(lambda _, args: (args[0].contiguous(), *args[1:])))
+            hooks.append(module.register_forward_pre_hook(lambda _, args: args[0].contiguous()))
     return hooks
 
 

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import copy
-import subprocess
-import sys
-import textwrap
 
 import torch
 import torch.nn.functional as F
@@ -14,30 +11,10 @@ from torch import nn
 from autoprune.data.bundle import DataBundle, Split
 from autoprune.train import _nchw_where_onednn_fails, train
 
-# A stem of 5 channels into a stride-2 1x1 convolution: the shape of a pruned ResNet shortcut. With
-# 2 threads, oneDNN's channels_last backward-weights kernel hangs on it within a few dozen steps.
-SCRIPT = textwrap.dedent("""
-    import torch
-    from torch import nn
-    from autoprune.data.bundle import Split, DataBundle
-    from autoprune.train import train
-    torch.manual_seed(0)
-    torch.set_num_threads(2)
-    net = nn.Sequential(nn.Conv2d(1, 5, 3, padding=1), nn.BatchNorm2d(5), nn.ReLU(), nn.Conv2d(5, 14, 1, stride=2),
-                        nn.BatchNorm2d(14), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(14, 4))
-    split = Split(torch.rand(2048, 1, 28, 28), torch.randint(0, 4, (2048,)))
-    print(train(net, DataBundle("noise", split, split, split, 4), epochs=3, batch_size=64, quiet=True).steps)
-""")
-
-
-def test_training_a_strided_1x1_convolution_on_few_channels_completes():
-    done = subprocess.run([sys.executable, "-c", SCRIPT], check=False, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["96"]
-
 
 def test_a_training_step_on_a_strided_1x1_convolution_matches_float64():
-    # oneDNN's channels_last weight gradient for this convolution is off by about its own size on AVX2
+    # oneDNN's channels_last weight gradient for this convolution is off by about its own size on AVX2,
+    # and the same fault (a workspace overrun, oneDNN issue 6035) hangs or crashes the kernel
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv2d(1, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(), nn.Conv2d(6, 14, 1, stride=2),
                         nn.Flatten(), nn.Linear(14 * 14 * 14, 4))

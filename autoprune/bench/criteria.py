@@ -54,6 +54,7 @@ def run(config: SearchConfig, bench: BenchDir, *, budget: str, criteria: list[st
     ratio_sets = {kind: ratios for kind, ratios in ratio_sets.items() if ratios is not None}
     if not ratio_sets:
         raise UserError(f"no uniform ratio and no searched candidate meets {budget}")
+    costs = {kind: space.cost(ratios) for kind, ratios in ratio_sets.items()}  # only the channels kept vary by criterion
     rows = []
     for criterion in criteria:
         ranked = PruningSpace(model, data.example_input(), space.config, criterion=criterion, seed=config.seed,
@@ -64,14 +65,13 @@ def run(config: SearchConfig, bench: BenchDir, *, budget: str, criteria: list[st
             subnet, _ = ranked.prune(ratios)
             arm = bench.done(f"{criterion} {kind}") or bench.record(
                 f"{criterion} {kind}", {"proxy_acc": evaluator.score(copy.deepcopy(subnet))})
-            cost = space.cost(ratios)  # the same for every criterion: only the channels kept differ
             for seed in seeds:
                 key = f"{criterion} {kind} seed {seed}"
                 result, trained = finetuned_accuracy(bench, key, subnet, config, data, evaluator, seed=seed)
                 if trained:
                     bench.log(f"{key}: proxy {arm['proxy_acc']:.1%}, fine-tuned {result['test_acc']:.2%}")
-                rows.append({"criterion": criterion, "ratios": kind, "seed": seed, "macs": cost.macs,
-                             "macs_pct": 100 * cost.macs / space.base_cost.macs, **ranking, **arm, **result})
+                rows.append({"criterion": criterion, "ratios": kind, "seed": seed, "macs": costs[kind].macs,
+                             "macs_pct": 100 * costs[kind].macs / space.base_cost.macs, **ranking, **arm, **result})
     runs = pd.DataFrame(rows)
     bench.write_csv("runs.csv", runs)
     table = runs.groupby(["criterion", "ratios"], sort=False).agg(

@@ -74,7 +74,8 @@ def run(config: SearchConfig, bench: BenchDir, *, budget: str, base_epochs: floa
 
 
 def _ticket(config: SearchConfig, bench: BenchDir, epochs: float, lr: float, rewind_epoch: int, quiet: bool) -> str:
-    """The baseline weights, with the rewind points next to them: ``--weights`` if it has them, else trained here."""
+    """The baseline weights, with the rewind points next to them: ``--weights`` if it has them, else trained
+    here (again on resume where the weights are gone: git keeps a study's record, not its ``*.pt``)."""
     if config.weights is not None:
         missing = [p for p in (rewind_weights_path(config.weights), rewind_weights_path(config.weights, rewind_epoch))
                    if not p.is_file()]
@@ -84,7 +85,9 @@ def _ticket(config: SearchConfig, bench: BenchDir, epochs: float, lr: float, rew
                             "and the study trains one")
         return config.weights
     path = bench.path / "baseline" / "model.pt"
-    if not bench.done("baseline"):
+    if bench.done("baseline") and not path.is_file():  # committed results keep the record, not the weights
+        bench.log(f"{path} is missing: training the baseline again with the same command and seed")
+    if not bench.done("baseline") or not path.is_file():
         from autoprune.cli import main
 
         args = ["train", "--model", config.model, "--data", config.data, "--epochs", f"{epochs:g}", "--lr", f"{lr:g}",

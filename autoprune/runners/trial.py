@@ -88,6 +88,17 @@ def failed_with_error(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     return [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,)) if "error" in t.user_attrs]
 
 
+def close_left_behind(study: optuna.Study) -> None:
+    """Fail, without an error, the trials a killed run left open, so they are neither counted nor
+    repeated: one it was scoring (RUNNING), and one it had enqueued but not yet asked (WAITING; a
+    strategy's fixed candidate is an enqueue and an ask). A WAITING trial left there would be handed
+    out by the next ask in place of the candidate enqueued for it, and stay behind itself."""
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        study.tell(t.number, state=optuna.trial.TrialState.FAIL)
+    for _ in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)):
+        study.tell(study.ask(), state=optuna.trial.TrialState.FAIL)  # Optuna closes only asked trials
+
+
 def finished_count(study: optuna.Study) -> int:
     """Trials that count toward ``--trials``: complete ones, and those that failed with an error
     (a trial left running by a killed run is failed without one, and is done again)."""

@@ -152,3 +152,8 @@ def test_retrain(bench_args, tmp_path, one_thread):
     assert table.loc["scratch-b", "epochs"] > 1.5 * table.loc["scratch-e", "epochs"]  # the compute of the unpruned net
     assert (out / "baseline" / "model.init.pt").is_file() and (out / "baseline" / "model.epoch1.pt").is_file()
     assert table["test_mean"].between(0, 1).all() and "Scratch-B" in (out / "summary.md").read_text()
+    # a clone of committed results has the journal but not the weights: resuming trains them again
+    for weights in (out / "baseline").glob("*.pt"):
+        weights.unlink()
+    assert main(args + ["--resume"]) == 0
+    assert (out / "baseline" / "model.pt").is_file() and (out / "baseline" / "model.epoch1.pt").is_file()

@@ -11,6 +11,7 @@ from autoprune.budget import parse_budget
 from autoprune.models import create_model
 from autoprune.pipeline import choose_for_finetune
 from autoprune.pruning.space import PruningSpace
+from autoprune.runners.trial import close_left_behind, finished_count
 from autoprune.search import SearchContext, get_strategy, list_strategies
 from autoprune.search.base import scale_to_budget
 
@@ -156,3 +157,18 @@ def test_pfp_at_a_given_error_bound(pfp_space):
     assert ratios == pfp_ratios(ctx, dict.fromkeys(pfp_space.group_names, 2.0))
     larger = pfp_ratios(ctx, dict.fromkeys(pfp_space.group_names, 20.0))
     assert pfp_space.cost(larger).macs < pfp_space.cost(ratios).macs
+
+
+def test_a_resumed_study_closes_what_a_killed_run_left_open(space, tmp_path):
+    # a run killed while scoring one trial and between the enqueue and the ask of the next
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    study = optuna.create_study(storage=storage, study_name="s")
+    get_strategy("random", _context(space)).ask(study)  # the trial being scored
+    study.enqueue_trial({g: 0.1 for g in space.group_names})  # the candidate not yet asked
+    study = optuna.load_study(storage=storage, study_name="s")  # the resumed run
+    close_left_behind(study)
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.FAIL] * 2
+    assert finished_count(study) == 0  # neither counts toward --trials
+    trial, _ = get_strategy("random", _context(space)).ask(study)
+    assert trial.number == 2 and "budget_use" in trial.user_attrs  # the next ask gets its own candidate
+    assert not study.get_trials(states=(optuna.trial.TrialState.WAITING,))
