@@ -1,5 +1,5 @@
-"""The command line: ``autoprune search`` (the main job), ``sensitivity``, ``bench`` (the studies) and
-``train`` (a baseline)."""
+"""The command line: ``autoprune search`` (the main job), ``sensitivity``, ``bench`` (the studies),
+``train`` (a baseline), and for the runs they leave: ``runs``, ``show``, ``report`` and ``export``."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="resnet20", help="zoo name, package.module:factory or file.py:factory")
     p.add_argument("--data", default="fashion-mnist", help="fashion-mnist[:DIR], cifar10:DIR, imagefolder:DIR, npz:FILE, or a factory")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
+    p.add_argument("--amp", action="store_true", help="float16 mixed precision in training and fine-tuning (CUDA)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--holdout", type=int, default=5000, help="training images held out for scoring candidates")
     p.add_argument("--batch-size", type=int, default=128)
@@ -28,6 +29,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from autoprune.export import FORMATS as EXPORT_FORMATS
     from autoprune.pipeline import SearchConfig
     from autoprune.pruning.criteria import describe_criteria
     from autoprune.search import describe_strategies
@@ -87,6 +89,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--finetune-epochs", type=float, default=d.finetune_epochs, help="fractions allowed, e.g. 0.1")
     s.add_argument("--finetune-lr", type=float, default=d.finetune_lr)
     _add_retrain(s, d)
+    s.add_argument("--export", default=None, metavar="FORMATS",
+                   help="export every Pareto subnet as these formats (" + ", ".join(EXPORT_FORMATS) + "; comma-"
+                   "separated), each checked against PyTorch and timed; as `autoprune export` does")
     s.add_argument("--out", default=None, help="run directory; not given: results/<timestamp>")
     s.add_argument("--resume", action="store_true", help="continue the run in --out")
     s.add_argument("--limit-train", type=int, default=None, help="use only this many training images (quick runs)")
@@ -115,6 +120,25 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--save-init-epoch", type=int, default=None, metavar="K",
                    help="also write the weights after epoch K, OUT.epoch<K>.pt, for `search --rewind lottery "
                    "--rewind-epoch K` (late rewinding)")
+
+    r = sub.add_parser("runs", help="list the runs under a directory: budget, strategy, status, best accuracy")
+    r.add_argument("results", nargs="?", default="results", help="directory holding run directories")
+    w = sub.add_parser("show", help="print a run's settings, its fine-tuned subnets (Pareto ones marked), its exports")
+    w.add_argument("run_dir")
+    h = sub.add_parser("report", help="(re)build a run's report.html: one self-contained page")
+    h.add_argument("run_dir")
+    h.add_argument("--screenshot", default=None, metavar="PNG",
+                   help="also open the page in headless Chromium, check it and save a screenshot (needs playwright "
+                   "and Debian's chromium)")
+    e = sub.add_parser("export", help="export a subnet as ONNX, a torch.export program or a state dict; check it "
+                       "against PyTorch and time both", formatter_class=fmt)
+    e.add_argument("run_dir")
+    e.add_argument("--subnet", required=True, metavar="ID", help="a subnet of the run (`autoprune show RUN_DIR`)")
+    e.add_argument("--format", default="onnx", choices=list(EXPORT_FORMATS))
+    e.add_argument("--out", default=None, metavar="FILE",
+                   help="where to write it; not given: RUN_DIR/subnets/ID/" + "|".join(EXPORT_FORMATS.values()))
+    e.add_argument("--batch", type=int, default=None,
+                   help="batch size the latencies are measured at; not given: the run's --latency-batch")
     return parser
 
 
@@ -243,6 +267,8 @@ def main(argv: list[str] | None = None) -> int:
             from autoprune.bench.run import run_from_args
 
             return run_from_args(args, command)
+        if args.command in ("runs", "show", "report", "export"):
+            return _cmd_run_tools(args)
         return _cmd_search(args)  # search or sensitivity
     except UserError as exc:
         print(f"autoprune: error: {exc}", file=sys.stderr)
@@ -299,7 +325,7 @@ def _cmd_train(args: argparse.Namespace, command: str) -> int:
         save_rewind_point()
     result = train(
         model, data, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
-        device=device, seed=args.seed, quiet=args.quiet, after_epoch=after_epoch,
+        device=device, seed=args.seed, quiet=args.quiet, after_epoch=after_epoch, amp=args.amp,
     )
     test_acc = accuracy(model, data.test, device=device)
     holdout_acc = accuracy(model, data.holdout, device=device)
@@ -317,6 +343,50 @@ def _cmd_train(args: argparse.Namespace, command: str) -> int:
         f"test accuracy {test_acc:.2%}, holdout {holdout_acc:.2%} -> {out}"
     )
     return 0
+
+
+def _cmd_run_tools(args: argparse.Namespace) -> int:
+    """The commands that read a finished (or running) run directory."""
+    from autoprune import runs
+
+    if args.command == "runs":
+        return runs.print_runs(Path(args.results))
+    run_dir = Path(args.run_dir)
+    if not runs.is_run(run_dir):
+        raise UserError(f"{run_dir} holds no run (no config.yaml)")
+    if args.command == "show":
+        return runs.show_run(run_dir)
+    if args.command == "report":
+        return _cmd_report(run_dir, args.screenshot)
+    from autoprune.export import export_subnet
+
+    if args.batch is not None and args.batch < 1:
+        raise UserError("--batch must be at least 1")
+    check = export_subnet(run_dir, args.subnet, args.format, args.out, batch=args.batch)
+    runs.console.print(
+        f"{args.format}: {check.path} ({check.bytes / 1e6:.2f} MB)\n"
+        f"  checked in {check.runtime}: max |diff| {check.max_abs_diff:.2e} against PyTorch "
+        f"(tolerance {check.tolerance:.1e}): {'OK' if check.ok else 'DIFFERS'}\n"
+        f"  latency at batch {check.batch}, {check.threads} threads: {check.latency_ms:.3f} ms exported, "
+        f"{check.pytorch_latency_ms:.3f} ms PyTorch"
+    )
+    return 0 if check.ok else 1
+
+
+def _cmd_report(run_dir: Path, screenshot: str | None) -> int:
+    from autoprune.html_report import check_in_browser, write_html_report
+    from autoprune.progress import console
+
+    page = write_html_report(run_dir)
+    console.print(f"report: {page}")
+    if screenshot is None:
+        return 0
+    check = check_in_browser(page, Path(screenshot))
+    problems = check.problems()
+    for problem in problems:
+        console.print(f"[bold red]{problem}[/]")
+    console.print(f"screenshot: {screenshot} ({len(check.images)} images rendered, {len(problems)} problems)")
+    return 1 if problems else 0
 
 
 def _cmd_search(args: argparse.Namespace) -> int:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -19,13 +18,14 @@ import numpy as np
 import optuna
 import pandas as pd
 import torch
-from rich.table import Table
 from torch import nn
 
 from autoprune.budget import Budget, parse_budget
 from autoprune.data import DataBundle, load_data
 from autoprune.device import resolve_device
 from autoprune.errors import UserError
+from autoprune.export import check_formats, export_subnet
+from autoprune.html_report import write_html_report
 from autoprune.measure import AdaptiveBNEvaluator, accuracy
 from autoprune.measure.latency import LatencyTable, measure_latency
 from autoprune.models import create_model, load_weights, model_family
@@ -40,7 +40,6 @@ from autoprune.results import STUDY_NAME, RunDir, SubnetRecord, save_subnet, tri
 from autoprune.retrain import (
     check_retrain,
     check_retrain_model,
-    describe_retrain,
     retrain,
     retrain_record,
 )
@@ -53,6 +52,7 @@ from autoprune.runners.trial import (
     finished_count,
     score_candidate,
 )
+from autoprune.runs import record_from_spec, subnets_table
 from autoprune.search import SearchContext, Strategy, get_strategy
 from autoprune.search.sensitivity import (
     DAMAGES,
@@ -63,7 +63,7 @@ from autoprune.search.sensitivity import (
     write_sensitivity,
 )
 from autoprune.specs import absolute_spec
-from autoprune.train import TrainResult, train
+from autoprune.train import TrainResult, check_amp, train
 
 SHIPPED_WEIGHTS = {(model, "fashion-mnist"): Path(__file__).parent / "checkpoints" / f"{model}_fashion-mnist.pt"
                    for model in ("resnet20", "resnet56")}
@@ -110,6 +110,8 @@ class SearchConfig:
     limit_train: int | None = None
     seed: int = 0
     device: str = "cpu"
+    amp: bool = False  # float16 mixed precision in every training (CUDA only)
+    export: str | None = None  # formats every Pareto subnet is exported in, comma-separated (autoprune.export)
     out: str | None = None
     ray_address: str | None = None
     ray_local: int | None = None
@@ -160,19 +162,39 @@ def search(
         from autoprune.runners.ray_tune import stop_local
 
         stop_local()
-    measured = {s.trial: s.latency_ms for s in subnets}
-    trials["latency_ms"] = trials["number"].map(measured)
-    run.write_table("trials.csv", trials)
-
-    timings["total"] = timings.get("total", 0.0) + time.perf_counter() - started
     front = export_run(run.path, config=asdict(config), budget=budget_obj, base=space.base_cost,
                        baseline=setup.baseline, trials=trials, subnets=subnets, timings=timings)
+    if config.export:
+        with _timed(timings, "export"):
+            _export_phase(config, run, front, module)
+    timings["total"] = timings.get("total", 0.0) + time.perf_counter() - started
     run.write_status(status="complete", timings=timings, finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
+    write_html_report(run.path)
     if not quiet:
-        _print_summary(setup.baseline, subnets, front, run, finetuning=config.finetune_top > 0)
+        _print_summary(setup.baseline, subnets, run, finetuning=config.finetune_top > 0)
     best = max(subnets, key=lambda s: s.test_acc) if subnets else None
     pareto = pd.DataFrame([s.row() for s in front])
     return SearchResult(run.path, setup.baseline, subnets, pareto, trials, best)
+
+
+def export_formats(config: SearchConfig) -> list[str]:
+    return [f.strip() for f in (config.export or "").split(",") if f.strip()]
+
+
+def _export_phase(config: SearchConfig, run: RunDir, front: list[SubnetRecord], module: nn.Module | None) -> None:
+    """Export every Pareto subnet in every ``--export`` format, each checked and timed
+    (subnets/<id>/exports.json). A subnet that will not export is reported, and the others go on."""
+    for s in front:
+        for fmt in export_formats(config):
+            try:
+                check = export_subnet(run.path, s.id, fmt, base_model=module)
+            except Exception as exc:  # noqa: BLE001  (a custom model an exporter cannot trace: say so, go on)
+                console.print(f"[bold red]export of {s.id} as {fmt} failed:[/] {describe_error(exc).strip()}")
+                continue
+            verdict = "matches" if check.ok else "[bold red]DIFFERS from[/]"
+            console.print(f"exported {s.id} as {fmt}: {check.path}; {verdict} PyTorch (max |diff| "
+                          f"{check.max_abs_diff:.1e}); {check.latency_ms:.2f} ms vs {check.pytorch_latency_ms:.2f} ms "
+                          f"in PyTorch at batch {check.batch}")
 
 
 @contextmanager
@@ -277,7 +299,7 @@ def _sparsity_trained(config: SearchConfig, run: RunDir, data: DataBundle, model
     else:
         train(model, data, epochs=config.sparsity_train, lr=config.finetune_lr, batch_size=config.batch_size,
               device=config.device, seed=config.seed, bn_l1=config.sparsity_lambda, description="sparsity training",
-              quiet=quiet)
+              quiet=quiet, amp=config.amp)
         model.cpu()
         partial = path.with_suffix(".partial")
         torch.save(model.state_dict(), partial)
@@ -314,7 +336,7 @@ def finetune(subnet: nn.Module, config: SearchConfig, data: DataBundle, evaluato
     return train(subnet, data, epochs=config.finetune_epochs if epochs is None else epochs, lr=config.finetune_lr,
                  batch_size=config.batch_size, device=config.device, seed=seed, description=description, quiet=quiet,
                  teacher=teacher, temperature=config.distill_temperature, distill_weight=config.distill_weight,
-                 masks=masks)
+                 masks=masks, amp=config.amp)
 
 
 def resolve_paths(config: SearchConfig) -> None:
@@ -358,6 +380,9 @@ def check_options(config: SearchConfig) -> Budget:
     if config.strategy == "pfp" and config.criterion != "pfp":
         raise UserError("--strategy pfp allocates by PFP's sensitivities: it needs --criterion pfp")
     check_retrain(config)
+    check_amp(config.amp, config.device)
+    if config.export:
+        check_formats(export_formats(config))
     if not 0 < config.tolerance < 1:
         raise UserError("--tolerance must be between 0 and 1")
     if config.damage not in DAMAGES:
@@ -458,6 +483,11 @@ def _search_phase(config: SearchConfig, setup: _Setup, quiet: bool) -> optuna.St
                                 directions=list(strategy.directions), sampler=strategy.sampler(),
                                 load_if_exists=True)
     close_left_behind(study)
+    for key, value in {"model": config.model, "data": config.data, "budget": config.budget,
+                       "strategy": config.strategy, "criterion": config.criterion, "base_macs": space.base_cost.macs,
+                       "base_params": space.base_cost.params, "base_latency_ms": setup.baseline["latency_ms"],
+                       "latency_batch": config.latency_batch, "device": config.device}.items():
+        study.set_user_attr(key, value)  # what optuna-dashboard shows of the run
     setup.run.write_table("trials.csv", trials_frame(study, space.group_names))
     done = finished_count(study)
     best = max((t.user_attrs.get("proxy_acc") or 0.0 for t in study.trials), default=0.0)
@@ -481,7 +511,8 @@ def _search_phase(config: SearchConfig, setup: _Setup, quiet: bool) -> optuna.St
             scored, error = None, None
             if pending.feasible:
                 try:
-                    scored = score_candidate(space, setup.evaluator, pending.ratios)
+                    scored = score_candidate(space, setup.evaluator, pending.ratios,
+                                             latency_batch=config.latency_batch)
                 except Exception as exc:  # noqa: BLE001  (a custom model that breaks at some widths: record it, go on)
                     error = describe_error(exc)
             finished(finish_trial(study, strategy, setup.run, space.group_names, pending, scored, error))
@@ -509,7 +540,8 @@ def _workbench(config: SearchConfig, setup: _Setup):
     space = setup.space
     return Workbench(space.model, space.example_input, space.config, space.orders, setup.evaluator,
                      threads=max(1, int(_ray_settings(config).cpus_per_trial)), key=str(setup.run.path.resolve()),
-                     mask_scope=space.scope if isinstance(space, WeightSpace) else None)
+                     mask_scope=space.scope if isinstance(space, WeightSpace) else None,
+                     latency_batch=config.latency_batch)
 
 
 def _finetune_phase(config: SearchConfig, setup: _Setup, study: optuna.Study, quiet: bool) -> list[SubnetRecord]:
@@ -522,7 +554,7 @@ def _finetune_phase(config: SearchConfig, setup: _Setup, study: optuna.Study, qu
     for rank, t in enumerate(chosen, 1):
         directory = setup.run.subnet_dir(f"t{t.number:04d}")
         if (directory / "spec.json").exists():  # fine-tuned before a resume
-            records[rank] = _record_from_spec(directory)
+            records[rank] = record_from_spec(directory)
         else:
             todo.append((rank, t))
     jobs = [(trial_ratios(t, space), config.seed + rank) for rank, t in todo]
@@ -590,7 +622,7 @@ def _save_finetuned(config: SearchConfig, setup: _Setup, t: optuna.trial.FrozenT
     directory = setup.run.subnet_dir(subnet_id)
     masks = weight_masks(done.subnet) if config.granularity == "weight" else None
     save_subnet(directory, done.subnet.cpu(), spec, masks=masks)
-    return _record_from_spec(directory)
+    return record_from_spec(directory)
 
 
 def trial_ratios(t: optuna.trial.FrozenTrial, space: PruningSpace) -> dict[str, float]:
@@ -618,36 +650,15 @@ def choose_for_finetune(
     return chosen
 
 
-def _record_from_spec(directory: Path) -> SubnetRecord:
-    spec = json.loads((directory / "spec.json").read_text())
-    return SubnetRecord(
-        id=spec["id"], trial=spec["trial"], macs=spec["macs"], params=spec["params"], proxy_acc=spec["proxy_acc"],
-        test_acc=spec["test_acc"], holdout_acc=spec["holdout_acc"], finetune_seconds=spec["finetune_seconds"],
-        latency_ms=spec["latency_ms"], predicted_latency_ms=spec["predicted_latency_ms"],
-        ratios=spec["ratios"], path=str(directory), retrain=describe_retrain(spec.get("retrain")),
-    )
-
-
-def _print_summary(baseline: dict, subnets: list[SubnetRecord], front: list[SubnetRecord], run: RunDir, *,
-                   finetuning: bool) -> None:
+def _print_summary(baseline: dict, subnets: list[SubnetRecord], run: RunDir, *, finetuning: bool) -> None:
     if not finetuning:
         console.print(f"search done (no fine-tuning asked for): {run.path / 'trials.csv'}")
         return
-    table = Table(title="fine-tuned subnets")
-    for col in ("subnet", "MACs (M)", "MACs %", "params (M)", "latency (ms)", "proxy acc", "test acc", "Pareto"):
-        table.add_column(col, justify="right")
-    table.add_row("baseline", f"{baseline['macs'] / 1e6:.2f}", "100.0", f"{baseline['params'] / 1e6:.3f}",
-                  f"{baseline['latency_ms']:.2f}", f"{baseline['proxy_acc']:.2%}", f"{baseline['test_acc']:.2%}", "")
-    front_ids = {s.id for s in front}
-    for s in sorted(subnets, key=lambda r: -r.test_acc):
-        table.add_row(s.id, f"{s.macs / 1e6:.2f}", f"{100 * s.macs / baseline['macs']:.1f}", f"{s.params / 1e6:.3f}",
-                      f"{s.latency_ms:.2f}", f"{s.proxy_acc:.2%}", f"{s.test_acc:.2%}",
-                      "yes" if s.id in front_ids else "")
-    console.print(table)
+    console.print(subnets_table(baseline, subnets))
     if not subnets:
         console.print("[bold yellow]no candidate met the budget: try --warm-start, --strategy random, "
                       "more --trials or a looser budget[/]")
-    console.print(f"report: {run.path / 'report.md'}")
+    console.print(f"report: {run.path / 'report.html'}")
 
 
 def run_search_from_args(args: argparse.Namespace) -> int:

@@ -3,16 +3,26 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from autoprune.budget import Budget
 from autoprune.pareto import non_dominated
 from autoprune.pruning.space import Cost
-from autoprune.results import SubnetRecord
+from autoprune.results import SubnetRecord, atomic_write
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+
+# x axis of each accuracy-vs-cost plot: the cost key shared by trials.csv, spec.json, the baseline
+# and budget constraints, its label and its scale
+COSTS = {"macs": ("MACs (millions; FLOPs = 2 x MACs)", 1e-6),
+         "latency_ms": ("measured latency (ms)", 1.0)}
 
 
 def export_run(
@@ -30,12 +40,19 @@ def export_run(
     front = pareto_front(subnets)
     pd.DataFrame([s.row() for s in front]).to_csv(run_dir / "pareto.csv", index=False)
     payload = {"budget": config["budget"], "baseline": baseline, "front": [asdict(s) for s in front]}
-    (run_dir / "pareto.json").write_text(json.dumps(payload, indent=2) + "\n")
-    limit = budget.primary.limit(base) if budget.primary.metric == "macs" else None
-    plot_pareto(run_dir / "pareto.png", trials, subnets, front, baseline, limit)
+    atomic_write(run_dir / "pareto.json", json.dumps(payload, indent=2) + "\n")
+    macs = [c for c in budget.constraints if c.metric == "macs"]
+    limit = (macs[0].limit(base), macs[0].text) if macs else None
+    plot_pareto(run_dir / "pareto.png", trials, subnets, baseline, limit)
     write_report(run_dir / "report.md", config=config, budget_text=budget.describe(base), baseline=baseline,
                  subnets=subnets, front=front, trials=trials, timings=timings)
     return front
+
+
+def as_number(value: Any) -> float | None:
+    """A number, or None for a missing one (None or NaN: old runs, unscored trials)."""
+    missing = value is None or (isinstance(value, float) and math.isnan(value))
+    return None if missing else float(value)
 
 
 def pareto_front(records: Sequence[SubnetRecord]) -> list[SubnetRecord]:
@@ -43,43 +60,56 @@ def pareto_front(records: Sequence[SubnetRecord]) -> list[SubnetRecord]:
     return non_dominated(records, lambda r: r.test_acc, lambda r: r.macs)
 
 
-def plot_pareto(
-    path: Path,
-    trials: pd.DataFrame,
-    subnets: Sequence[SubnetRecord],
-    front: Sequence[SubnetRecord],
-    baseline: dict,
-    budget_macs: float | None,
-) -> None:
-    import matplotlib
+def plot_pareto(path: Path, trials: pd.DataFrame, subnets: Sequence[SubnetRecord], baseline: dict,
+                limit: tuple[float, str] | None) -> None:
+    """pareto.png: accuracy against MACs (``draw_front``)."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    fig = Figure(figsize=(7.5, 4.8), dpi=120, layout="tight")
+    ax = fig.subplots()
+    draw_front(ax, "macs", trials[trials["proxy_acc"].notna()], [asdict(s) for s in subnets], baseline, limit)
+    ax.set_title("accuracy vs cost")
+    fig.savefig(path)
 
-    base_macs = baseline["macs"]
-    fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=120)
-    scored = trials[trials["proxy_acc"].notna()]
-    if len(scored):
-        ax.scatter(scored["macs"] / 1e6, scored["proxy_acc"] * 100, s=14, alpha=0.3, color="tab:gray",
-                   label="candidates (adaptive-BN proxy, holdout)")
+
+def pareto_subnets(subnets: Sequence[Mapping], cost: str) -> list:
+    """Subnets not beaten on both test accuracy and ``cost`` (those without it left out), cheapest
+    first: on MACs, the front of pareto.json."""
+    return non_dominated([s for s in subnets if as_number(s.get(cost)) is not None],
+                         lambda s: s["test_acc"], lambda s: s[cost])
+
+
+def draw_front(ax: Axes, cost: str, candidates: pd.DataFrame, subnets: Sequence[Mapping],
+               baseline: Mapping | None, limit: tuple[float, str] | None) -> list[Mapping]:
+    """Accuracy vs ``cost`` (a key of ``COSTS``) on ``ax``: candidates' proxy accuracy in grey,
+    fine-tuned subnets' test accuracy, their Pareto front, the baseline star and the budget line
+    (``limit``: ceiling and budget text). Returns the front, cheapest first."""
+    label, scale = COSTS[cost]
+    subnets = [s for s in subnets if as_number(s.get(cost)) is not None]
+    front = pareto_subnets(subnets, cost)
+    if len(candidates):
+        ax.scatter(candidates[cost] * scale, candidates["proxy_acc"] * 100, s=14, alpha=0.3,
+                   color="tab:gray", label="candidates (adaptive-BN proxy, holdout)")
     if subnets:
-        ax.scatter([s.macs / 1e6 for s in subnets], [s.test_acc * 100 for s in subnets], s=40,
-                   color="tab:blue", label="fine-tuned subnets (test)")
-    if front:
-        ax.plot([s.macs / 1e6 for s in front], [s.test_acc * 100 for s in front], "-o", color="tab:red",
-                label="Pareto front (test)")
-    ax.scatter([base_macs / 1e6], [baseline["test_acc"] * 100], marker="*", s=160, color="black",
-               label="baseline (test)")
-    if budget_macs is not None:
-        ax.axvline(budget_macs / 1e6, color="tab:green", linestyle="--", label="budget")
-    ax.set_xlabel("MACs (millions; FLOPs = 2 x MACs)")
+        ax.scatter([s[cost] * scale for s in subnets], [s["test_acc"] * 100 for s in subnets],
+                   s=40, color="tab:blue", label="fine-tuned subnets (test)")
+        ax.plot([s[cost] * scale for s in front], [s["test_acc"] * 100 for s in front], "-o",
+                color="tab:red", label="Pareto front (test)")
+        for i, s in enumerate(front):  # ids below and above by turns: neighbours' do not collide
+            ax.annotate(s["id"], (s[cost] * scale, s["test_acc"] * 100), textcoords="offset points",
+                        xytext=(4, 5 if i % 2 else -11), fontsize=7, color="tab:red")
+    if baseline and as_number(baseline.get(cost)) is not None:
+        ax.scatter([baseline[cost] * scale], [baseline["test_acc"] * 100], marker="*", s=160,
+                   color="black", label="baseline (test)")
+    if limit is not None:
+        predicted = " (bounds predicted latency)" if cost == "latency_ms" else ""
+        ax.axvline(limit[0] * scale, color="tab:green", linestyle="--",
+                   label=f"budget {limit[1]}{predicted}")
+    ax.set_xlabel(label)
     ax.set_ylabel("top-1 accuracy (%)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
-    ax.set_title("accuracy vs cost")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    ax.legend(fontsize=8, loc="best")
+    return front
 
 
 def write_report(

@@ -9,7 +9,9 @@ Layout of ``results/<run>/``::
     pareto.csv/json  non-dominated fine-tuned subnets (test accuracy vs MACs)
     pareto.png       candidates and fine-tuned subnets against MACs, budget line
     report.md        baseline vs subnets, budget, time spent
-    subnets/<id>/    spec.json + weights.pt (a plain state dict; + masks.pt if weight-pruned)
+    report.html      the whole run on one self-contained page (autoprune.html_report)
+    subnets/<id>/    spec.json + weights.pt (a plain state dict; + masks.pt if weight-pruned);
+                     exports (subnet.onnx, .pt2, .pt) with their checks in exports.json
     ray/             Ray runs only: Tune's experiment directory
 """
 
@@ -70,7 +72,7 @@ class RunDir:
         return yaml.safe_load((self.path / "config.yaml").read_text()) or {}
 
     def write_config(self, config: dict) -> None:
-        _atomic_write(self.path / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+        atomic_write(self.path / "config.yaml", yaml.safe_dump(config, sort_keys=False))
 
     def read_status(self) -> dict:
         path = self.path / "run.json"
@@ -79,7 +81,7 @@ class RunDir:
     def write_status(self, **fields: Any) -> None:
         status = self.read_status()
         status.update(fields)
-        _atomic_write(self.path / "run.json", json.dumps(status, indent=2) + "\n")
+        atomic_write(self.path / "run.json", json.dumps(status, indent=2) + "\n")
 
     def write_table(self, name: str, frame: pd.DataFrame) -> None:
         tmp = self.path / f".{name}.tmp"
@@ -97,12 +99,14 @@ class RunDir:
 
 
 TRIAL_COLUMNS = ["number", "state", "macs", "params", "proxy_acc", "seconds", "prune_seconds",
-                 "recalibrate_seconds", "evaluate_seconds", "draws", "predicted_latency_ms", "latency_ms", "error"]
+                 "recalibrate_seconds", "evaluate_seconds", "latency_seconds", "draws", "predicted_latency_ms",
+                 "latency_ms", "error"]
 
 
 def trial_row(t: optuna.trial.FrozenTrial, group_names: list[str]) -> dict:
     """One row of trials.csv: number, state, cost, proxy accuracy, seconds (all, and the scoring
-    split), random draws, latency (measured ones are filled in for fine-tuned trials), one ratio per group."""
+    split), random draws, latency (predicted where the budget has one; measured for every scored
+    candidate), one ratio per group."""
     attrs = t.user_attrs
     state = t.state.name.lower()
     if t.state == optuna.trial.TrialState.COMPLETE and not attrs.get("feasible", True):
@@ -153,7 +157,7 @@ def save_subnet(directory: Path, subnet: nn.Module, spec: dict, *, masks: dict[s
         tmp = directory / f".{name}.tmp"
         torch.save(content, tmp)
         os.replace(tmp, directory / name)
-    _atomic_write(directory / "spec.json", json.dumps({"format": SPEC_FORMAT, **spec}, indent=2) + "\n")
+    atomic_write(directory / "spec.json", json.dumps({"format": SPEC_FORMAT, **spec}, indent=2) + "\n")
 
 
 def load_subnet(path: str | Path, base_model: nn.Module | None = None) -> nn.Module:
@@ -184,7 +188,7 @@ def load_subnet(path: str | Path, base_model: nn.Module | None = None) -> nn.Mod
     return model.eval()
 
 
-def _atomic_write(path: Path, text: str) -> None:
+def atomic_write(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)

@@ -11,7 +11,7 @@ from autoprune.errors import UserError
 from autoprune.pipeline import SearchConfig, check_options, resolve_paths
 
 _SHARED = ("model", "data", "weights", "criterion", "criterion_batches", "space", "calib_batches", "score_images",
-           "tolerance", "finetune_lr", "limit_train", "holdout", "batch_size", "seed", "device")
+           "tolerance", "finetune_lr", "limit_train", "holdout", "batch_size", "seed", "device", "amp")
 _OWN = {
     "fidelity": ("budget", "candidates", "finetune_epochs", "finetune_seeds", "calib_sweep"),
     "efficiency": ("budget", "strategies", "trials", "seeds", "overhead_candidates"),

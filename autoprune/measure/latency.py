@@ -39,12 +39,13 @@ def time_forward(fn: Callable[[], object], device: str, *, warmup: int = 5, repe
 
 
 def measure_latency(
-    model: nn.Module, input_shape: tuple[int, ...], *, device: str = "cpu", batch: int = 1, repeats: int = 30
+    model: nn.Module, input_shape: tuple[int, ...], *, device: str = "cpu", batch: int = 1, warmup: int = 5,
+    repeats: int = 30,
 ) -> float:
     """Median latency in ms of one forward pass of ``model`` (eval mode) at ``batch``."""
     model = model.to(device).to(memory_format=torch.channels_last).eval()
     x = torch.randn(batch, *input_shape, device=device).contiguous(memory_format=torch.channels_last)
-    return time_forward(lambda: model(x), device, repeats=repeats)
+    return time_forward(lambda: model(x), device, warmup=warmup, repeats=repeats)
 
 
 class LatencyTable:

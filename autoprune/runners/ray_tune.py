@@ -119,6 +119,7 @@ class Workbench:
     threads: int
     key: str  # one per run: a worker process keeps the space it built for it
     mask_scope: str | None = None  # weight pruning: the WeightSpace's scope (its magnitude ranking is redone)
+    latency_batch: int | None = None  # each candidate's latency is timed at this batch, on the worker
 
     def build(self) -> tuple[PruningSpace, AdaptiveBNEvaluator]:
         torch.set_num_threads(max(1, self.threads))
@@ -137,7 +138,7 @@ class Shipped:
     ref: object  # ray.ObjectRef of the Workbench
 
 
-_WORKER_STATE: dict[str, tuple[PruningSpace, AdaptiveBNEvaluator]] = {}
+_WORKER_STATE: dict[str, tuple[Workbench, PruningSpace, AdaptiveBNEvaluator]] = {}
 
 
 def ship(workbench: Workbench) -> Shipped:
@@ -146,13 +147,14 @@ def ship(workbench: Workbench) -> Shipped:
     return Shipped(workbench.key, ray.put(workbench))
 
 
-def _worker_state(shipped: Shipped) -> tuple[PruningSpace, AdaptiveBNEvaluator]:
-    """The pruning space and scorer of this run, built once per worker process."""
+def _worker_state(shipped: Shipped) -> tuple[Workbench, PruningSpace, AdaptiveBNEvaluator]:
+    """The workbench of this run, and its pruning space and scorer, built once per worker process."""
     if shipped.key not in _WORKER_STATE:
         import ray
 
         _WORKER_STATE.clear()
-        _WORKER_STATE[shipped.key] = ray.get(shipped.ref).build()
+        workbench = ray.get(shipped.ref)
+        _WORKER_STATE[shipped.key] = (workbench, *workbench.build())
     return _WORKER_STATE[shipped.key]
 
 
@@ -160,15 +162,15 @@ def _score_trial(config: dict, shipped: Shipped) -> None:
     """The Tune trainable: prune and score one candidate, report the score or the error."""
     from ray import tune
 
-    space, evaluator = _worker_state(shipped)
+    workbench, space, evaluator = _worker_state(shipped)
     try:
-        result = score_candidate(space, evaluator, config["ratios"])
+        result = score_candidate(space, evaluator, config["ratios"], latency_batch=workbench.latency_batch)
     except Exception as exc:  # noqa: BLE001  (recorded as a failed trial by the searcher)
         result = {"proxy_acc": 0.0, "error": describe_error(exc)}
     tune.report(result)
 
 
-_SCORED = ("proxy_acc", "prune_seconds", "recalibrate_seconds", "evaluate_seconds")
+_SCORED = ("proxy_acc", "prune_seconds", "recalibrate_seconds", "evaluate_seconds", "latency_ms", "latency_seconds")
 
 
 def make_searcher(study: optuna.Study, strategy: Strategy, space: PruningSpace, budget: Budget, run: RunDir,
@@ -258,7 +260,7 @@ def run_trials(settings: RaySettings, study: optuna.Study, strategy: Strategy, s
 def _finetune_job(shipped: Shipped, data, config, ratios: dict[str, float], seed: int):
     from autoprune.pipeline import finetune_candidate
 
-    space, evaluator = _worker_state(shipped)
+    _, space, evaluator = _worker_state(shipped)
     return finetune_candidate(space, evaluator, config, data, ratios, seed=seed)
 
 

@@ -13,6 +13,7 @@ import csv
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -146,7 +147,7 @@ def write_sensitivity(run_dir: Path, results: list[GroupSensitivity], tolerance:
         for r in results:
             curve = ";".join(f"{ratio:g}:{value:.6f}" for ratio, value in r.curve)
             writer.writerow([r.group, r.channels, f"{r.macs_saved_at_max:.6f}", r.max_safe_ratio, curve])
-    _plot(run_dir / "sensitivity.png", results, tolerance, damage)
+    plot_sensitivity(run_dir / "sensitivity.png", results, tolerance, damage)
 
 
 def read_sensitivity(where: Path) -> list[GroupSensitivity] | None:
@@ -163,7 +164,7 @@ def read_sensitivity(where: Path) -> list[GroupSensitivity] | None:
     return results
 
 
-def _plot(path: Path, results: list[GroupSensitivity], tolerance: float, damage: str) -> None:
+def plot_sensitivity(path: Path | BinaryIO, results: list[GroupSensitivity], tolerance: float, damage: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")

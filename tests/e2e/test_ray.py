@@ -114,9 +114,9 @@ def test_a_worker_rebuilds_the_drivers_space_from_its_rankings_once_per_run(monk
     threads = torch.get_num_threads()
     try:
         shipped = Shipped("a", pickle.dumps(bench))
-        worker, _ = _worker_state(shipped)  # no batches reach the worker
-        assert _worker_state(shipped)[0] is worker and len(reads) == 1  # later trials read nothing
-        assert _worker_state(Shipped("b", pickle.dumps(bench)))[0] is not worker and len(reads) == 2  # a new run
+        _, worker, _ = _worker_state(shipped)  # no batches reach the worker
+        assert _worker_state(shipped)[1] is worker and len(reads) == 1  # later trials read nothing
+        assert _worker_state(Shipped("b", pickle.dumps(bench)))[1] is not worker and len(reads) == 2  # a new run
     finally:
         torch.set_num_threads(threads)  # build() sets a worker's threads
     assert worker.orders == driver.orders

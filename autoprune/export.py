@@ -1,0 +1,172 @@
+"""Deployable subnets: ONNX, a torch.export program or a plain state dict, each checked and timed.
+
+Every export is checked where it will run: the ONNX file in onnxruntime, the ``.pt2`` program
+through ``torch.export.load``, the state dict loaded back into the pruned architecture. Each must
+give the PyTorch subnet's outputs within a tolerance, and its latency is measured next to the
+PyTorch subnet's, at the same batch, threads and device (the CPU). The record goes to
+``subnets/<id>/exports.json``, one entry per format.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import json
+import logging
+import os
+import warnings
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from autoprune.errors import UserError
+from autoprune.measure.latency import measure_latency, time_forward
+from autoprune.results import load_subnet
+
+FORMATS = {"onnx": "subnet.onnx", "torch-export": "subnet.pt2", "state-dict": "subnet.pt"}
+CHECK_BATCH = 8  # outputs are compared on this many random inputs; exports keep the batch dimension dynamic
+ATOL, RTOL = 1e-4, 1e-4  # |exported - pytorch| <= ATOL + RTOL * max|pytorch|: float32 reassociation, no more
+
+
+@dataclass
+class ExportCheck:
+    format: str
+    path: str
+    bytes: int
+    runtime: str  # where the export was run for the check
+    max_abs_diff: float  # against the PyTorch subnet, on CHECK_BATCH random inputs
+    tolerance: float
+    batch: int  # latency batch
+    threads: int
+    latency_ms: float  # the exported model, in its runtime
+    pytorch_latency_ms: float  # the PyTorch subnet, same batch and threads
+
+    @property
+    def ok(self) -> bool:
+        return self.max_abs_diff <= self.tolerance
+
+
+def check_formats(formats: list[str]) -> None:
+    """Fail early on an unknown format, or on ONNX without the ``deploy`` extra installed."""
+    for name in formats:
+        if name not in FORMATS:
+            raise UserError(f"unknown export format {name!r}: expected {', '.join(FORMATS)}")
+    if "onnx" in formats:
+        for module in ("onnx", "onnxscript", "onnxruntime"):
+            try:
+                __import__(module)
+            except ImportError:
+                raise UserError(f"ONNX export needs {module}: pip install 'autoprune[deploy]'") from None
+
+
+def export_subnet(run_dir: str | Path, subnet_id: str, fmt: str, out: str | Path | None = None, *,
+                  batch: int | None = None, base_model: nn.Module | None = None) -> ExportCheck:
+    """Export ``subnets/<subnet_id>`` of a run as ``fmt``, check it and time it; record the check in
+    the subnet's exports.json. ``out`` defaults to ``subnets/<id>/subnet.<ext>``; ``batch`` to the
+    run's latency batch. ``base_model`` is needed only for a run searched from a Python model object."""
+    check_formats([fmt])
+    directory = Path(run_dir) / "subnets" / subnet_id
+    if not (directory / "spec.json").is_file():
+        found = sorted(p.parent.name for p in (Path(run_dir) / "subnets").glob("*/spec.json"))
+        raise UserError(f"{directory} holds no subnet; this run has: {', '.join(found) or 'none'}")
+    spec = json.loads((directory / "spec.json").read_text())
+    if spec.get("model") is None and base_model is None:
+        raise UserError("this subnet was searched from a Python model object: export it from Python with "
+                        "autoprune.export.export_subnet(run_dir, subnet_id, fmt, base_model=model)")
+    model = load_subnet(directory, base_model)
+    check = export_model(model, tuple(spec["input_shape"]), fmt, Path(out) if out else directory / FORMATS[fmt],
+                         batch=batch or spec.get("latency_batch", 1))
+    record_path = directory / "exports.json"
+    records = json.loads(record_path.read_text()) if record_path.is_file() else {}
+    records[fmt] = asdict(check)
+    tmp = record_path.with_name(".exports.json.tmp")
+    tmp.write_text(json.dumps(records, indent=2) + "\n")
+    os.replace(tmp, record_path)
+    return check
+
+
+def export_model(model: nn.Module, input_shape: tuple[int, ...], fmt: str, path: Path, *,
+                 batch: int = 1) -> ExportCheck:
+    """Write ``model`` (eval mode, CPU) to ``path`` as ``fmt`` with a dynamic batch dimension; load it
+    back in its runtime, compare outputs and time both."""
+    model = model.cpu().eval()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    generator = torch.Generator().manual_seed(0)
+    x_check = torch.randn(CHECK_BATCH, *input_shape, generator=generator)
+    x_time = torch.randn(batch, *input_shape, generator=generator)
+    with torch.no_grad():
+        expected = model(x_check)
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")  # torch.export.load wants the .pt2 suffix
+    if fmt == "onnx":
+        runtime, run = _onnx(model, x_check, tmp)
+    elif fmt == "torch-export":
+        runtime, run = _torch_export(model, x_check, tmp)
+    else:
+        runtime, run = _state_dict(model, tmp)
+    os.replace(tmp, path)
+    with torch.no_grad():
+        diff = float((run(x_check) - expected).abs().max())
+    threads = torch.get_num_threads()
+    return ExportCheck(
+        format=fmt, path=str(path), bytes=path.stat().st_size, runtime=runtime, max_abs_diff=diff,
+        tolerance=ATOL + RTOL * float(expected.abs().max()), batch=batch, threads=threads,
+        latency_ms=time_forward(lambda: run(x_time), "cpu"),
+        pytorch_latency_ms=measure_latency(model, input_shape, batch=batch),
+    )
+
+
+def _dynamic_batch() -> tuple[dict[int, torch.export.Dim]]:
+    return ({0: torch.export.Dim("batch", min=1)},)
+
+
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """Silence what the exporters print of themselves: their passes (stdout), PyTorch's own
+    deprecations (FutureWarning) and the torchvision operators they skip when it is absent (logs)."""
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def _onnx(model: nn.Module, x: torch.Tensor, tmp: Path):
+    import onnxruntime as ort
+
+    with _quiet_exporter():
+        torch.onnx.export(model, (x,), tmp, dynamo=True, dynamic_shapes=_dynamic_batch(), input_names=["input"],
+                          output_names=["logits"], external_data=False)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()  # the threads PyTorch is timed with
+    session = ort.InferenceSession(str(tmp), options, providers=["CPUExecutionProvider"])
+
+    def run(inp: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(session.run(None, {"input": inp.numpy()})[0])
+
+    return f"onnxruntime {ort.__version__} (CPU)", run
+
+
+def _torch_export(model: nn.Module, x: torch.Tensor, tmp: Path):
+    with _quiet_exporter():
+        program = torch.export.export(model, (x,), dynamic_shapes=_dynamic_batch())
+    torch.export.save(program, tmp)
+    loaded = torch.export.load(tmp).module()
+    return f"torch.export.load (torch {torch.__version__})", loaded
+
+
+def _state_dict(model: nn.Module, tmp: Path):
+    torch.save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, tmp)
+    loaded = copy.deepcopy(model)  # the pruned architecture, every tensor zeroed, then what was written
+    with torch.no_grad():
+        for tensor in loaded.state_dict().values():
+            tensor.zero_()
+    loaded.load_state_dict(torch.load(tmp, map_location="cpu", weights_only=True))
+    return f"torch.load into the pruned architecture (torch {torch.__version__})", loaded.eval()

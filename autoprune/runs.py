@@ -1,0 +1,130 @@
+"""Past runs, read back from their directories: ``autoprune runs`` lists them, ``autoprune show`` prints one."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import yaml
+from rich import box
+from rich.table import Table
+
+from autoprune.errors import UserError
+from autoprune.progress import console
+from autoprune.report import pareto_front
+from autoprune.results import SubnetRecord
+from autoprune.retrain import describe_retrain
+
+
+def record_from_spec(directory: Path) -> SubnetRecord:
+    spec = json.loads((directory / "spec.json").read_text())
+    return SubnetRecord(
+        id=spec["id"], trial=spec["trial"], macs=spec["macs"], params=spec["params"], proxy_acc=spec["proxy_acc"],
+        test_acc=spec["test_acc"], holdout_acc=spec["holdout_acc"], finetune_seconds=spec["finetune_seconds"],
+        latency_ms=spec.get("latency_ms", float("nan")), predicted_latency_ms=spec.get("predicted_latency_ms"),
+        ratios=spec["ratios"], path=str(directory), retrain=describe_retrain(spec.get("retrain")),
+    )
+
+
+def subnets_table(baseline: dict, subnets: list[SubnetRecord], title: str = "fine-tuned subnets") -> Table:
+    """The baseline and the fine-tuned subnets, best test accuracy first, the Pareto ones marked."""
+    table = Table(title=title)
+    for col in ("subnet", "MACs (M)", "MACs %", "params (M)", "latency (ms)", "proxy acc", "test acc", "Pareto"):
+        table.add_column(col, justify="right")
+    table.add_row("baseline", f"{baseline['macs'] / 1e6:.2f}", "100.0", f"{baseline['params'] / 1e6:.3f}",
+                  f"{baseline['latency_ms']:.2f}", f"{baseline['proxy_acc']:.2%}", f"{baseline['test_acc']:.2%}", "")
+    front_ids = {s.id for s in pareto_front(subnets)}
+    for s in sorted(subnets, key=lambda r: -r.test_acc):
+        table.add_row(s.id, f"{s.macs / 1e6:.2f}", f"{100 * s.macs / baseline['macs']:.1f}", f"{s.params / 1e6:.3f}",
+                      f"{s.latency_ms:.2f}", f"{s.proxy_acc:.2%}", f"{s.test_acc:.2%}",
+                      "yes" if s.id in front_ids else "")
+    return table
+
+
+def is_run(path: Path) -> bool:
+    return (path / "config.yaml").is_file()
+
+
+def read_subnets(run_dir: Path) -> list[SubnetRecord]:
+    return [record_from_spec(p.parent) for p in sorted(run_dir.glob("subnets/*/spec.json"))]
+
+
+def summarize(run_dir: Path) -> dict:
+    """One line of ``autoprune runs``: what was searched, how far it got, the best subnet."""
+    config = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+    status_file = run_dir / "run.json"
+    status = json.loads(status_file.read_text()) if status_file.is_file() else {}
+    trials_file = run_dir / "trials.csv"
+    done = 0
+    if trials_file.is_file() and trials_file.stat().st_size:
+        states = pd.read_csv(trials_file, usecols=["state"])["state"]
+        done = int(states.isin(["complete", "infeasible", "fail"]).sum())
+    subnets = read_subnets(run_dir)
+    best = max(subnets, key=lambda s: s.test_acc) if subnets else None
+    base_macs = _baseline(run_dir).get("macs")
+    state = status.get("status", "unknown")
+    return {
+        "run": str(run_dir), "started": status.get("started", "").replace("T", " ")[:16],
+        # a run killed mid-way still says running: resume it with --resume
+        "status": "running or stopped" if state == "running" else state,
+        "model": config.get("model"), "data": config.get("data"), "budget": config.get("budget"),
+        "strategy": config.get("strategy"), "trials": f"{done}/{config.get('trials', '?')}",
+        "subnets": len(subnets), "best acc": f"{best.test_acc:.2%}" if best else "",
+        "its MACs": f"{best.macs / base_macs:.1%}" if best and base_macs else "",
+    }
+
+
+def list_runs(root: Path) -> list[dict]:
+    """Every run directly under ``root`` (or ``root`` itself, if it is one), oldest first."""
+    if not root.is_dir():
+        raise UserError(f"{root} is not a directory")
+    runs = [root] if is_run(root) else [p for p in root.iterdir() if p.is_dir() and is_run(p)]
+    return sorted((summarize(p) for p in runs), key=lambda r: (r["started"], r["run"]))
+
+
+def print_runs(root: Path) -> int:
+    rows = list_runs(root)
+    if not rows:
+        console.print(f"no runs under {root} (a run directory holds config.yaml)")
+        return 0
+    table = Table(title=f"runs under {root}, oldest first", box=box.SIMPLE_HEAD, pad_edge=False)
+    columns = [c for c in rows[0] if c != "started"]  # a run directory's default name is its start time
+    for col in columns:
+        table.add_column(col, no_wrap=col == "run",
+                         justify="right" if col in ("trials", "subnets", "best acc", "its MACs") else "left")
+    for row in rows:
+        name = Path(row["run"])
+        row["run"] = str(name.relative_to(root)) if name != root else str(name)
+        table.add_row(*(str(row[c]) for c in columns))
+    console.print(table)
+    return 0
+
+
+def show_run(run_dir: Path) -> int:
+    """A run's settings, its baseline and fine-tuned subnets (the Pareto ones marked) and its exports."""
+    if not is_run(run_dir):
+        raise UserError(f"{run_dir} holds no run (no config.yaml)")
+    info = summarize(run_dir)
+    console.print(f"[bold]{run_dir}[/]: {info['model']} on {info['data']}, budget {info['budget']}, "
+                  f"strategy {info['strategy']}, trials {info['trials']}, {info['status']}")
+    baseline = _baseline(run_dir)
+    subnets = read_subnets(run_dir)
+    if not baseline:
+        console.print("no pareto.json yet: the run has not finished its fine-tuning")
+    elif not subnets:
+        console.print("no fine-tuned subnets")
+    else:
+        console.print(subnets_table(baseline, subnets))
+    for s in subnets:
+        exports = Path(s.path) / "exports.json"
+        for fmt, check in (json.loads(exports.read_text()) if exports.is_file() else {}).items():
+            console.print(f"{s.id} {fmt}: {check['path']} ({check['runtime']}), max |diff| {check['max_abs_diff']:.1e}, "
+                          f"{check['latency_ms']:.2f} ms vs PyTorch {check['pytorch_latency_ms']:.2f} ms "
+                          f"at batch {check['batch']}")
+    return 0
+
+
+def _baseline(run_dir: Path) -> dict:
+    path = run_dir / "pareto.json"
+    return json.loads(path.read_text())["baseline"] if path.is_file() else {}
