@@ -255,6 +255,10 @@ def _add_bench(sub, d, criteria: dict[str, str], fmt) -> None:
     g.add_argument("--budgets", type=_words, default="50%params,30%params,20%params",
                    help="comma-separated parameter (or MAC) budgets of the filter-pruned subnets")
     g.add_argument("--latency-batches", type=_ints, default="1,64", help="batch sizes latency is measured at")
+    y = parsers["deploy"]
+    y.add_argument("--budgets", type=_words, default="50%flops,30%flops", help="comma-separated MAC or param budgets")
+    y.add_argument("--latency-batches", type=_ints, default="1,64", help="batch sizes latency is measured at")
+    y.add_argument("--round-to", type=int, default=8, help="the rounded arm keeps a multiple of this many channels")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,4 +13,6 @@ STUDIES = {
     "criteria": "every importance criterion at the same uniform and searched ratios: proxy, fine-tuned, ranking time",
     "retrain": "fine-tune vs lottery rewind (init, epoch K) vs Scratch-E vs Scratch-B on one pruned architecture",
     "granularity": "weight vs filter pruning at equal parameters: measured latency and proxy accuracy",
+    "deploy": "subnets exported to ONNX and torch.export, timed in onnxruntime, torch.export and PyTorch; widths "
+    "rounded to a multiple of 8 or not",
 }

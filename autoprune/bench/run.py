@@ -20,6 +20,7 @@ _OWN = {
     "granularity": ("budgets", "latency_batches"),
     "retrain": ("budget", "base_epochs", "base_lr", "rewind_epoch", "finetune_epochs", "finetune_seeds"),
     "criteria": ("budget", "criteria", "trials", "finetune_epochs", "finetune_seeds"),
+    "deploy": ("budgets", "latency_batches", "round_to"),
 }
 
 

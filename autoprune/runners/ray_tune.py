@@ -13,7 +13,8 @@ that raises is recorded as failed with its error; a killed driver leaves ``study
 completed trial, and ``--resume`` goes on from there.
 
 Fine-tuning of the chosen subnets runs as parallel Ray tasks with the same resources as a trial;
-their latency is measured back in the driver, on the run's device, like a local run's.
+their latency is measured back in the driver, on the run's device, like a local run's. (Each
+candidate's own short latency measurement is taken on its worker, beside the trials running there.)
 """
 
 from __future__ import annotations

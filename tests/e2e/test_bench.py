@@ -157,3 +157,19 @@ def test_retrain(bench_args, tmp_path, one_thread):
         weights.unlink()
     assert main(args + ["--resume"]) == 0
     assert (out / "baseline" / "model.pt").is_file() and (out / "baseline" / "model.epoch1.pt").is_file()
+
+
+def test_deploy(bench_args, tmp_path, one_thread):
+    out = tmp_path / "deploy"
+    assert main(bench_args("deploy", out, "--budgets", "50%flops", "--latency-batches", "1,4", "--round-to", "4")) == 0
+    frame = pd.read_csv(out / "deploy.csv").set_index("model")
+    assert list(frame.index) == ["unpruned", "50%flops round_to 1", "50%flops round_to 4"]
+    rounded = frame.loc["50%flops round_to 4"]
+    assert all(int(w) % 4 == 0 for w in rounded["conv_widths"].split())
+    assert (frame.loc[["50%flops round_to 1", "50%flops round_to 4"], "macs_pct"] <= 50).all()
+    for runtime in ("pytorch", "torch-export", "onnxruntime"):
+        assert (frame[[f"{runtime}_b1_ms", f"{runtime}_b4_ms"]] > 0).all().all()
+        assert frame.loc["unpruned", f"{runtime}_b4_speedup"] == 1.0
+    assert (frame["max_abs_diff"] < 1e-3).all() and frame["proxy_acc"].between(0, 1).all()
+    assert "onnxruntime b4 ms" in (out / "summary.md").read_text() and (out / "deploy.png").stat().st_size > 0
+    assert not list(out.glob("**/*.onnx"))  # the exports stay out of the results

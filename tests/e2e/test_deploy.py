@@ -72,7 +72,7 @@ def test_export_command_writes_a_state_dict_that_loads_into_the_pruned_architect
     assert state.keys() == model.state_dict().keys()
     assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
     check = json.loads((run / "subnets" / subnet_id / "exports.json").read_text())["state-dict"]
-    assert check["path"] == str(out) and check["batch"] == 4 and check["max_abs_diff"] == 0.0
+    assert check["path"] == str(out) and check["batch"] == 4 and check["max_abs_diff"] <= check["tolerance"]
 
 
 def test_export_command_errors(run, tmp_path, capsys):
