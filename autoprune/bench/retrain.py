@@ -95,6 +95,8 @@ def _ticket(config: SearchConfig, bench: BenchDir, epochs: float, lr: float, rew
                 "--device", config.device, "--save-init", "--save-init-epoch", str(rewind_epoch), "--out", str(path)]
         if config.limit_train is not None:
             args += ["--limit-train", str(config.limit_train)]
+        if config.amp:
+            args.append("--amp")
         if quiet:
             args.append("--quiet")
         bench.log(f"training the baseline: autoprune {' '.join(args)}")
