@@ -1,4 +1,5 @@
 import copy
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -7,6 +8,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+import autoprune
 from autoprune.errors import UserError
 from autoprune.models import create_model
 from autoprune.pruning.config import SpaceConfig, load_space_config
@@ -314,6 +316,16 @@ def test_shipped_resnet_space():
     assert config.skip == []
     assert config.bounds_for("conv1") == (0.0, 0.5)
     assert config.bounds_for("layer1.0.conv1") == (0.0, 0.7)
+
+
+def test_shipped_rounded_resnet_space_keeps_multiples_of_8():
+    path = Path(autoprune.__file__).parent / "search_spaces" / "resnet-round8.yaml"
+    config, plain = load_space_config(path, None), load_space_config(None, "resnet")
+    assert config.round_to == 8 and config.to_dict() == {**plain.to_dict(), "round_to": 8, "source": config.source}
+    model = create_model("resnet20", in_channels=1, num_classes=10).eval()
+    space = PruningSpace(model, torch.randn(1, 1, 28, 28), config)
+    for ratio in (0.1, 0.33, 0.5):
+        assert all(k % 8 == 0 for k in space.kept_channels(space.uniform_ratios(ratio)).values())
 
 
 @pytest.mark.parametrize("family", [None, "transformer"])
