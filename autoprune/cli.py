@@ -134,7 +134,8 @@ def _parser() -> argparse.ArgumentParser:
                        "against PyTorch and time both", formatter_class=fmt)
     e.add_argument("run_dir")
     e.add_argument("--subnet", required=True, metavar="ID", help="a subnet of the run (`autoprune show RUN_DIR`)")
-    e.add_argument("--format", default="onnx", choices=list(EXPORT_FORMATS))
+    e.add_argument("--format", default="onnx", choices=list(EXPORT_FORMATS),
+                   help="onnx (checked in onnxruntime), torch-export (a .pt2 program) or state-dict (tensors only)")
     e.add_argument("--out", default=None, metavar="FILE",
                    help="where to write it; not given: RUN_DIR/subnets/ID/" + "|".join(EXPORT_FORMATS.values()))
     e.add_argument("--batch", type=int, default=None,
