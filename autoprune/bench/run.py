@@ -36,7 +36,9 @@ def run_bench(study: str, config: SearchConfig, *, out: str | None = None, resum
             raise UserError(f"--{key.replace('_', '-')} must not be negative")
     module = importlib.import_module(f"autoprune.bench.{study}")
     module.check(**options)  # before anything is written
-    settings = {**{k: getattr(config, k) for k in _SHARED}, **options}  # what --resume must find unchanged
+    # what --resume must find unchanged; --amp only where it is on, so studies recorded before it existed resume
+    shared = {k: getattr(config, k) for k in _SHARED if k != "amp" or config.amp}
+    settings = {**shared, **options}
     bench = BenchDir(out or Path("results") / "bench" / study, study, settings, resume=resume,
                      command=command or f"python: autoprune.bench.run.run_bench({study!r}, ...)")
     module.run(config, bench, quiet=quiet, **options)

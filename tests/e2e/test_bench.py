@@ -117,6 +117,8 @@ def test_granularity(bench_args, tmp_path, one_thread):
         assert weight["dense_macs_pct"] == 100 and filt["dense_macs_pct"] == filt["macs_pct"] < 100
     assert frame["proxy_acc"].between(0, 1).all()
     assert (out / "granularity.png").stat().st_size > 0 and "Weight vs filter" in (out / "summary.md").read_text()
+    # --amp off is not recorded, so that studies recorded before the option existed resume
+    assert "amp" not in json.loads((out / "bench.json").read_text())["settings"]
 
 
 def test_bench_errors(bench_args, tmp_path, capsys):
