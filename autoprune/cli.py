@@ -353,12 +353,12 @@ def _cmd_train(args: argparse.Namespace, command: str) -> int:
 def _cmd_run_tools(args: argparse.Namespace) -> int:
     """The commands that read a finished (or running) run directory."""
     from autoprune import runs
+    from autoprune.progress import console
+    from autoprune.results import RunDir
 
     if args.command == "runs":
         return runs.print_runs(Path(args.results))
-    run_dir = Path(args.run_dir)
-    if not runs.is_run(run_dir):
-        raise UserError(f"{run_dir} holds no run (no config.yaml)")
+    run_dir = RunDir.existing(args.run_dir).path
     if args.command == "show":
         return runs.show_run(run_dir)
     if args.command == "report":
@@ -368,13 +368,7 @@ def _cmd_run_tools(args: argparse.Namespace) -> int:
     if args.batch is not None and args.batch < 1:
         raise UserError("--batch must be at least 1")
     check = export_subnet(run_dir, args.subnet, args.format, args.out, batch=args.batch)
-    runs.console.print(
-        f"{args.format}: {check.path} ({check.bytes / 1e6:.2f} MB)\n"
-        f"  checked in {check.runtime}: max |diff| {check.max_abs_diff:.2e} against PyTorch "
-        f"(tolerance {check.tolerance:.1e}): {'OK' if check.ok else 'DIFFERS'}\n"
-        f"  latency at batch {check.batch}, {check.threads} threads: {check.latency_ms:.3f} ms exported, "
-        f"{check.pytorch_latency_ms:.3f} ms PyTorch"
-    )
+    console.print(check.describe(), markup=False)
     return 0 if check.ok else 1
 
 

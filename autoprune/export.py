@@ -24,8 +24,8 @@ import torch
 from torch import nn
 
 from autoprune.errors import UserError
-from autoprune.measure.latency import measure_latency, time_forward
-from autoprune.results import load_subnet
+from autoprune.measure.latency import time_forward
+from autoprune.results import RunDir, atomic_write, load_subnet
 
 FORMATS = {"onnx": "subnet.onnx", "torch-export": "subnet.pt2", "state-dict": "subnet.pt"}
 CHECK_BATCH = 8  # outputs are compared on this many random inputs; exports keep the batch dimension dynamic
@@ -49,6 +49,14 @@ class ExportCheck:
     def ok(self) -> bool:
         return self.max_abs_diff <= self.tolerance
 
+    def describe(self) -> str:
+        """What the check found, in two lines: for the export command, the search's --export and ``show``."""
+        verdict = "matches PyTorch" if self.ok else "DIFFERS from PyTorch"
+        return (f"{self.format}: {self.path} ({self.bytes / 1e6:.2f} MB), run in {self.runtime}: {verdict} "
+                f"(max |diff| {self.max_abs_diff:.1e}, tolerance {self.tolerance:.1e})\n"
+                f"  latency at batch {self.batch} with {self.threads} threads: {self.latency_ms:.3f} ms exported, "
+                f"{self.pytorch_latency_ms:.3f} ms in PyTorch")
+
 
 def check_formats(formats: list[str]) -> None:
     """Fail early on an unknown format, or on ONNX without the ``deploy`` extra installed."""
@@ -69,9 +77,10 @@ def export_subnet(run_dir: str | Path, subnet_id: str, fmt: str, out: str | Path
     the subnet's exports.json. ``out`` defaults to ``subnets/<id>/subnet.<ext>``; ``batch`` to the
     run's latency batch. ``base_model`` is needed only for a run searched from a Python model object."""
     check_formats([fmt])
-    directory = Path(run_dir) / "subnets" / subnet_id
+    run = RunDir.existing(run_dir)
+    directory = run.subnet_dir(subnet_id)
     if not (directory / "spec.json").is_file():
-        found = sorted(p.parent.name for p in (Path(run_dir) / "subnets").glob("*/spec.json"))
+        found = sorted(p.parent.name for p in run.path.glob("subnets/*/spec.json"))
         raise UserError(f"{directory} holds no subnet; this run has: {', '.join(found) or 'none'}")
     spec = json.loads((directory / "spec.json").read_text())
     if spec.get("model") is None and base_model is None:
@@ -80,12 +89,8 @@ def export_subnet(run_dir: str | Path, subnet_id: str, fmt: str, out: str | Path
     model = load_subnet(directory, base_model)
     check = export_model(model, tuple(spec["input_shape"]), fmt, Path(out) if out else directory / FORMATS[fmt],
                          batch=batch or spec.get("latency_batch", 1))
-    record_path = directory / "exports.json"
-    records = json.loads(record_path.read_text()) if record_path.is_file() else {}
-    records[fmt] = asdict(check)
-    tmp = record_path.with_name(".exports.json.tmp")
-    tmp.write_text(json.dumps(records, indent=2) + "\n")
-    os.replace(tmp, record_path)
+    atomic_write(directory / "exports.json", json.dumps({**run.read_exports(subnet_id), fmt: asdict(check)}, indent=2)
+                 + "\n")
     return check
 
 
@@ -100,8 +105,8 @@ def export_model(model: nn.Module, input_shape: tuple[int, ...], fmt: str, path:
     return ExportCheck(
         format=fmt, path=str(path), bytes=path.stat().st_size, runtime=runtime, max_abs_diff=diff,
         tolerance=tolerance, batch=batch, threads=torch.get_num_threads(),
-        latency_ms=time_export(run, fmt, input_shape, batch),
-        pytorch_latency_ms=measure_latency(model, input_shape, batch=batch),
+        latency_ms=time_export(run, input_shape, batch, channels_last=fmt != "onnx"),
+        pytorch_latency_ms=time_export(model, input_shape, batch, channels_last=True),
     )
 
 
@@ -136,13 +141,14 @@ def write_export(model: nn.Module, fmt: str, path: Path, example: torch.Tensor) 
     return loaded
 
 
-def time_export(run: Runner, fmt: str, input_shape: tuple[int, ...], batch: int) -> float:
-    """Median ms of the export's forward pass at ``batch``. The PyTorch runtimes get their input in
-    channels_last, as ``measure_latency`` times the subnet (their modules are loaded in it):
-    oneDNN's fast layout, 1.7x faster than NCHW for a pruned ResNet-20 at batch 64."""
+def time_export(run: Runner, input_shape: tuple[int, ...], batch: int, *, channels_last: bool) -> float:
+    """Median ms of a forward pass at ``batch`` on the CPU. ``channels_last`` (an ``nn.Module`` only):
+    a copy of the module and its input in oneDNN's fast layout, as ``measure_latency`` times a model;
+    PyTorch's runtimes are timed so (``bench deploy`` times a torch.export program both ways)."""
     x = torch.randn(batch, *input_shape)
-    if fmt != "onnx" and x.dim() == 4:
+    if channels_last and x.dim() == 4:
         x = x.contiguous(memory_format=torch.channels_last)
+        run = copy.deepcopy(run).to(memory_format=torch.channels_last)
     return time_forward(lambda: run(x), "cpu")
 
 
@@ -185,7 +191,8 @@ def _torch_export(model: nn.Module, x: torch.Tensor, tmp: Path):
     with _quiet_exporter():
         program = torch.export.export(model, (x,), dynamic_shapes=_dynamic_batch())
     torch.export.save(program, tmp)
-    loaded = torch.export.load(tmp).module().to(memory_format=torch.channels_last)
+    with _quiet_exporter():
+        loaded = torch.export.load(tmp).module()
     return f"torch.export.load (torch {torch.__version__})", loaded
 
 
@@ -196,5 +203,4 @@ def _state_dict(model: nn.Module, tmp: Path):
         for tensor in loaded.state_dict().values():
             tensor.zero_()
     loaded.load_state_dict(torch.load(tmp, map_location="cpu", weights_only=True))
-    loaded = loaded.to(memory_format=torch.channels_last).eval()
-    return f"torch.load into the pruned architecture (torch {torch.__version__})", loaded
+    return f"torch.load into the pruned architecture (torch {torch.__version__})", loaded.eval()

@@ -21,9 +21,10 @@ import pandas as pd
 
 from autoprune.budget import parse_budget
 from autoprune.errors import UserError
+from autoprune.export import ExportCheck
 from autoprune.pruning.space import Cost
 from autoprune.report import as_number, draw_front, pareto_subnets
-from autoprune.results import TRIAL_COLUMNS, RunDir, atomic_write
+from autoprune.results import RunDir, atomic_write
 from autoprune.retrain import describe_retrain
 from autoprune.search.sensitivity import GroupSensitivity, plot_sensitivity, read_sensitivity
 
@@ -39,7 +40,7 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
 
 @dataclass
 class _Run:
-    path: Path
+    dir: RunDir
     config: dict
     status: dict
     trials: pd.DataFrame  # empty (with the known columns) before the first trial
@@ -49,20 +50,17 @@ class _Run:
 
     @staticmethod
     def read(path: Path) -> _Run:
-        run = RunDir(path)
-        if not (path / "config.yaml").is_file():
-            raise UserError(f"{path} holds no autoprune run (no config.yaml)")
-        csv = path / "trials.csv"
-        trials = pd.read_csv(csv) if csv.is_file() and csv.stat().st_size else pd.DataFrame()
-        trials = trials.reindex(columns=list(dict.fromkeys([*TRIAL_COLUMNS, *trials.columns])))
-        pareto = path / "pareto.json"
-        baseline = json.loads(pareto.read_text())["baseline"] if pareto.is_file() else None
+        run = RunDir.existing(path)
         subnets = [json.loads(p.read_text()) for p in sorted(path.glob("subnets/*/spec.json"))]
         from autoprune.pipeline import SearchConfig  # here: the pipeline imports this module
 
         config = {**asdict(SearchConfig()), **run.read_config()}  # older runs lack newer options
-        return _Run(path, config, run.read_status(), trials.sort_values("number"), baseline,
-                    subnets, read_sensitivity(path))
+        return _Run(run, config, run.read_status(), run.read_trials(), run.read_baseline(), subnets,
+                    read_sensitivity(path))
+
+    @property
+    def path(self) -> Path:
+        return self.dir.path
 
     @property
     def base(self) -> Cost | None:
@@ -313,11 +311,10 @@ def _exports(run: _Run) -> str:
     """The exports made so far (subnets/<id>/exports.json): their check and latency next to PyTorch's."""
     rows = []
     for s in run.subnets:
-        path = run.path / "subnets" / s["id"] / "exports.json"
-        for fmt, c in (json.loads(path.read_text()) if path.is_file() else {}).items():
-            rows.append([s["id"], fmt, Path(c["path"]).name, c["runtime"], f"{c['max_abs_diff']:.1e}",
-                         "yes" if c["max_abs_diff"] <= c["tolerance"] else "NO", str(c["batch"]),
-                         f"{c['latency_ms']:.3f}", f"{c['pytorch_latency_ms']:.3f}"])
+        for c in (ExportCheck(**fields) for fields in run.dir.read_exports(s["id"]).values()):
+            rows.append([s["id"], c.format, Path(c.path).name, c.runtime, f"{c.max_abs_diff:.1e}",
+                         "yes" if c.ok else "NO", str(c.batch), f"{c.latency_ms:.3f}",
+                         f"{c.pytorch_latency_ms:.3f}"])
     if not rows:
         return ""
     head = ("subnet", "format", "file", "checked in", "max |diff|", "matches", "batch",

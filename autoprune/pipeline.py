@@ -191,10 +191,7 @@ def _export_phase(config: SearchConfig, run: RunDir, front: list[SubnetRecord], 
             except Exception as exc:  # noqa: BLE001  (a custom model an exporter cannot trace: say so, go on)
                 console.print(f"[bold red]export of {s.id} as {fmt} failed:[/] {describe_error(exc).strip()}")
                 continue
-            verdict = "matches" if check.ok else "[bold red]DIFFERS from[/]"
-            console.print(f"exported {s.id} as {fmt}: {check.path}; {verdict} PyTorch (max |diff| "
-                          f"{check.max_abs_diff:.1e}); {check.latency_ms:.2f} ms vs {check.pytorch_latency_ms:.2f} ms "
-                          f"in PyTorch at batch {check.batch}")
+            console.print(f"exported {s.id} as {check.describe()}", markup=False, style=None if check.ok else "bold red")
 
 
 @contextmanager

@@ -50,7 +50,7 @@ class RunDir:
             stamp = time.strftime("%Y%m%d-%H%M%S")
             path = Path("results") / stamp
         run = RunDir(Path(path).expanduser())
-        holds_run = (run.path / "config.yaml").exists() or (run.path / "study.db").exists()
+        holds_run = run.is_run or (run.path / "study.db").exists()
         if resume and not holds_run:
             raise UserError(f"--resume: {run.path} holds no run to continue")
         if not resume and holds_run:
@@ -61,6 +61,19 @@ class RunDir:
 
     def create(self) -> None:
         (self.path / "subnets").mkdir(parents=True, exist_ok=True)
+
+    @property
+    def is_run(self) -> bool:
+        """A search wrote its settings here (the first thing it writes)."""
+        return (self.path / "config.yaml").is_file()
+
+    @staticmethod
+    def existing(path: str | Path) -> RunDir:
+        """The run in ``path``, for the commands that read one; a UserError if there is none."""
+        run = RunDir(Path(path))
+        if not run.is_run:
+            raise UserError(f"{run.path} holds no autoprune run (no config.yaml)")
+        return run
 
     # --- files ------------------------------------------------------------------------------
 
@@ -82,6 +95,22 @@ class RunDir:
         status = self.read_status()
         status.update(fields)
         atomic_write(self.path / "run.json", json.dumps(status, indent=2) + "\n")
+
+    def read_baseline(self) -> dict | None:
+        """The unpruned model's cost and accuracy (pareto.json, written when the search ends)."""
+        path = self.path / "pareto.json"
+        return json.loads(path.read_text())["baseline"] if path.is_file() else None
+
+    def read_trials(self) -> pd.DataFrame:
+        """trials.csv, every known column present (empty before the first trial; older runs lack newer columns)."""
+        path = self.path / "trials.csv"
+        trials = pd.read_csv(path) if path.is_file() and path.stat().st_size else pd.DataFrame(columns=["number"])
+        return trials.reindex(columns=list(dict.fromkeys([*TRIAL_COLUMNS, *trials.columns]))).sort_values("number")
+
+    def read_exports(self, subnet_id: str) -> dict[str, dict]:
+        """The checks of a subnet's exports by format (subnets/<id>/exports.json, ``autoprune.export``)."""
+        path = self.subnet_dir(subnet_id) / "exports.json"
+        return json.loads(path.read_text()) if path.is_file() else {}
 
     def write_table(self, name: str, frame: pd.DataFrame) -> None:
         tmp = self.path / f".{name}.tmp"

@@ -5,15 +5,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pandas as pd
-import yaml
 from rich import box
 from rich.table import Table
 
 from autoprune.errors import UserError
+from autoprune.export import ExportCheck
 from autoprune.progress import console
 from autoprune.report import pareto_front
-from autoprune.results import SubnetRecord
+from autoprune.results import RunDir, SubnetRecord
 from autoprune.retrain import describe_retrain
 
 
@@ -42,27 +41,18 @@ def subnets_table(baseline: dict, subnets: list[SubnetRecord], title: str = "fin
     return table
 
 
-def is_run(path: Path) -> bool:
-    return (path / "config.yaml").is_file()
-
-
 def read_subnets(run_dir: Path) -> list[SubnetRecord]:
     return [record_from_spec(p.parent) for p in sorted(run_dir.glob("subnets/*/spec.json"))]
 
 
 def summarize(run_dir: Path) -> dict:
     """One line of ``autoprune runs``: what was searched, how far it got, the best subnet."""
-    config = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
-    status_file = run_dir / "run.json"
-    status = json.loads(status_file.read_text()) if status_file.is_file() else {}
-    trials_file = run_dir / "trials.csv"
-    done = 0
-    if trials_file.is_file() and trials_file.stat().st_size:
-        states = pd.read_csv(trials_file, usecols=["state"])["state"]
-        done = int(states.isin(["complete", "infeasible", "fail"]).sum())
+    run = RunDir(run_dir)
+    config, status = run.read_config(), run.read_status()
+    done = int(run.read_trials()["state"].isin(["complete", "infeasible", "fail"]).sum())
     subnets = read_subnets(run_dir)
     best = max(subnets, key=lambda s: s.test_acc) if subnets else None
-    base_macs = _baseline(run_dir).get("macs")
+    base_macs = (run.read_baseline() or {}).get("macs")
     state = status.get("status", "unknown")
     return {
         "run": str(run_dir), "started": status.get("started", "").replace("T", " ")[:16],
@@ -79,7 +69,7 @@ def list_runs(root: Path) -> list[dict]:
     """Every run directly under ``root`` (or ``root`` itself, if it is one), oldest first."""
     if not root.is_dir():
         raise UserError(f"{root} is not a directory")
-    runs = [root] if is_run(root) else [p for p in root.iterdir() if p.is_dir() and is_run(p)]
+    runs = [root] if RunDir(root).is_run else [p for p in root.iterdir() if p.is_dir() and RunDir(p).is_run]
     return sorted((summarize(p) for p in runs), key=lambda r: (r["started"], r["run"]))
 
 
@@ -103,12 +93,11 @@ def print_runs(root: Path) -> int:
 
 def show_run(run_dir: Path) -> int:
     """A run's settings, its baseline and fine-tuned subnets (the Pareto ones marked) and its exports."""
-    if not is_run(run_dir):
-        raise UserError(f"{run_dir} holds no run (no config.yaml)")
+    run = RunDir.existing(run_dir)
     info = summarize(run_dir)
     console.print(f"[bold]{run_dir}[/]: {info['model']} on {info['data']}, budget {info['budget']}, "
                   f"strategy {info['strategy']}, trials {info['trials']}, {info['status']}")
-    baseline = _baseline(run_dir)
+    baseline = run.read_baseline()
     subnets = read_subnets(run_dir)
     if not baseline:
         console.print("no pareto.json yet: the run has not finished its fine-tuning")
@@ -117,14 +106,6 @@ def show_run(run_dir: Path) -> int:
     else:
         console.print(subnets_table(baseline, subnets))
     for s in subnets:
-        exports = Path(s.path) / "exports.json"
-        for fmt, check in (json.loads(exports.read_text()) if exports.is_file() else {}).items():
-            console.print(f"{s.id} {fmt}: {check['path']} ({check['runtime']}), max |diff| {check['max_abs_diff']:.1e}, "
-                          f"{check['latency_ms']:.2f} ms vs PyTorch {check['pytorch_latency_ms']:.2f} ms "
-                          f"at batch {check['batch']}")
+        for fields in run.read_exports(s.id).values():
+            console.print(f"{s.id} exported as {ExportCheck(**fields).describe()}", markup=False)
     return 0
-
-
-def _baseline(run_dir: Path) -> dict:
-    path = run_dir / "pareto.json"
-    return json.loads(path.read_text())["baseline"] if path.is_file() else {}

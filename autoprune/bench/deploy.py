@@ -35,7 +35,9 @@ from autoprune.pruning.space import PruningSpace
 from autoprune.search import SearchContext
 from autoprune.search.base import scale_to_budget
 
-RUNTIMES = {"pytorch": None, "torch-export": "torch-export", "onnxruntime": "onnx"}  # runtime -> export format
+# runtime -> (the export it runs, None for the model itself; whether it runs in channels_last)
+RUNTIMES = {"pytorch": (None, True), "torch-export": ("torch-export", True), "torch-export NCHW": ("torch-export", False),
+            "onnxruntime": ("onnx", False)}
 
 
 def check(*, budgets: list[str], latency_batches: list[int], round_to: int, **_) -> None:
@@ -102,23 +104,22 @@ def _time_runtimes(models: dict[str, torch.nn.Module], input_shape: tuple[int, .
     with tempfile.TemporaryDirectory() as tmp:
         for name, model in models.items():
             model = copy.deepcopy(model).eval()
-            runners[name] = {"pytorch": copy.deepcopy(model).to(memory_format=torch.channels_last)}
+            loaded = {}
             diffs[name] = 0.0
-            for runtime, fmt in RUNTIMES.items():
-                if fmt is None:
-                    continue
+            for fmt in ("torch-export", "onnx"):
                 path = Path(tmp) / f"{len(runners)}{Path(FORMATS[fmt]).suffix}"
-                _, runners[name][runtime] = write_export(model, fmt, path, example)
-                diff, tolerance = compare(runners[name][runtime], model, example)
+                _, loaded[fmt] = write_export(model, fmt, path, example)
+                diff, tolerance = compare(loaded[fmt], model, example)
                 if diff > tolerance:
                     raise RuntimeError(f"{name}: the {fmt} export differs from PyTorch by {diff:.2e}")
                 diffs[name] = max(diffs[name], diff)
+            runners[name] = {runtime: model if fmt is None else loaded[fmt] for runtime, (fmt, _) in RUNTIMES.items()}
         samples: dict[str, dict[str, list[float]]] = {name: {} for name in models}
         for _ in range(rounds):
             for name, per in runners.items():
                 for runtime, run in per.items():
                     for b in batches:
-                        ms = time_export(run, RUNTIMES[runtime] or runtime, input_shape, b)
+                        ms = time_export(run, input_shape, b, channels_last=RUNTIMES[runtime][1])
                         samples[name].setdefault(f"{runtime} b{b}", []).append(ms)
     return {name: {**{k: statistics.median(v) for k, v in per.items()}, "max_abs_diff": diffs[name]}
             for name, per in samples.items()}
@@ -127,7 +128,7 @@ def _time_runtimes(models: dict[str, torch.nn.Module], input_shape: tuple[int, .
 def _plot(bench: BenchDir, frame: pd.DataFrame, batches: list[int]) -> None:
     fig, axes = figure(len(batches), width=5.5)
     for ax, b in zip(axes[0], batches):
-        for runtime, color in zip(RUNTIMES, ("tab:blue", "tab:orange", "tab:green")):
+        for runtime, color in zip(RUNTIMES, ("tab:blue", "tab:orange", "tab:red", "tab:green")):
             for step, marker, style in ((None, "*", ""), (1, "o", "-"), (frame["round_to"].max(), "s", "--")):
                 t = frame[frame["budget"] == ""] if step is None else frame[(frame["budget"] != "")
                                                                             & (frame["round_to"] == step)]
@@ -157,8 +158,8 @@ L1 subnet of the model family's search space (`round_to` as the space file says)
 its widths rounded to a multiple of `--round-to`, next to the unpruned model. Each is exported as ONNX and as a
 torch.export program (`autoprune export`'s code; outputs checked against PyTorch on {CHECK_BATCH} random
 inputs: largest difference {frame['max_abs_diff'].max():.1e}) and timed in PyTorch (eager, weights and input
-in channels_last), the loaded torch.export program (channels_last) and onnxruntime (CPU provider, as many
-threads as PyTorch). Latency: forward pass, median of {rounds} interleaved rounds of 30 timed passes; speedup
+in channels_last), the loaded torch.export program (in channels_last, and as loaded: NCHW) and onnxruntime
+(CPU provider, as many threads as PyTorch). Latency: forward pass, median of {rounds} interleaved rounds of 30 timed passes; speedup
 against the unpruned model in the same runtime. Proxy: adaptive-BN accuracy on {config.score_images}
 held-out images before any fine-tuning.
 

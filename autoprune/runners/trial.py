@@ -39,13 +39,14 @@ def begin_trial(study: optuna.Study, strategy: Strategy, space: PruningSpace, bu
     """Ask for the next candidate and record its cost and budget violations on the trial."""
     started = time.perf_counter()
     trial, ratios = strategy.ask(study)
-    cost = space.cost(ratios)
+    widths = space.kept_channels(ratios)  # per group: channels (weights, if weight-pruned) kept
+    cost = space.cost_of_widths(widths)
     for name, violation in budget.violations(cost, space.base_cost).items():
         trial.set_constraint(name, violation)
     feasible = budget.feasible(cost, space.base_cost)
     trial.set_user_attr("macs", cost.macs)
     trial.set_user_attr("params", cost.params)
-    trial.set_user_attr("widths", space.kept_channels(ratios))  # per group: channels (weights, if weight-pruned) kept
+    trial.set_user_attr("widths", widths)
     if cost.latency_ms is not None:
         trial.set_user_attr("predicted_latency_ms", cost.latency_ms)  # unrounded: compared with the budget
     trial.set_user_attr("feasible", feasible)

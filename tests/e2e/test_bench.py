@@ -169,7 +169,7 @@ def test_deploy(bench_args, tmp_path, one_thread):
     rounded = frame.loc["50%flops round_to 4"]
     assert all(int(w) % 4 == 0 for w in rounded["conv_widths"].split())
     assert (frame.loc[["50%flops round_to 1", "50%flops round_to 4"], "macs_pct"] <= 50).all()
-    for runtime in ("pytorch", "torch-export", "onnxruntime"):
+    for runtime in ("pytorch", "torch-export", "torch-export NCHW", "onnxruntime"):
         assert (frame[[f"{runtime}_b1_ms", f"{runtime}_b4_ms"]] > 0).all().all()
         assert frame.loc["unpruned", f"{runtime}_b4_speedup"] == 1.0
     assert (frame["max_abs_diff"] < 1e-3).all() and frame["proxy_acc"].between(0, 1).all()

@@ -66,7 +66,7 @@ def test_export_command_writes_a_state_dict_that_loads_into_the_pruned_architect
     out = tmp_path / "weights" / "subnet.pt"
     assert main(["export", str(run), "--subnet", subnet_id, "--format", "state-dict", "--out", str(out),
                  "--batch", "4"]) == 0
-    assert "OK" in capsys.readouterr().err
+    assert "matches PyTorch" in capsys.readouterr().err
     state = torch.load(out, weights_only=True)
     model = autoprune.load_subnet(run / "subnets" / subnet_id)
     assert state.keys() == model.state_dict().keys()
@@ -79,7 +79,7 @@ def test_export_command_errors(run, tmp_path, capsys):
     assert main(["export", str(run), "--subnet", "t9999"]) == 2
     assert "holds no subnet; this run has: t" in capsys.readouterr().err
     assert main(["export", str(tmp_path), "--subnet", "t0000"]) == 2
-    assert "holds no run" in capsys.readouterr().err
+    assert "holds no autoprune run" in capsys.readouterr().err
     # a subnet searched from a Python model object cannot be rebuilt from its spec alone
     copy = tmp_path / "copy"
     shutil.copytree(run, copy)
@@ -88,6 +88,14 @@ def test_export_command_errors(run, tmp_path, capsys):
     spec_path.write_text(json.dumps({**spec, "model": None}))
     assert main(["export", str(copy), "--subnet", spec["id"]]) == 2
     assert "base_model=model" in capsys.readouterr().err
+
+
+def test_an_export_that_differs_from_pytorch_fails_the_command(run, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("autoprune.export.ATOL", -1.0)  # a negative tolerance: every export differs
+    subnet_id = json.loads((run / "pareto.json").read_text())["front"][0]["id"]
+    assert main(["export", str(run), "--subnet", subnet_id, "--format", "state-dict", "--out",
+                 str(tmp_path / "s.pt")]) == 1
+    assert "DIFFERS from PyTorch" in capsys.readouterr().err
 
 
 def test_runs_and_show(run, capsys):

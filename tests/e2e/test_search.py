@@ -19,6 +19,7 @@ import yaml
 import autoprune
 from autoprune.cli import main
 from autoprune.data import load_data
+from autoprune.export import export_subnet
 from autoprune.measure import accuracy
 from autoprune.models import create_model, load_weights
 
@@ -101,6 +102,9 @@ def test_python_api_with_a_model_object(tmp_path, tiny_npz, tiny_weights):
     assert result.best.params <= 0.4 * result.baseline["params"]
     subnet = autoprune.load_subnet(result.best.path, base_model=model)
     assert accuracy(subnet, data.test) == result.best.test_acc
+    # its subnets export from Python, with the model
+    check = export_subnet(result.run_dir, Path(result.best.path).name, "torch-export", base_model=model)
+    assert check.ok and Path(check.path).is_file()
 
 
 def test_resume_after_a_killed_run(tmp_path, search_args):
