@@ -58,7 +58,7 @@ def score_candidate(space: PruningSpace, evaluator: AdaptiveBNEvaluator, ratios:
     """Prune a copy of the model to ``ratios`` and score it: the hot path, timed step by step.
 
     With ``latency_batch``, also time the candidate's forward pass at that batch on the scorer's
-    device: a short measurement (3 warm-up and 10 timed passes, about 1% of a score on ResNet-20),
+    device: a short measurement (3 warm-up and 10 timed passes; on the demo 60 ms of 3.4 s a candidate),
     so that every candidate has a measured latency for the Pareto front and the dashboard.
     """
     tic = time.perf_counter()
