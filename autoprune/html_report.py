@@ -12,7 +12,7 @@ import html
 import io
 import json
 import shutil
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,7 +23,7 @@ from autoprune.budget import parse_budget
 from autoprune.errors import UserError
 from autoprune.export import ExportCheck
 from autoprune.pruning.space import Cost
-from autoprune.report import as_number, draw_front, pareto_subnets
+from autoprune.report import as_number, draw_front, pareto_subnets, space_tables
 from autoprune.results import RunDir, atomic_write
 from autoprune.retrain import describe_retrain
 from autoprune.search.sensitivity import GroupSensitivity, plot_sensitivity, read_sensitivity
@@ -114,7 +114,7 @@ def _page(run: _Run) -> str:
     c = run.config
     title = f"autoprune: {c['model']} on {c['data']}, budget {c['budget']}"
     sections = [f"<h1>{_e(title)}</h1>", _header(run), _notes(run), _table(run),
-                _pareto_plots(run), _widths(run), _progress(run), _sensitivity(run), _deploy(run)]
+                _pareto_plots(run), _widths(run), _space(run), _progress(run), _sensitivity(run), _deploy(run)]
     return ('<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
             f"<title>{_e(title)}</title><style>{_CSS}</style></head>\n<body><main>\n"
             + "\n".join(s for s in sections if s) + "\n</main></body></html>\n")
@@ -249,6 +249,23 @@ def _widths(run: _Run) -> str:
     ax.legend(fontsize=8, loc="lower left", bbox_to_anchor=(0, 1), ncol=len(bars), frameon=False)
     alt = f"Channels kept per group, baseline vs Pareto subnets {', '.join(s['id'] for s in front)}"
     return head + _img(fig, "widths", alt)
+
+
+def _space(run: _Run) -> str:
+    """The groups searched and the layers never pruned, with why (``report.space_tables``)."""
+    groups, unprunable, cost_line = space_tables(run.config)
+    if not groups and not unprunable:
+        return ""
+    html = f"<h2>What was searched</h2><p>{_e(cost_line)}</p>"
+    html += _rows_table("groups", ("group", "channels", "step", "layers"), groups)
+    if unprunable:
+        html += "<p>Layers never pruned:</p>" + _rows_table("unprunable", ("layer", "why"), unprunable)
+    return html
+
+
+def _rows_table(ident: str, head: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    body = "".join("<tr>" + "".join(f"<td>{_e(v)}</td>" for v in row) + "</tr>" for row in rows)
+    return f'<table id="{ident}"><tr>{"".join(f"<th>{_e(h)}</th>" for h in head)}</tr>{body}</table>'
 
 
 def _progress(run: _Run) -> str:

@@ -49,6 +49,29 @@ def export_run(
     return front
 
 
+def space_tables(config: Mapping) -> tuple[list[tuple[str, ...]], list[tuple[str, str]], str]:
+    """What a run searched, from its config.yaml: one row per group (name, channels, step and why,
+    member layers), one per layer never pruned (layer, why), and a line on how costs were counted.
+    report.md, report.html and ``autoprune inspect`` all print these."""
+    groups = [(g["name"], str(g["channels"]),
+               str(g.get("step", 1)) + (f" ({'; '.join(g['rules'])})" if g.get("rules") else ""),
+               ", ".join(g.get("members", [])))
+              for g in config.get("groups", [])]
+    unprunable = sorted((config.get("unprunable") or config.get("unprunable_groups") or {}).items())
+    return groups, unprunable, describe_cost_check(config.get("cost_check") or {})
+
+
+def describe_cost_check(check: Mapping) -> str:
+    """One line on how a space counts MACs and params (``PruningSpace.cost_check``)."""
+    if not check.get("subnets"):
+        return "MACs and params: analytic (conv and linear layers)."
+    if check["mode"] == "analytic":
+        return (f"MACs and params: analytic, equal to the count traced from the running network on the baseline "
+                f"and {check['subnets'] - 1} random subnets.")
+    return (f"MACs and params: traced from each candidate's pruned network; the analytic model was off by up to "
+            f"{check['max_relative_error']:.2%} on this model (an op it does not model).")
+
+
 def as_number(value: Any) -> float | None:
     """A number, or None for a missing one (None or NaN: old runs, unscored trials)."""
     missing = value is None or (isinstance(value, float) and math.isnan(value))
@@ -208,6 +231,14 @@ def write_report(
             f"- random sampling: {len(draws)} candidates from {int(draws.sum())} draws "
             f"(acceptance {len(draws) / draws.sum():.1%})"
         )
+    groups, unprunable, cost_line = space_tables(config)
+    if groups:
+        lines += ["", "## What was searched", "", cost_line, "", "| group | channels | step | layers |",
+                  "|---|---:|---|---|"]
+        lines += [f"| {' | '.join(row)} |" for row in groups]
+    if unprunable:
+        lines += ["", "Layers never pruned:", "", "| layer | why |", "|---|---|"]
+        lines += [f"| {name} | {why} |" for name, why in unprunable]
     lines += ["", "## Time spent", "", "| phase | seconds |", "|---|---:|"]
     lines += [f"| {phase} | {seconds:.1f} |" for phase, seconds in timings.items()]
     lines += ["", "Subnets load with `autoprune.load_subnet('subnets/<id>')`.", ""]

@@ -1,41 +1,49 @@
 """The PruningSpace: a model's prunable groups, one ratio each, and the map from ratios to a subnet.
 
-Structure comes from Torch-Pruning's dependency graph; what we add is stable names (the module
-path of each group's root layer), ratios keyed by those names and applied to the copy being
-pruned, a channel ranking computed once per criterion (or handed over ready-made), an exact
-analytic cost model so a candidate's MACs and params are known before anything is pruned, and a
-check that the pruned widths are the ones asked for.
+Structure comes from Torch-Pruning's dependency graph (built by ``autoprune.pruning.graph``); what we
+add is stable names (the module path of each group's root layer), ratios keyed by those names and
+applied to the copy being pruned, a channel ranking computed once per criterion (or handed over
+ready-made), an analytic cost model (``autoprune.pruning.layers``) so a candidate's MACs and params
+are known before anything is pruned, and checks that everything it prints is true:
+
+- every group is probed at set-up: a copy pruned to about half its width must run, in eval and in
+  train mode, with the widths asked for; a group that fails is listed in ``unprunable`` with why,
+  and the search goes on with the rest;
+- a group's width moves in the units its channels are pruned in (the pairs ``torch.chunk`` halves
+  make, the blocks a reshape into channels makes) and in the multiples the layers it feeds need
+  (GroupNorm groups, attention heads, ``round_to``);
+- every conv/linear/recurrent/attention layer is in a group or in ``unprunable``, with the reason;
+- the analytic cost is checked against the traced count (``autoprune.measure.count``) of the
+  baseline and of pruned subnets; where they differ (an op the model does not know), every
+  candidate is counted by pruning a copy and tracing it (``cost_mode == "traced"``).
 """
 
 from __future__ import annotations
 
 import copy
 import fnmatch
-import math
+import random
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from math import lcm
 
 import torch
 import torch_pruning as tp
 from torch import nn
 
 from autoprune.errors import UserError
+from autoprune.measure.count import Cost, count_cost
 from autoprune.measure.latency import LatencyTable
+from autoprune.models.contract import contract_of, logits_of
 from autoprune.pruning.config import SpaceConfig
 from autoprune.pruning.criteria import Batch, Criterion, CriterionContext, get_criterion
+from autoprune.pruning.graph import build_graph, channel_units, grouped_conv_units, width_step
+from autoprune.pruning.layers import RNN_GATES, ROOT_TYPES, LayerShape, out_width, trace_layers
 
-_ROOT_TYPES = (nn.Conv2d, nn.Linear)
+__all__ = ["Cost", "Group", "PruningSpace", "apply_kept"]
 
-
-@dataclass(frozen=True)
-class Cost:
-    """Multiply-accumulates of conv and linear layers (FLOPs = 2 x MACs), learnable parameters and,
-    where a latency table is attached to the space, the predicted latency."""
-
-    macs: int
-    params: int
-    latency_ms: float | None = None  # predicted, where a latency table is attached
+COST_CHECK_SUBNETS = 3  # random subnets whose analytic cost is checked against the traced count at set-up
 
 
 @dataclass
@@ -48,21 +56,9 @@ class Group:
     order: list[int] = field(repr=False, default_factory=list)  # least important channel first
     # the criterion's score of each channel (higher = keep); None where the order was handed over
     importance: list[float] | None = field(repr=False, default=None)
-
-
-@dataclass
-class _LayerShape:
-    """What the cost model needs of one layer with parameters."""
-
-    kind: str  # conv | depthwise | linear | norm | other
-    in_dim: int = 0
-    out_dim: int = 0
-    kernel: float = 0  # weights per (input, output) channel pair; divided by the groups of a grouped conv
-    positions: int = 0  # output positions (conv) or tokens (linear) per image
-    has_bias: bool = False
-    fixed_params: int = 0  # parameters of layers not modelled by width
-    # conv/linear: (in_dim, out_dim) -> a fresh layer of those widths and its input shape, for timing
-    build: Callable[[int, int], tuple[nn.Module, tuple[int, ...]]] | None = None
+    step: int = 1  # every width is a multiple of it: its channel units, the layers' rules and round_to
+    unit: int = 1  # channels pruned together as one (2 for torch.chunk halves, r*r for a reshape into channels)
+    rules: list[str] = field(default_factory=list)  # why the step is what it is
 
 
 class PruningSpace:
@@ -70,8 +66,9 @@ class PruningSpace:
 
     ``model`` is never modified; every subnet is pruned on a deep copy. ``batches`` are training
     (images, labels) batches for the data-driven criteria. ``orders`` are channel rankings computed
-    before (another space's ``orders``): given them, the criterion is not run, so a remote worker
-    rebuilds the space its driver ranked without the data or the time the ranking took.
+    before (another space's ``orders``): given them, the criterion is not run and the groups are not
+    probed again, so a remote worker rebuilds the space its driver ranked and checked without the
+    data or the time that took; a group without an order there was left out by the driver.
     """
 
     def __init__(
@@ -91,58 +88,188 @@ class PruningSpace:
         self.model = copy.deepcopy(model).cpu().eval()
         self.example_input = example_input[:1].detach().cpu()
         names = {m: n for n, m in self.model.named_modules()}
-        self._shapes, classifier = _trace_shapes(self.model, self.example_input, names)
+        key = contract_of(self.model).output_key
+        self._shapes, classifier = trace_layers(self.model, self.example_input, names, lambda out: logits_of(out, key))
         ignored = [m for m in (classifier,) if m is not None]
         self.classifier = names.get(classifier)  # never pruned: its outputs are the classes
-        graph = _build_graph(self.model, self.example_input)
+        graph, changes, outputs = build_graph(self.model, self.example_input)
+        names.update(self._loose_parameters(graph))
         tic = time.perf_counter()
         score = None if orders is not None else _scorer(criterion, CriterionContext(self.model, batches, seed))
         self.ranking_seconds = time.perf_counter() - tic  # the criterion's pass over the data, then each group's ranking
         self.groups: list[Group] = []
+        # layer name -> why its output channels are never pruned
         self.unprunable: dict[str, str] = {}
-        # group name -> [(module name, "in"/"out", units per channel)]
-        self._effects: dict[str, list[tuple[str, str, int]]] = {}
-        for tp_group in graph.get_all_groups(ignored_layers=ignored, root_module_types=_ROOT_TYPES):
-            root = tp_group[0].dep.target.module
-            name = names[root]
-            if any(fnmatch.fnmatchcase(name, pattern) for pattern in self.config.skip):
-                continue
-            if any(_is_grouped(dep.target.module) for dep, _ in tp_group):
-                # Torch-Pruning cannot cut the channels of a grouped (not depthwise) conv cleanly
-                self.unprunable[name] = "touches a grouped convolution"
-                continue
-            channels = len(tp_group[0].idxs)
-            low, high = self.config.bounds_for(name)
-            effects, members = [], []
-            for dep, idxs in tp_group:
-                target = names.get(dep.target.module)
-                if target is None or target not in self._shapes:
-                    continue
-                dim = "out" if graph.is_out_channel_pruning_fn(dep.handler) else "in"
-                effects.append((target, dim, len(idxs) // channels))
-                if dim == "out" and target not in members:
-                    members.append(target)
-            group = Group(name, channels, members, low, high)
-            if orders is None:
-                tic = time.perf_counter()
-                group.order, group.importance = _ranked(score, tp_group, criterion, name)
-                self.ranking_seconds += time.perf_counter() - tic
-            else:
-                group.order = _given_order(orders, name, channels)
-            self.groups.append(group)
-            self._effects[name] = effects
-        if not self.groups:
-            detail = "; ".join(f"{k}: {v}" for k, v in self.unprunable.items())
-            raise UserError(
-                "the model has no prunable groups (no conv/linear layers left after skips)"
-                + (f" ({detail})" if detail else "")
-            )
+        if self.classifier is not None:
+            self.unprunable[self.classifier] = "the classifier: its outputs are the classes"
+        # group name -> [(module name, "in"/"out", channels of the module per channel of the group)]
+        self._effects: dict[str, list[tuple[str, str, float]]] = {}
+        returned = {node for node in outputs if node.module is not classifier}  # auxiliary heads' outputs
+        for tp_group in graph.get_all_groups(ignored_layers=ignored, root_module_types=ROOT_TYPES):
+            group = self._group_of(tp_group, graph, names, changes, returned, score, orders)
+            if group is not None:
+                self.groups.append(group)
         self._by_name = {g.name: g for g in self.groups}
         unknown = sorted(set(orders or {}) - set(self._by_name))
         if unknown:
             raise ValueError(f"orders given for group(s) {unknown} that this space does not have")
+        if orders is None:
+            self._probe_groups()
+        self._list_unpruned(names)
+        if not self.groups:
+            detail = "; ".join(f"{k}: {v}" for k, v in self.unprunable.items())
+            raise UserError("the model has no prunable groups" + (f" ({detail})" if detail else ""))
         self.latency: LatencyTable | None = None
-        self.base_cost = self.cost({})
+        self._traced: dict[tuple, Cost] = {}
+        self.cost_mode = "analytic"  # or "traced": see _check_costs
+        self.cost_check: dict = {}  # what _check_costs found: mode, subnets checked, max relative error
+        self.base_cost = self._check_costs()
+
+    def _group_of(self, tp_group, graph: tp.DependencyGraph, names: dict, changes: dict, returned: set,
+                  score: Criterion | None, orders: Mapping[str, Sequence[int]] | None) -> Group | None:
+        """The searched group of one Torch-Pruning group, ranked; None (and its layers in ``unprunable``, with
+        why) where it cannot be searched."""
+        root = tp_group[0].dep.target.module
+        name = names[root]
+        channels = len(tp_group[0].idxs)
+        effects, members = [], []
+        for dep, idxs in tp_group:
+            target = names.get(dep.target.module)
+            if target is None or target not in self._shapes:
+                continue
+            dim = "out" if graph.is_out_channel_pruning_fn(dep.handler) else "in"
+            effects.append((target, dim, len(idxs) / channels))
+            if dim == "out" and target not in members:
+                members.append(target)
+        if orders is not None and name not in orders:
+            self.unprunable[name] = "left out by the space that ranked the channels"
+            return None
+        why = self._why_unprunable(name, tp_group, names, changes, returned)
+        units, grouped_rule = None, None
+        if why is None:
+            units, grouped_rule, why = _units(graph, root, tp_group, names, channels)
+        if why is not None:
+            for member in members or [name]:
+                self.unprunable.setdefault(member, why if member == name else f"in group '{name}': {why}")
+            return None
+        unit = len(units[0])
+        rule, rules = width_step(tp_group, names)
+        if grouped_rule is not None:
+            rules.insert(0, grouped_rule)
+        elif unit > 1:
+            rules.insert(0, f"its channels are pruned in units of {unit}")
+        group = Group(name, channels, members, *self.config.bounds_for(name), step=lcm(unit, rule, self.config.round_to),
+                      unit=unit, rules=rules)
+        if orders is not None:
+            group.order = _given_order(orders, name, channels)
+        else:
+            tic = time.perf_counter()
+            try:
+                group.order, group.importance = _ranked(score, tp_group, units)
+            except Exception as exc:  # noqa: BLE001  (a layer pattern the criterion cannot rank)
+                self.unprunable[name] = f"criterion '{self.criterion}' cannot rank its channels: {_one_line(exc)}"
+                return None
+            finally:
+                self.ranking_seconds += time.perf_counter() - tic
+        self._effects[name] = effects
+        return group
+
+    def _loose_parameters(self, graph: tp.DependencyGraph) -> dict[nn.Parameter, str]:
+        """Parameters outside any layer that Torch-Pruning cuts with a group's channels (a position embedding
+        of shape (1, tokens, C)): each becomes an entry of the cost model, its size proportional to its
+        channels, taken out of its module's fixed count. Returns their names."""
+        param_names = {p: n for n, p in self.model.named_parameters()}
+        loose = {}
+        for p, dim in graph.unwrapped_parameters:
+            name = param_names.get(p)
+            if name is None:
+                continue
+            owner = self._shapes.get(name.rpartition(".")[0])
+            if owner is not None and owner.kind == "other":
+                owner.fixed_params -= p.numel()
+            width = p.shape[dim]
+            self._shapes[name] = LayerShape("param", width, width, kernel=p.numel() // width)
+            loose[p] = name
+        return loose
+
+    def _why_unprunable(self, name: str, tp_group, names: dict, changes: dict, outputs: set) -> str | None:
+        """Why the group rooted at ``name`` is not searched; None when it is."""
+        returned = [dep.target for dep, _ in tp_group
+                    if dep.target in outputs and (dep.target.type == tp.ops.OPTYPE.OUTPUT
+                                                  or getattr(dep.handler, "__name__", "") == "prune_out_channels")]
+        if returned:
+            return "its outputs are what the model returns" + (
+                f" ('{names[returned[0].module]}')" if returned[0].module in names else "")
+        pattern = next((p for p in self.config.skip if fnmatch.fnmatchcase(name, p)), None)
+        if pattern is not None:
+            return f"skipped by the search space (skip: '{pattern}')"
+        for dep, _ in tp_group:
+            change = changes.get(dep.target) or changes.get(dep.source)
+            if change is not None:
+                return f"its channels pass through {change}, which Torch-Pruning cannot map"
+        return None
+
+    def _probe_groups(self) -> None:
+        """Prune a copy to about half of every group's width and run it in eval and train mode. Where that
+        fails, probe each group alone: a group that fails alone is moved to ``unprunable`` with the error."""
+        if self._probe({g.name: 0.5 for g in self.groups}) is None:
+            return
+        for group in list(self.groups):
+            kept = self.kept_channels({group.name: 0.5})[group.name]
+            error = self._probe({group.name: 0.5})
+            if error is None:
+                continue
+            self.groups.remove(group)
+            self._by_name = {g.name: g for g in self.groups}
+            del self._effects[group.name]
+            reason = f"pruning it to {kept} of {group.channels} channels fails: {_one_line(error)}"
+            for member in group.members or [group.name]:
+                self.unprunable[member] = reason if member == group.name else f"in group '{group.name}': {reason}"
+
+    def _probe(self, ratios: Mapping[str, float]) -> Exception | None:
+        """The error of pruning a copy to ``ratios`` and running it in eval and in train mode; None if it runs."""
+        batch = self.example_input.expand(2, *self.example_input.shape[1:]).clone()  # train-mode BN needs two
+        try:
+            subnet, _ = self.prune(ratios)
+            with torch.no_grad():
+                subnet.eval()(self.example_input)
+                subnet.train()(batch)
+        except Exception as exc:  # noqa: BLE001  (any failure means: not prunable this way)
+            return exc
+        return None
+
+    def _list_unpruned(self, names: dict[nn.Module, str]) -> None:
+        """Every layer with output channels is in a group or in ``unprunable`` with a reason."""
+        searched = {m for g in self.groups for m in g.members}
+        for module, name in names.items():
+            if name in searched or name in self.unprunable or name not in self._shapes:
+                continue
+            if isinstance(module, ROOT_TYPES):
+                self.unprunable[name] = "no group of Torch-Pruning's graph prunes its output channels"
+            elif isinstance(module, tuple(RNN_GATES)):
+                self.unprunable[name] = "a recurrent layer: its hidden width is not searched (its input width is)"
+            elif isinstance(module, nn.MultiheadAttention):
+                self.unprunable[name] = "attention outside every searched group"
+
+    def _check_costs(self) -> Cost:
+        """The unpruned cost, after checking the analytic model against the traced count on the baseline and
+        on ``COST_CHECK_SUBNETS`` random subnets; where any differs, costs are traced from then on."""
+        rng = random.Random(self.seed)
+        checks = [{}] + [{g.name: rng.uniform(g.low, g.high) for g in self.groups} for _ in range(COST_CHECK_SUBNETS)]
+        errors, base = [], None
+        for ratios in checks:
+            widths = self.kept_channels(ratios)
+            analytic = self._analytic_cost(widths)
+            traced = self._traced_cost(widths)
+            base = base or {"analytic_macs": analytic.macs, "traced_macs": traced.macs,
+                            "analytic_params": analytic.params, "traced_params": traced.params}
+            errors.append(max(abs(analytic.macs - traced.macs) / max(traced.macs, 1),
+                              abs(analytic.params - traced.params) / max(traced.params, 1)))
+        worst = max(errors)
+        if worst > 0:
+            self.cost_mode = "traced"
+        self.cost_check = {"mode": self.cost_mode, "subnets": len(checks), "max_relative_error": worst, "base": base}
+        return self.cost_of_widths({})
 
     def rerank(self, model: nn.Module, batches: Sequence[Batch] | None = None) -> None:
         """Take ``model``'s weights (this space's architecture, trained further: after sparsity training,
@@ -151,12 +278,18 @@ class PruningSpace:
         names = {m: n for n, m in self.model.named_modules()}
         modules = dict(self.model.named_modules())
         ignored = [modules[self.classifier]] if self.classifier is not None else []
-        graph = _build_graph(self.model, self.example_input)
+        graph = build_graph(self.model, self.example_input).graph
         score = _scorer(self.criterion, CriterionContext(self.model, batches, self.seed))
-        for tp_group in graph.get_all_groups(ignored_layers=ignored, root_module_types=_ROOT_TYPES):
-            group = self._by_name.get(names[tp_group[0].dep.target.module])
+        for tp_group in graph.get_all_groups(ignored_layers=ignored, root_module_types=ROOT_TYPES):
+            root = tp_group[0].dep.target.module
+            group = self._by_name.get(names[root])
             if group is not None:
-                group.order, group.importance = _ranked(score, tp_group, self.criterion, group.name)
+                units = channel_units(graph, root, group.channels)
+                try:
+                    group.order, group.importance = _ranked(score, tp_group, units)
+                except Exception as exc:
+                    raise UserError(f"criterion '{self.criterion}' cannot rank the channels of group "
+                                    f"'{group.name}': {_one_line(exc)}") from exc
 
     # --- ratios -> widths and cost ---------------------------------------------------------
 
@@ -165,18 +298,18 @@ class PruningSpace:
         return [g.name for g in self.groups]
 
     def kept_channels(self, ratios: Mapping[str, float]) -> dict[str, int]:
-        """Channels each group keeps at ``ratios`` (missing groups keep all)."""
+        """Channels each group keeps at ``ratios`` (missing groups keep all): a multiple of the group's step,
+        at least one step and ``min_channels``."""
         self._check_names(ratios)
-        step, floor = self.config.round_to, self.config.min_channels
         kept = {}
         for g in self.groups:
             ratio = float(ratios.get(g.name, 0.0))
             if ratio <= 0:
                 kept[g.name] = g.channels
                 continue
-            k = g.channels * (1.0 - ratio)
-            k = int(max(step, round(k / step) * step)) if step > 1 else round(k)
-            kept[g.name] = max(min(k, g.channels), min(floor, g.channels), 1)
+            floor = -(-min(self.config.min_channels, g.channels) // g.step) * g.step  # min_channels, rounded up
+            k = max(g.step, floor, round(g.channels * (1.0 - ratio) / g.step) * g.step)
+            kept[g.name] = min(k, g.channels)
         return kept
 
     def cost(self, ratios: Mapping[str, float]) -> Cost:
@@ -184,18 +317,39 @@ class PruningSpace:
         return self.cost_of_widths(self.kept_channels(ratios))
 
     def cost_of_widths(self, kept: Mapping[str, int]) -> Cost:
+        """MACs and params of the subnet whose groups keep ``kept`` channels (missing groups keep all): the
+        analytic model, or the traced count where set-up found the analytic model wrong for this model."""
+        if self.cost_mode == "traced":
+            cost = self._traced_cost(kept)
+        else:
+            cost = self._analytic_cost(kept)
+        if self.latency is None:
+            return cost
+        return Cost(cost.macs, cost.params, self.latency.predict(self._layer_dims(kept)))
+
+    def _analytic_cost(self, kept: Mapping[str, int]) -> Cost:
         dims = self._layer_dims(kept)
         macs = params = 0
         for module, s in self._shapes.items():
             in_dim, out_dim = dims[module]
-            if s.kind in ("conv", "depthwise", "linear"):
-                macs += s.kernel * s.positions * in_dim * out_dim
-                params += s.kernel * in_dim * out_dim + (out_dim if s.has_bias else 0)
-            elif s.kind == "norm":
-                params += 2 * out_dim if s.has_bias else out_dim
-            params += s.fixed_params
-        latency = self.latency.predict(dims) if self.latency is not None else None
-        return Cost(round(macs), round(params), latency)
+            if in_dim < 0 or out_dim < 0:
+                raise RuntimeError(f"the cost model gives layer '{module}' a negative width ({in_dim}, {out_dim})")
+            macs += s.macs(in_dim, out_dim)
+            params += s.params(in_dim, out_dim)
+        return Cost(round(macs), round(params))
+
+    def _traced_cost(self, kept: Mapping[str, int]) -> Cost:
+        """The subnet pruned to ``kept`` and counted as it runs (cached by widths)."""
+        widths = tuple(kept.get(g.name, g.channels) for g in self.groups)
+        cost = self._traced.get(widths)
+        if cost is None and all(w == g.channels for g, w in zip(self.groups, widths)):
+            cost = self._traced[widths] = count_cost(copy.deepcopy(self.model), self.example_input)
+        if cost is None:
+            subnet = copy.deepcopy(self.model)
+            indices = {g.name: sorted(g.order[g.channels - w:]) for g, w in zip(self.groups, widths) if w < g.channels}
+            apply_kept(subnet, self.example_input, indices, {g.name: g.channels for g in self.groups})
+            cost = self._traced[widths] = count_cost(subnet, self.example_input)
+        return cost
 
     def _layer_dims(self, kept: Mapping[str, int]) -> dict[str, tuple[int, int]]:
         """(input, output) width of every parameterised layer when the groups keep ``kept``."""
@@ -205,13 +359,13 @@ class PruningSpace:
             removed = self._by_name[name].channels - width
             if removed <= 0:
                 continue
-            for module, dim, units in self._effects[name]:
+            for module, dim, share in self._effects[name]:
                 target = out_cut if dim == "out" else in_cut
-                target[module] = target.get(module, 0) + removed * units
+                target[module] = target.get(module, 0) + removed * share
         dims = {}
         for module, s in self._shapes.items():
-            out_dim = s.out_dim - out_cut.get(module, 0)
-            dims[module] = (1 if s.kind == "depthwise" else s.in_dim - in_cut.get(module, 0), out_dim)
+            out_dim = s.out_dim - round(out_cut.get(module, 0))
+            dims[module] = (1 if s.kind == "depthwise" else s.in_dim - round(in_cut.get(module, 0)), out_dim)
         return dims
 
     def attach_latency(self, table: LatencyTable, measured_base_ms: float) -> None:
@@ -292,7 +446,8 @@ class PruningSpace:
 
     def describe(self) -> list[dict]:
         return [
-            {"name": g.name, "channels": g.channels, "low": g.low, "high": g.high, "members": g.members}
+            {"name": g.name, "channels": g.channels, "step": g.step, "low": g.low, "high": g.high,
+             "members": g.members, **({"rules": g.rules} if g.rules else {})}
             for g in self.groups
         ]
 
@@ -313,13 +468,14 @@ def apply_kept(
     Groups are looked up by root-module name on THIS model, so the dependency graph's module keys
     are the ones being pruned. The widths are checked afterwards.
     """
-    graph = _build_graph(model, example_input)
+    graph = build_graph(model, example_input).graph
+    frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
     modules = dict(model.named_modules())
     for name, keep in kept.items():
         if name not in modules:
             raise KeyError(f"group root '{name}' is not a module of this model")
         root = modules[name]
-        width = _out_width(root)
+        width = out_width(root)
         if channels is not None and channels[name] != width:
             raise ValueError(f"group '{name}' has {width} channels, expected {channels[name]}")
         keep_set = set(keep)
@@ -328,11 +484,33 @@ def apply_kept(
             continue
         handler = graph.get_pruner_of_module(root).prune_out_channels
         graph.get_pruning_group(root, handler, idxs=drop).prune()
+    for name, p in model.named_parameters():  # Torch-Pruning makes every pruned parameter trainable
+        if name in frozen:
+            p.requires_grad_(False)
     for name, keep in kept.items():
-        got = _out_width(modules[name])
+        got = out_width(modules[name])
         if got != len(keep):
             raise RuntimeError(f"pruning '{name}' left {got} channels, asked for {len(keep)}")
     return model
+
+
+def _units(graph, root: nn.Module, tp_group, names: dict, channels: int):
+    """The group's channel units (``channel_units``, or the balanced ones a grouped conv needs), the grouped
+    conv's rule, and why the group cannot be searched (None when it can)."""
+    units = channel_units(graph, root, channels)
+    balanced, grouped_rule = grouped_conv_units(tp_group, names, channels)
+    if grouped_rule is not None:
+        if balanced is None:
+            return None, None, grouped_rule
+        if len(units) != channels:
+            return None, None, f"{grouped_rule}, and its channels are pruned in blocks as well"
+        units = balanced
+    if len({len(u) for u in units}) > 1:
+        return None, None, "its channels are pruned together in blocks of unequal size"
+    if len(units) < 2:
+        return None, None, ("a single output channel" if channels == 1
+                            else f"its {channels} output channels are pruned as one unit")
+    return units, grouped_rule, None
 
 
 def _scorer(criterion: str, context: CriterionContext) -> Criterion:
@@ -344,116 +522,27 @@ def _scorer(criterion: str, context: CriterionContext) -> Criterion:
         raise UserError(f"criterion '{criterion}' cannot score this model on the training batches: {exc}") from exc
 
 
-def _ranked(score: Criterion, tp_group: tp.dependency.group.Group, criterion: str,
-            name: str) -> tuple[list[int], list[float]]:
-    """The group's channels, least important first by ``score``, and the score of each."""
-    try:
-        with torch.no_grad():
-            importance = score(tp_group).detach().float().cpu()
-    except Exception as exc:  # a layer pattern the criterion cannot rank
-        raise UserError(f"criterion '{criterion}' cannot rank the channels of group '{name}': {exc}") from exc
-    return torch.argsort(importance, stable=True).tolist(), importance.tolist()
+def _ranked(score: Criterion, tp_group: tp.dependency.group.Group,
+            units: list[list[int]]) -> tuple[list[int], list[float]]:
+    """The group's channels, least important unit first by ``score`` (a unit scores the sum of its channels'
+    scores; its channels stay together), and the score of each channel."""
+    with torch.no_grad():
+        importance = score(tp_group).detach().float().cpu()
+    if importance.numel() != sum(len(u) for u in units):
+        raise RuntimeError(f"{importance.numel()} scores for {sum(len(u) for u in units)} channels")
+    unit_scores = torch.stack([importance[u].sum() for u in units])
+    order = [channel for i in torch.argsort(unit_scores, stable=True).tolist() for channel in units[i]]
+    return order, importance.tolist()
 
 
 def _given_order(orders: Mapping[str, Sequence[int]], name: str, channels: int) -> list[int]:
     """The ready-made ranking of group ``name``, checked to rank each of its channels once."""
-    if name not in orders:
-        raise ValueError(f"no channel order given for group '{name}'")
     order = [int(i) for i in orders[name]]
     if sorted(order) != list(range(channels)):
         raise ValueError(f"the order given for group '{name}' does not rank each of its {channels} channels once")
     return order
 
 
-def _is_grouped(module: nn.Module) -> bool:
-    return (
-        isinstance(module, nn.Conv2d)
-        and module.groups > 1
-        and not (module.groups == module.in_channels == module.out_channels)
-    )
-
-
-def _out_width(module: nn.Module) -> int:
-    return module.out_channels if isinstance(module, nn.Conv2d) else module.out_features
-
-
-def _build_graph(model: nn.Module, example_input: torch.Tensor) -> tp.DependencyGraph:
-    # Tracing needs autograd: it must not run under no_grad / inference_mode.
-    with torch.enable_grad():
-        return tp.DependencyGraph().build_dependency(model, example_inputs=example_input)
-
-
-def _trace_shapes(
-    model: nn.Module, example_input: torch.Tensor, names: dict[nn.Module, str]
-) -> tuple[dict[str, _LayerShape], nn.Module | None]:
-    """One forward pass recording every parameterised layer's shape; also finds the classifier.
-
-    The classifier is the last conv/linear executed whose output width equals the model's: its
-    outputs are the classes, which must never be pruned.
-    """
-    shapes: dict[str, _LayerShape] = {}
-    executed: list[nn.Module] = []
-
-    def hook(module: nn.Module, inputs, output) -> None:
-        name = names[module]
-        if name in shapes or not isinstance(output, torch.Tensor):
-            return
-        if isinstance(module, _ROOT_TYPES):
-            executed.append(module)
-        shapes[name] = _shape_of(module, inputs[0], output)
-
-    handles = [
-        m.register_forward_hook(hook)
-        for m in model.modules()
-        if any(True for _ in m.parameters(recurse=False))
-    ]
-    try:
-        with torch.no_grad():
-            out = model(example_input)
-    except Exception as exc:
-        raise UserError(f"the model does not run on the data's input shape {tuple(example_input.shape)}: {exc}") from exc
-    finally:
-        for h in handles:
-            h.remove()
-    width = out.shape[1] if isinstance(out, torch.Tensor) and out.ndim >= 2 else None
-    classifier = next((m for m in reversed(executed) if _out_width(m) == width), None)
-    return shapes, classifier
-
-
-def _shape_of(module: nn.Module, inp: torch.Tensor, out: torch.Tensor) -> _LayerShape:
-    own = sum(p.numel() for p in module.parameters(recurse=False))
-    if isinstance(module, nn.Conv2d):
-        kernel = module.kernel_size[0] * module.kernel_size[1]
-        positions = math.prod(out.shape[2:])
-        bias = module.bias is not None
-        depthwise = module.groups > 1 and module.groups == module.in_channels == module.out_channels
-        spatial = tuple(inp.shape[2:])
-
-        def build(in_dim: int, out_dim: int, m: nn.Conv2d = module) -> tuple[nn.Module, tuple[int, ...]]:
-            in_channels = out_dim if depthwise else in_dim
-            groups = out_dim if depthwise else m.groups
-            layer = nn.Conv2d(in_channels, out_dim, m.kernel_size, m.stride, m.padding, m.dilation, groups,
-                              m.bias is not None)
-            return layer, (in_channels, *spatial)
-
-        if module.groups == 1:
-            return _LayerShape("conv", module.in_channels, module.out_channels, kernel, positions, bias, build=build)
-        if depthwise:
-            return _LayerShape("depthwise", 1, module.out_channels, kernel, positions, bias, build=build)
-        # other grouped convs: each output sees in/groups inputs; the group count stays
-        return _LayerShape("conv", module.in_channels, module.out_channels, kernel / module.groups, positions, bias,
-                           build=build)
-    if isinstance(module, nn.Linear):
-        tokens = out.numel() // out.shape[-1]
-        lead = tuple(inp.shape[1:-1])
-
-        def build_linear(in_dim: int, out_dim: int, m: nn.Linear = module) -> tuple[nn.Module, tuple[int, ...]]:
-            return nn.Linear(in_dim, out_dim, m.bias is not None), (*lead, in_dim)
-
-        return _LayerShape("linear", module.in_features, module.out_features, 1, tokens, module.bias is not None,
-                           build=build_linear)
-    if isinstance(module, (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm)):
-        bias = getattr(module, "bias", None) is not None
-        width = own // (2 if bias else 1)
-        return _LayerShape("norm", width, width, has_bias=bias)
-    return _LayerShape("other", fixed_params=own)
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")

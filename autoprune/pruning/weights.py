@@ -23,7 +23,8 @@ from torch import nn
 from autoprune.errors import UserError
 from autoprune.pruning.config import SpaceConfig
 from autoprune.pruning.criteria import Batch
-from autoprune.pruning.space import Cost, Group, PruningSpace, _trace_shapes
+from autoprune.pruning.layers import trace_layers
+from autoprune.pruning.space import Cost, Group, PruningSpace
 
 SCOPES = ("layer", "global")
 GLOBAL = "global"  # the one unit of scope global
@@ -48,9 +49,10 @@ class WeightSpace(PruningSpace):
         self.example_input = example_input[:1].detach().cpu()
         self.model = copy.deepcopy(model).cpu().eval()
         names = {m: n for n, m in self.model.named_modules()}
-        self._shapes, _ = _trace_shapes(self.model, self.example_input, names)
+        self._shapes, _ = trace_layers(self.model, self.example_input, names)
         self.classifier = None  # the classifier's weights are pruned like any other layer's
         self.unprunable: dict[str, str] = {}
+        self.cost_check = {"mode": "analytic"}  # a weight's MACs are its layer's positions: nothing to trace
         self.layers = [name for name, s in self._shapes.items() if s.kind in ("conv", "depthwise", "linear")
                        and not any(fnmatch.fnmatchcase(name, pattern) for pattern in self.config.skip)]
         if not self.layers:
@@ -65,7 +67,7 @@ class WeightSpace(PruningSpace):
         self._by_name = {g.name: g for g in self.groups}
         self._rank(self.model)
         self.latency = None
-        self._dense = PruningSpace.cost_of_widths(self, {})
+        self._dense = PruningSpace._analytic_cost(self, {})
         self.base_cost = self.cost({})
 
     def _rank(self, model: nn.Module) -> None:

@@ -159,7 +159,6 @@ def test_orders_rebuild_the_space_without_the_criterion():
 @pytest.mark.parametrize(
     "orders, fragment",
     [
-        ({"0": list(range(8))}, "no channel order given for group '3'"),
         ({"0": list(range(8)), "3": [0] * 8}, "does not rank each of its 8 channels once"),
         ({"0": list(range(8)), "3": list(range(8)), "9": [0]}, r"orders given for group\(s\) \['9'\]"),
     ],
@@ -167,6 +166,12 @@ def test_orders_rebuild_the_space_without_the_criterion():
 def test_bad_orders(orders, fragment):
     with pytest.raises(ValueError, match=fragment):
         PruningSpace(_chain(), torch.randn(1, 1, 10, 10), orders=orders)
+
+
+def test_a_group_without_an_order_was_left_out_by_the_space_that_ranked():
+    space = PruningSpace(_chain(), torch.randn(1, 1, 10, 10), orders={"0": list(range(8))})
+    assert space.group_names == ["0"]
+    assert space.unprunable["3"] == "left out by the space that ranked the channels"
 
 
 def test_criterion_batches_are_a_fixed_draw_of_the_training_split():

@@ -10,6 +10,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import autoprune
 from autoprune.errors import UserError
+from autoprune.measure.count import Cost
 from autoprune.models import create_model
 from autoprune.pruning.config import SpaceConfig, load_space_config
 from autoprune.pruning.space import PruningSpace, apply_kept
@@ -384,7 +385,7 @@ def test_skipping_everything(tmp_path):
         PruningSpace(_resnet20(), _example(), SpaceConfig(skip=["*"]))
 
 
-def test_groups_touching_a_grouped_conv_are_left_out():
+def test_groups_touching_a_grouped_conv_keep_its_groups_even():
     class Grouped(nn.Module):
         def __init__(self):
             super().__init__()
@@ -398,10 +399,20 @@ def test_groups_touching_a_grouped_conv_are_left_out():
 
     model, x = Grouped(), torch.randn(1, 3, 8, 8)
     space = PruningSpace(model, x)
-    assert space.group_names == ["c"]
-    assert set(space.unprunable) == {"a", "b"}
+    assert space.group_names == ["c", "b", "a"]
+    assert [g.step for g in space.groups] == [1, 2, 2]
+    assert space.groups[2].rules == ["grouped convolution 'b' has 2 groups"]
+    assert space.unprunable == {"fc": "the classifier: its outputs are the classes"}
     with FlopCounterMode(display=False) as counter:
         model(x)
     assert space.base_cost.macs == counter.get_total_flops() // 2
-    subnet, _ = space.prune({"c": 0.5})
-    assert sum(p.numel() for p in subnet.parameters()) == space.cost({"c": 0.5}).params
+    ratios = {"a": 0.3, "b": 0.6, "c": 0.5}
+    assert space.kept_channels(ratios) == {"a": 6, "b": 4, "c": 8}
+    subnet, kept = space.prune(ratios)
+    # one channel cut from each half of 'a' (the two groups of 'b' read 3 inputs each) and of 'b'
+    assert sum(i < 4 for i in kept["a"]) == 3 and sum(i < 4 for i in kept["b"]) == 2
+    assert (subnet.b.in_channels, subnet.b.out_channels, subnet.b.groups) == (6, 4, 2)
+    assert subnet(x).shape == (1, 3)
+    with FlopCounterMode(display=False) as counter:
+        subnet(x)
+    assert space.cost(ratios) == Cost(counter.get_total_flops() // 2, sum(p.numel() for p in subnet.parameters()))

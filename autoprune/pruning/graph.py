@@ -1,0 +1,214 @@
+"""Torch-Pruning's dependency graph, built so that it couples the channels a model really couples.
+
+Three things the plain ``build_dependency`` gets wrong on models people bring, fixed here where the graph
+is made (so pruning, ranking and the cost model all see the same graph):
+
+- **Frozen parameters.** The graph is traced through autograd: a layer whose parameters have
+  ``requires_grad`` off (a frozen stem) leaves no trace and is silently never pruned. Every parameter
+  requires grad while the graph is built.
+- **Channels that are not coupled.** A 1-channel map broadcast-multiplied into C channels (a spatial
+  attention gate) and a reduction over the channels (``x.mean(1, keepdim=True)``) are taken for
+  element-wise ops, which couples the C channels with the 1-channel layer. The edges that carry no
+  channel (a broadcast from one channel, a reduction to one channel) are cut, by the shapes autograd
+  records of each op's output. An op that changes the channel count in any other way (a
+  ``PixelShuffle``, a channel shuffle's transpose) is reported in ``TracedGraph.changes`` so that the
+  space refuses the groups through it.
+- **Per-channel buffers.** A module holding per-channel tensors that Torch-Pruning has no pruner for (a
+  frozen BatchNorm keeps its statistics and affine terms as buffers) must be cut with its channels:
+  ``PerChannelPruner`` slices every 1-D tensor of the channel count.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from math import lcm
+from typing import NamedTuple
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from autoprune.pruning.layers import CONV_TYPES, is_depthwise
+
+
+class PerChannelPruner(tp.pruner.function.BasePruningFunc):
+    """Cuts a module's per-channel tensors (every 1-D parameter and buffer as long as its channel count)."""
+
+    def prune_out_channels(self, layer: nn.Module, idxs: Sequence[int]) -> nn.Module:
+        width = self.get_out_channels(layer)
+        drop = {int(i) for i in idxs}
+        keep = torch.tensor([i for i in range(width) if i not in drop], dtype=torch.long)
+        for name, tensor in list(layer.named_parameters(recurse=False)) + list(layer.named_buffers(recurse=False)):
+            if tensor.dim() == 1 and tensor.numel() == width:
+                kept = tensor.data.index_select(0, keep.to(tensor.device)).clone()
+                if isinstance(tensor, nn.Parameter):
+                    setattr(layer, name, nn.Parameter(kept, requires_grad=tensor.requires_grad))
+                else:
+                    setattr(layer, name, kept)
+        for attribute in ("num_features", "num_channels", "channels"):
+            if isinstance(getattr(layer, attribute, None), int):
+                setattr(layer, attribute, width - len(drop))
+        return layer
+
+    prune_in_channels = prune_out_channels
+
+    def get_out_channels(self, layer: nn.Module) -> int | None:
+        return per_channel_width(layer)
+
+    get_in_channels = get_out_channels
+
+
+def per_channel_width(module: nn.Module) -> int | None:
+    """The channel count of a leaf module whose own tensors are all 1-D of one length (>= 2) with at
+    least one buffer among them; None for any other module."""
+    if any(True for _ in module.children()):
+        return None
+    tensors = list(module.parameters(recurse=False)) + list(module.buffers(recurse=False))
+    if not any(True for _ in module.buffers(recurse=False)) or not tensors:
+        return None
+    lengths = {t.numel() for t in tensors if t.dim() == 1}
+    if len(lengths) != 1 or any(t.dim() != 1 for t in tensors if t.numel() > 1):
+        return None
+    width = lengths.pop()
+    return width if width >= 2 else None
+
+
+def _shape(grad_fn) -> tuple[int, ...] | None:
+    """The shape of the tensor an autograd node's op made (its first output), from autograd's own metadata."""
+    try:
+        return tuple(grad_fn._input_metadata[0].shape)
+    except (AttributeError, IndexError, TypeError):
+        return None
+
+
+class TracedGraph(NamedTuple):
+    graph: tp.DependencyGraph
+    changes: dict[object, str]  # node -> how it changes the channel count ("PixelShuffleBackward0 (32 -> 8 channels)")
+    outputs: set  # the nodes whose results the model returns (every output: logits, auxiliary heads, ...)
+
+
+def build_graph(model: nn.Module, example_input: torch.Tensor) -> TracedGraph:
+    """The dependency graph of ``model`` traced on ``example_input`` through every output it returns, the ops
+    that change a channel count in a way Torch-Pruning cannot map, and the nodes that make the outputs."""
+    returned: list = []
+
+    def record_outputs(out):
+        returned.extend(t.grad_fn for t in tp.utils.flatten_as_list(out) if isinstance(t, torch.Tensor))
+        return out
+
+    registered = tuple(tp.ops.type2class(t) for t in tp.DependencyGraph().REGISTERED_PRUNERS)
+    custom = {type(m) for m in model.modules()
+              if not isinstance(m, registered) and per_channel_width(m) is not None}
+    frozen = [p for p in model.parameters() if not p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(True)
+    try:
+        # Tracing needs autograd: it must not run under no_grad / inference_mode.
+        with torch.enable_grad():
+            graph = tp.DependencyGraph().build_dependency(
+                model, example_inputs=example_input, output_transform=record_outputs, verbose=False,
+                customized_pruners={t: PerChannelPruner() for t in custom})
+    finally:
+        for p in frozen:
+            p.requires_grad_(False)
+    outputs = {node for node in graph.module2node.values()
+               if node.grad_fn in returned or node.type == tp.ops.OPTYPE.OUTPUT}
+    return TracedGraph(graph, _uncouple(graph), outputs)
+
+
+# element-wise ops that broadcast one channel over many, and reductions over the channels
+_BROADCASTS = ("Mul", "Add", "Sub", "Div", "Where", "Maximum", "Minimum")
+_REDUCTIONS = ("Mean", "Sum", "Amax", "Amin", "Max", "Min", "Norm", "Std", "Var", "Logsumexp", "Prod")
+# ops that move channels between positions (or mix them, a functional conv), which the graph takes for element-wise
+_REMIXES = ("PixelShuffle", "PixelUnshuffle", "ChannelShuffle", "Convolution")
+_REMIXES_5D = ("Transpose", "Permute")  # a channel shuffle: view (N, g, C/g, H, W), swap g and C/g
+
+
+def _uncouple(graph: tp.DependencyGraph) -> dict[object, str]:
+    """Cut the graph's edges into element-wise ops that carry no channel; return the other ops that change
+    the channels in ways Torch-Pruning cannot follow, keyed by node, described."""
+    changes: dict[object, str] = {}
+    for node in list(graph.module2node.values()):
+        if node.type != tp.ops.OPTYPE.ELEMENTWISE:
+            continue
+        out = _shape(node.grad_fn)
+        if out is None or len(out) < 2 or len(out) == 3:  # (N, L, C) or (N, C, L): no telling which is channels
+            continue
+        op = node.grad_fn.name()
+        for source in list(node.inputs):
+            shape = _shape(source.grad_fn)
+            if shape is None or len(shape) != len(out) or shape[1] == out[1]:
+                continue
+            if (shape[1] == 1 and op.startswith(_BROADCASTS)) or (out[1] == 1 and op.startswith(_REDUCTIONS)):
+                _cut(node, source)
+            elif op.startswith(_REMIXES) or (len(out) == 5 and op.startswith(_REMIXES_5D)):
+                changes[node] = f"{op} ({shape[1]} -> {out[1]} channels)"
+    return changes
+
+
+def _cut(node, source) -> None:
+    node.inputs.remove(source)
+    source.outputs.remove(node)
+    node.dependencies = [d for d in node.dependencies if d.target is not source]
+    source.dependencies = [d for d in source.dependencies if d.target is not node]
+
+
+def channel_units(graph: tp.DependencyGraph, root: nn.Module, channels: int) -> list[list[int]]:
+    """The root's output channels that are pruned together (each channel alone, or pairs that
+    ``torch.chunk`` halves gate together, or blocks a reshape into channels moves together), as lists
+    of channel indices, in order of their first channel."""
+    handler = graph.get_pruner_of_module(root).prune_out_channels
+    first = graph.get_pruning_group(root, handler, idxs=[0])
+    if len(first[0].idxs) == 1:  # the common case: one channel is one unit
+        return [[i] for i in range(channels)]
+    units, seen = [], set()
+    for i in range(channels):
+        if i in seen:
+            continue
+        unit = sorted({int(j) for j in graph.get_pruning_group(root, handler, idxs=[i])[0].idxs})
+        seen.update(unit)
+        units.append(unit)
+    return units
+
+
+def width_step(tp_group, names: dict[nn.Module, str]) -> tuple[int, list[str]]:
+    """The multiple every width of the group must be, from the layers it touches (GroupNorm groups, attention
+    heads), and why."""
+    step, why = 1, []
+    for dep, idxs in tp_group:
+        module = dep.target.module
+        if isinstance(module, nn.GroupNorm) and module.num_groups > 1:
+            rule = module.num_groups
+            why.append(f"GroupNorm '{names.get(module)}' has {rule} groups")
+        elif isinstance(module, nn.MultiheadAttention) and module.num_heads > 1:
+            rule = module.num_heads
+            why.append(f"attention '{names.get(module)}' has {rule} heads")
+        else:
+            continue
+        step = lcm(step, rule)
+    return step, why
+
+
+def grouped_conv_units(tp_group, names: dict[nn.Module, str],
+                       channels: int) -> tuple[list[list[int]] | None, str | None]:
+    """Units that keep a grouped (not depthwise) convolution's groups even, and a rule for why; (None, None)
+    where the group touches no grouped convolution; (None, reason) where it touches one in a way that cannot
+    be kept even.
+
+    A conv with g groups needs the same number of channels cut from each of its groups: a unit is one channel
+    from each group (channels p, p + C/g, p + 2C/g, ...), for a group whose channels reach the conv one to one.
+    """
+    grouped = [(dep, idxs) for dep, idxs in tp_group
+               if isinstance(dep.target.module, CONV_TYPES) and dep.target.module.groups > 1
+               and not is_depthwise(dep.target.module)]
+    if not grouped:
+        return None, None
+    counts = {dep.target.module.groups for dep, _ in grouped}
+    name = names.get(grouped[0][0].target.module)
+    if len(counts) > 1 or any(sorted(int(i) for i in idxs) != list(range(channels)) for _, idxs in grouped):
+        return None, (f"touches a grouped convolution ('{name}', groups={grouped[0][0].target.module.groups}) "
+                      "whose groups its channels do not reach one to one")
+    g = counts.pop()
+    per_group = channels // g
+    units = [[p + k * per_group for k in range(g)] for p in range(per_group)]
+    return units, f"grouped convolution '{name}' has {g} groups"
