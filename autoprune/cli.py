@@ -25,6 +25,9 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--holdout", type=int, default=5000, help="training images held out for scoring candidates")
     p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--output-key", default=None, metavar="KEY",
+                   help="where the logits are when the model's forward returns a dict (a key) or a tuple (an index); "
+                   "not given: a dict's 'logits', else its first tensor; a tuple's first tensor")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -291,7 +294,8 @@ def _cmd_train(args: argparse.Namespace, command: str) -> int:
     from autoprune.data import load_data
     from autoprune.device import resolve_device
     from autoprune.measure import accuracy
-    from autoprune.models import create_model, load_weights
+    from autoprune.models import create_model, prepare_model
+    from autoprune.models.contract import contract_of
     from autoprune.progress import console
     from autoprune.retrain import rewind_weights_path
     from autoprune.train import train
@@ -305,9 +309,14 @@ def _cmd_train(args: argparse.Namespace, command: str) -> int:
     torch.manual_seed(args.seed)
     data = load_data(args.data, holdout=args.holdout, seed=args.seed, limit_train=args.limit_train)
     model = create_model(args.model, in_channels=data.in_channels, num_classes=data.num_classes)
+    # unwrapped from torch.compile, lazy layers materialised, --init loaded, checked (autoprune.models.contract)
+    model = prepare_model(model, data.example_input(), output_key=args.output_key, num_classes=data.num_classes,
+                          weights=args.init)
+    if not args.quiet:
+        for note in contract_of(model).notes:
+            console.print(note, markup=False, soft_wrap=True)
     prior_epochs: float | None = 0.0  # epochs the starting weights were trained for (None: not known)
     if args.init is not None:
-        load_weights(model, args.init)
         init_json = Path(args.init).with_suffix(".json")
         init_meta = json.loads(init_json.read_text()) if init_json.is_file() else {}
         prior_epochs = init_meta.get("epochs_total", init_meta.get("epochs"))
@@ -340,7 +349,8 @@ def _cmd_train(args: argparse.Namespace, command: str) -> int:
         "batch_size": args.batch_size, "seed": args.seed, "holdout": args.holdout,
         "test_acc": test_acc, "holdout_acc": holdout_acc, "seconds": round(result.seconds, 1),
         "init": args.init, "epochs_total": None if prior_epochs is None else prior_epochs + args.epochs,
-        "rewind_points": rewind_points, "command": command,
+        "rewind_points": rewind_points, "command": command, "layout": contract_of(model).layout,
+        **({"output_key": args.output_key} if args.output_key is not None else {}),
     }
     out.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
     console.print(

@@ -25,6 +25,7 @@ from torch import nn
 
 from autoprune.errors import UserError
 from autoprune.measure.latency import time_forward
+from autoprune.models.contract import CHANNELS_LAST, contract_of, logits_of
 from autoprune.results import RunDir, atomic_write, load_subnet
 
 FORMATS = {"onnx": "subnet.onnx", "torch-export": "subnet.pt2", "state-dict": "subnet.pt"}
@@ -102,15 +103,16 @@ def export_model(model: nn.Module, input_shape: tuple[int, ...], fmt: str, path:
     x_check = check_inputs(input_shape)
     runtime, run = write_export(model, fmt, path, x_check)
     diff, tolerance = compare(run, model, x_check)
+    channels_last = contract_of(model).layout == CHANNELS_LAST  # as the search ran it (autoprune.models.contract)
     return ExportCheck(
         format=fmt, path=str(path), bytes=path.stat().st_size, runtime=runtime, max_abs_diff=diff,
         tolerance=tolerance, batch=batch, threads=torch.get_num_threads(),
-        latency_ms=time_export(run, input_shape, batch, channels_last=fmt != "onnx"),
-        pytorch_latency_ms=time_export(model, input_shape, batch, channels_last=True),
+        latency_ms=time_export(run, input_shape, batch, channels_last=channels_last and fmt != "onnx"),
+        pytorch_latency_ms=time_export(model, input_shape, batch, channels_last=channels_last),
     )
 
 
-Runner = Callable[[torch.Tensor], torch.Tensor]
+Runner = Callable[[torch.Tensor], object]  # the model's output: logits, or a dict or tuple holding them
 
 
 def check_inputs(input_shape: tuple[int, ...]) -> torch.Tensor:
@@ -120,10 +122,15 @@ def check_inputs(input_shape: tuple[int, ...]) -> torch.Tensor:
 
 @torch.no_grad()
 def compare(run: Runner, model: nn.Module, x: torch.Tensor) -> tuple[float, float]:
-    """The largest absolute difference between the export's and the model's outputs on ``x``, and the
-    tolerance it must stay within: ATOL + RTOL x the largest output."""
-    expected = model(x)
-    return float((run(x) - expected).abs().max()), ATOL + RTOL * float(expected.abs().max())
+    """The largest absolute difference between the export's and the model's logits on ``x`` (taken from a
+    dict or tuple output by the model's output key, ``autoprune.models.contract``), and the tolerance it
+    must stay within: ATOL + RTOL x the largest logit."""
+    key = contract_of(model).output_key
+    expected = logits_of(model(x), key)
+    got = logits_of(run(x), key)
+    if got.shape != expected.shape:
+        return float("inf"), ATOL + RTOL * float(expected.abs().max())
+    return float((got - expected).abs().max()), ATOL + RTOL * float(expected.abs().max())
 
 
 def write_export(model: nn.Module, fmt: str, path: Path, example: torch.Tensor) -> tuple[str, Runner]:
@@ -180,9 +187,16 @@ def _onnx(model: nn.Module, x: torch.Tensor, tmp: Path):
     options = ort.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads()  # the threads PyTorch is timed with
     session = ort.InferenceSession(str(tmp), options, providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        leaves, structure = torch.utils._pytree.tree_flatten(model(x))  # a dict or tuple output: its tensors, in order
 
-    def run(inp: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(session.run(None, {"input": inp.numpy()})[0])
+    def run(inp: torch.Tensor) -> object:
+        outputs = [torch.from_numpy(a) for a in session.run(None, {"input": inp.numpy()})]
+        if len(outputs) == 1:
+            return outputs[0]
+        if len(outputs) == len(leaves):  # the model's own structure, so the logits are found by the same key
+            return torch.utils._pytree.tree_unflatten(outputs, structure)
+        return outputs
 
     return f"onnxruntime {ort.__version__} (CPU)", run
 

@@ -29,6 +29,7 @@ from autoprune.html_report import write_html_report
 from autoprune.measure import AdaptiveBNEvaluator, accuracy
 from autoprune.measure.latency import LatencyTable, measure_latency
 from autoprune.models import create_model, load_weights, model_family
+from autoprune.models.contract import contract_of, prepare_model
 from autoprune.pareto import non_dominated
 from autoprune.progress import console, progress_bar
 from autoprune.pruning.config import load_space_config
@@ -84,6 +85,7 @@ class SearchConfig:
     sparsity_lambda: float = 1e-4
     pfp_eps: float | None = None  # strategy pfp: the error bound to allocate at; None: the one that meets the budget
     space: str | None = None
+    output_key: str | None = None  # what the logits are in a dict or tuple output; None: autoprune.models.contract's rule
     trials: int = 40
     tolerance: float = 0.02
     warm_start: bool = False
@@ -149,13 +151,14 @@ def search(
     run, space, budget_obj = setup.run, setup.space, setup.budget
     timings = dict(run.read_status().get("timings", {})) if resume else {}
     timings["setup"] = timings.get("setup", 0.0) + setup.seconds
-    if config.strategy == "binary" or config.bounds_from_sensitivity:
-        with _timed(timings, "sensitivity"):
-            _sensitivity_phase(config, setup, quiet)
-    with _timed(timings, "search"):
-        study = _search_phase(config, setup, quiet)
-        trials = trials_frame(study, space.group_names)
-        run.write_table("trials.csv", trials)
+    with _discarded_on_failure(run, fresh=not resume):  # until its first trial, a failed run leaves nothing
+        if config.strategy == "binary" or config.bounds_from_sensitivity:
+            with _timed(timings, "sensitivity"):
+                _sensitivity_phase(config, setup, quiet)
+        with _timed(timings, "search"):
+            study = _search_phase(config, setup, quiet)
+            trials = trials_frame(study, space.group_names)
+            run.write_table("trials.csv", trials)
     with _timed(timings, "fine-tune"):
         subnets = _finetune_phase(config, setup, study, quiet)
     if config.ray_local is not None:
@@ -192,6 +195,18 @@ def _export_phase(config: SearchConfig, run: RunDir, front: list[SubnetRecord], 
                 console.print(f"[bold red]export of {s.id} as {fmt} failed:[/] {describe_error(exc).strip()}")
                 continue
             console.print(f"exported {s.id} as {check.describe()}", markup=False, style=None if check.ok else "bold red")
+
+
+@contextmanager
+def _discarded_on_failure(run: RunDir, *, fresh: bool) -> Iterator[None]:
+    """Remove what a new run wrote if the block fails before the run has a trial or sensitivity results
+    (``RunDir.discard``): so the same command can simply be run again. A resumed run is left as it is."""
+    try:
+        yield
+    except BaseException:
+        if fresh and not run.has_results:
+            run.discard()
+        raise
 
 
 @contextmanager
@@ -232,13 +247,17 @@ def _prepare(config: SearchConfig, module: nn.Module | None, resume: bool, quiet
         _check_resume_config(run, config)
     budget = check_options(config)
     data, model, space = load_workbench(config, module)
+    contract = contract_of(model)
+    if not quiet:
+        for note in contract.notes:
+            console.print(note, markup=False, soft_wrap=True)
     check_retrain_model(config, model)
     strategy = get_strategy(config.strategy, SearchContext(space, budget, config.seed, config.tolerance,
                                                            config.warm_start, config.trials, pfp_eps=config.pfp_eps))
     base_latency = measure_latency(model, data.input_shape, device=config.device, batch=config.latency_batch)
     if budget.needs_latency:
         table = LatencyTable(space.latency_layers(), device=config.device, batch=config.latency_batch,
-                             cache=run.path / "latency_table.json")
+                             cache=run.path / "latency_table.json", layout=contract.layout)
         space.attach_latency(table, base_latency)
     smallest = space.smallest_cost()
     if not budget.feasible(smallest, space.base_cost):
@@ -248,24 +267,28 @@ def _prepare(config: SearchConfig, module: nn.Module | None, resume: bool, quiet
             f"{smallest.macs / space.base_cost.macs:.1%} of MACs and {smallest.params / space.base_cost.params:.1%} "
             f"of params{latency} (raise ratio.max in the space file)"
         )
-    # Nothing is written before this line: a bad input leaves no half-made run behind.
+    # Nothing is written before this line: a bad input leaves no half-made run behind, and a failure
+    # from here to the first trial removes what the run wrote (_discarded_on_failure).
     run.create()
-    config.out = str(run.path)
-    run.write_config({**asdict(config), "space_config": space.config.to_dict(), "data_summary": data.summary(),
-                      "groups": space.describe(), "unprunable_groups": space.unprunable})
-    run.write_status(status="running", backend="ray" if _uses_ray(config) else "local",
-                     workers=config.workers if _uses_ray(config) else 1, started=time.strftime("%Y-%m-%dT%H:%M:%S"))
-    if config.sparsity_train > 0:
-        model = _sparsity_trained(config, run, data, model, space, quiet)
-    evaluator = make_evaluator(config, data)
-    baseline = {
-        "macs": space.base_cost.macs,
-        "params": space.base_cost.params,
-        "proxy_acc": evaluator.holdout_accuracy(model),
-        "test_acc": accuracy(model, data.test, device=config.device),
-        "latency_ms": base_latency,
-    }
-    model.cpu()
+    with _discarded_on_failure(run, fresh=not resume):
+        config.out = str(run.path)
+        run.write_config({**asdict(config), "space_config": space.config.to_dict(), "data_summary": data.summary(),
+                          "layout": contract.layout, "model_notes": list(contract.notes),
+                          "groups": space.describe(), "unprunable_groups": space.unprunable})
+        run.write_status(status="running", backend="ray" if _uses_ray(config) else "local",
+                         workers=config.workers if _uses_ray(config) else 1,
+                         started=time.strftime("%Y-%m-%dT%H:%M:%S"))
+        if config.sparsity_train > 0:
+            model = _sparsity_trained(config, run, data, model, space, quiet)
+        evaluator = make_evaluator(config, data)
+        baseline = {
+            "macs": space.base_cost.macs,
+            "params": space.base_cost.params,
+            "proxy_acc": evaluator.holdout_accuracy(model),
+            "test_acc": accuracy(model, data.test, device=config.device),
+            "latency_ms": base_latency,
+        }
+        model.cpu()
     return _Setup(run, data, space, budget, strategy, evaluator, baseline, time.perf_counter() - tic)
 
 
@@ -273,6 +296,9 @@ def load_workbench(config: SearchConfig, module: nn.Module | None = None) -> tup
     """The data, the trained model and its pruning space, as ``config`` names them."""
     torch.manual_seed(config.seed)
     data = load_data(config.data, holdout=config.holdout, seed=config.seed, limit_train=config.limit_train)
+    if module is not None:  # a Python object: checked as a model loaded from a spec is (autoprune.models.contract)
+        module = prepare_model(module, data.example_input(), output_key=config.output_key,
+                               num_classes=data.num_classes)
     model = module if module is not None else _load_model(config, data)
     if config.granularity == "weight":  # the model family's space file holds channel bounds: only --space applies
         space_config = load_space_config(config.space, None) if config.space is not None else None
@@ -411,14 +437,16 @@ def _load_model(config: SearchConfig, data: DataBundle) -> nn.Module:
             )
         weights = str(shipped)
         config.weights = weights
-    load_weights(model, weights)
+    # unwrapped from torch.compile, lazy layers materialised before the weights load, checked (autoprune.models.contract)
+    model = prepare_model(model, data.example_input(), output_key=config.output_key, num_classes=data.num_classes,
+                          weights=weights)
     return model.eval()
 
 
 # The settings that define a run's search; --trials and the fine-tuning options may change on resume.
 _RUN_IDENTITY = ("model", "data", "budget", "strategy", "criterion", "granularity", "mask_scope", "criterion_batches",
                  "sparsity_train",
-                 "sparsity_lambda", "pfp_eps", "seed", "weights", "space",
+                 "sparsity_lambda", "pfp_eps", "seed", "weights", "space", "output_key",
                  "calib_batches", "score_images", "adaptive_bn", "tolerance", "holdout", "limit_train", "batch_size",
                  "warm_start", "damage", "bounds_from_sensitivity", "sensitivity_from", "latency_batch")
 
@@ -441,7 +469,7 @@ def sensitivity(model: str | nn.Module = "resnet20", data: str = "fashion-mnist"
     config, module = _config_from(model, data, budget, options)
     setup = _prepare(config, module, resume, quiet)
     timings = {"setup": setup.seconds}
-    with _timed(timings, "sensitivity"):
+    with _discarded_on_failure(setup.run, fresh=not resume), _timed(timings, "sensitivity"):
         results = _sensitivity_phase(config, setup, quiet)
     setup.run.write_status(status="complete", timings=timings)
     if not quiet:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,7 +61,34 @@ class RunDir:
         return run
 
     def create(self) -> None:
+        self._made = not self.path.exists()  # check() saw it absent or empty: discard() undoes this
         (self.path / "subnets").mkdir(parents=True, exist_ok=True)
+
+    @property
+    def has_results(self) -> bool:
+        """Something worth resuming: a trial in trials.csv, or the sensitivity results."""
+        if (self.path / "sensitivity.csv").is_file():
+            return True
+        try:
+            return not self.read_trials().empty
+        except Exception:  # noqa: BLE001  (a half-written trials.csv: the study may still hold trials)
+            return (self.path / "study.db").is_file()
+
+    def discard(self) -> None:
+        """Remove what this run wrote since ``create()``: the directory where it made it, else (an empty
+        directory given as --out) its contents. For a run that failed before its first trial, so that the
+        same command can run again."""
+        made = getattr(self, "_made", None)
+        if made is None or not self.path.is_dir():  # create() was not called here: nothing of ours to remove
+            return
+        if made:
+            shutil.rmtree(self.path, ignore_errors=True)
+            return
+        for child in self.path.iterdir():
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child, ignore_errors=True)
+            else:
+                child.unlink(missing_ok=True)
 
     @property
     def is_run(self) -> bool:
@@ -177,7 +205,11 @@ class SubnetRecord:
 
 def save_subnet(directory: Path, subnet: nn.Module, spec: dict, *, masks: dict[str, torch.Tensor] | None = None) -> None:
     """Write ``weights.pt`` (a plain state dict), ``masks.pt`` for a weight-pruned subnet (parameter
-    name -> boolean tensor, true where a weight is kept), then ``spec.json``: the spec marks it complete."""
+    name -> boolean tensor, true where a weight is kept), then ``spec.json``: the spec marks it complete.
+    The spec records how the subnet runs (its layout and output key, ``autoprune.models.contract``)."""
+    from autoprune.models.contract import contract_of
+
+    spec = {**spec, "contract": spec.get("contract") or contract_of(subnet).to_record()}
     directory.mkdir(parents=True, exist_ok=True)
     files = {"weights.pt": {k: v.detach().cpu().contiguous() for k, v in subnet.state_dict().items()}}
     if masks is not None:
@@ -197,6 +229,7 @@ def load_subnet(path: str | Path, base_model: nn.Module | None = None) -> nn.Mod
     the search was given a Python model object rather than a model spec.
     """
     from autoprune.models import create_model
+    from autoprune.models.contract import RunContract, materialize, set_contract, unwrap_compiled
     from autoprune.pruning.space import apply_kept
 
     path = Path(path)
@@ -210,10 +243,15 @@ def load_subnet(path: str | Path, base_model: nn.Module | None = None) -> nn.Mod
         model = create_model(spec["model"], in_channels=spec["in_channels"], num_classes=spec["num_classes"])
     else:
         raise ValueError("this subnet was searched from a Python model object: pass base_model=")
+    model, _ = unwrap_compiled(model)
+    example = torch.zeros(1, *spec["input_shape"])
+    materialize(model, example)  # lazy layers take their shapes before they are pruned
     if spec.get("granularity", "filter") == "filter":
-        apply_kept(model.eval(), torch.zeros(1, *spec["input_shape"]), spec["kept"], spec["channels"])
+        apply_kept(model.eval(), example, spec["kept"], spec["channels"])
     state = torch.load(directory / "weights.pt", map_location="cpu", weights_only=True)
     model.load_state_dict(state)
+    if "contract" in spec:  # runs as the search ran it; older specs: the default
+        set_contract(model, RunContract.from_record(spec["contract"]))
     return model.eval()
 
 

@@ -19,6 +19,7 @@ from autoprune.data import DataBundle
 from autoprune.data.bundle import augment_batch
 from autoprune.errors import UserError
 from autoprune.measure import to_device
+from autoprune.models.contract import contract_of, input_to, logits_of
 from autoprune.progress import progress_bar
 
 
@@ -82,8 +83,10 @@ def train(
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
     generator = torch.Generator().manual_seed(seed)
     aug = data.augment if augment else ()
+    key = contract_of(model).output_key
     if teacher is not None:
         teacher = to_device(teacher, device).eval()
+        teacher_key, teacher_layout = contract_of(teacher).output_key, contract_of(teacher).layout
     scales = [m.weight for m in model.modules()
               if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None and m.weight.requires_grad]
     parameters = dict(model.named_parameters())
@@ -99,14 +102,14 @@ def train(
                     break
                 idx = order[start_idx : start_idx + batch_size]
                 x = augment_batch(data.train.x[idx], aug, generator) if aug else data.train.x[idx]
-                x, y = _batch_to(x, data.train.y[idx], device)
+                x, y = _batch_to(x, data.train.y[idx], device, model)
                 with torch.autocast("cuda", dtype=torch.float16, enabled=amp):
-                    logits = model(x)
+                    logits = logits_of(model(x), key)
                     if teacher is None:
                         loss = F.cross_entropy(logits, y)
                     else:
                         with torch.no_grad():
-                            target = teacher(x)
+                            target = logits_of(teacher(input_to(x, teacher_layout)), teacher_key)
                         loss = distillation_loss(logits, target, y, temperature=temperature, weight=distill_weight)
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
@@ -176,6 +179,6 @@ def distillation_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, y: tor
     return (1.0 - weight) * hard + weight * temperature**2 * soft
 
 
-def _batch_to(x: torch.Tensor, y: torch.Tensor, device: str) -> tuple[torch.Tensor, torch.Tensor]:
-    x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-    return x, y.to(device, non_blocking=True)
+def _batch_to(x: torch.Tensor, y: torch.Tensor, device: str, model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch on ``device`` in ``model``'s layout (``autoprune.models.contract``)."""
+    return input_to(x, model, device, non_blocking=True), y.to(device, non_blocking=True)

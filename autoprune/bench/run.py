@@ -11,7 +11,8 @@ from autoprune.errors import UserError
 from autoprune.pipeline import SearchConfig, check_options, resolve_paths
 
 _SHARED = ("model", "data", "weights", "criterion", "criterion_batches", "space", "calib_batches", "score_images",
-           "tolerance", "finetune_lr", "limit_train", "holdout", "batch_size", "seed", "device", "amp")
+           "tolerance", "finetune_lr", "limit_train", "holdout", "batch_size", "seed", "device", "amp", "output_key")
+_RECORDED_WHEN_SET = ("amp", "output_key")  # in bench.json only when given, so studies recorded before them resume
 _OWN = {
     "fidelity": ("budget", "candidates", "finetune_epochs", "finetune_seeds", "calib_sweep"),
     "efficiency": ("budget", "strategies", "trials", "seeds", "overhead_candidates"),
@@ -36,8 +37,9 @@ def run_bench(study: str, config: SearchConfig, *, out: str | None = None, resum
             raise UserError(f"--{key.replace('_', '-')} must not be negative")
     module = importlib.import_module(f"autoprune.bench.{study}")
     module.check(**options)  # before anything is written
-    # what --resume must find unchanged; --amp only where it is on, so studies recorded before it existed resume
-    shared = {k: getattr(config, k) for k in _SHARED if k != "amp" or config.amp}
+    # what --resume must find unchanged; --amp and --output-key only where given, so studies recorded before
+    # they existed resume
+    shared = {k: getattr(config, k) for k in _SHARED if k not in _RECORDED_WHEN_SET or getattr(config, k)}
     settings = {**shared, **options}
     bench = BenchDir(out or Path("results") / "bench" / study, study, settings, resume=resume,
                      command=command or f"python: autoprune.bench.run.run_bench({study!r}, ...)")

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 @dataclass
 class Split:
-    """Normalised images (N, C, H, W float32) and integer labels (N,)."""
+    """Normalised images (N, C, H, W float32; volumes N, C, D, H, W) and integer labels (N,)."""
 
     x: torch.Tensor
     y: torch.Tensor
@@ -82,7 +82,8 @@ def make_bundle(
 ) -> DataBundle:
     """Normalise raw arrays with training-set statistics and carve out the scoring holdout.
 
-    Images may be (N, H, W), (N, H, W, C) or (N, C, H, W), integer 0..255 or float.
+    Images may be (N, H, W), (N, H, W, C) or (N, C, H, W), integer 0..255 or float; arrays of 5 or more
+    dimensions are taken as (N, C, D, H, W...) volumes as they are.
     """
     xtr, xte = _to_nchw(x_train), _to_nchw(x_test)
     ytr, yte = _labels(y_train), _labels(y_test)
@@ -94,8 +95,9 @@ def make_bundle(
         raise ValueError(
             f"data '{name}': holdout of {holdout} leaves no training images (train has {xtr.shape[0]})"
         )
-    mean = xtr.mean(dim=(0, 2, 3), keepdim=True)
-    std = xtr.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
+    per_channel = tuple(d for d in range(xtr.ndim) if d != 1)
+    mean = xtr.mean(dim=per_channel, keepdim=True)
+    std = xtr.std(dim=per_channel, keepdim=True).clamp_min(1e-6)
     xtr = (xtr - mean) / std
     xte = (xte - mean) / std
     order = torch.randperm(xtr.shape[0], generator=torch.Generator().manual_seed(seed))
@@ -126,8 +128,10 @@ def _to_nchw(x: np.ndarray | torch.Tensor) -> torch.Tensor:
         t = t / 255.0
     if t.ndim == 3:
         return t.unsqueeze(1)
+    if t.ndim >= 5:  # volumes (N, C, D, H, W): channels first, as Conv3d takes them
+        return t.contiguous()
     if t.ndim != 4:
-        raise ValueError(f"images must have 3 or 4 dimensions, got shape {tuple(t.shape)}")
+        raise ValueError(f"images must have at least 3 dimensions (N, H, W), got shape {tuple(t.shape)}")
     if t.shape[-1] in (1, 3, 4) and t.shape[1] not in (1, 3, 4):
         t = t.permute(0, 3, 1, 2)
     return t.contiguous()

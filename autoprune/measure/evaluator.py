@@ -10,6 +10,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from autoprune.data import DataBundle, Split
+from autoprune.models.contract import CHANNELS_LAST, contract_of, input_to, logits_of, model_to
 
 _BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
@@ -35,23 +36,27 @@ def _calibrating_forward(bn: nn.modules.batchnorm._BatchNorm, x: torch.Tensor) -
 
 
 def to_device(model: nn.Module, device: str) -> nn.Module:
-    """Move a model to ``device`` in channels_last, the faster layout for convolutions here."""
-    return model.to(device).to(memory_format=torch.channels_last)
+    """Move a model to ``device`` in its layout (``autoprune.models.contract``): channels_last, the faster
+    layout for convolutions here, unless the model's set-up check found that it does not run in it."""
+    return model_to(model, device)
 
 
-def _batches_on(split: Split, batch_size: int, device: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    return [
-        (x.to(device).contiguous(memory_format=torch.channels_last), y.to(device))
-        for x, y in split.batches(batch_size)
-    ]
+def _batches_on(split: Split, batch_size: int, device: str,
+                layout: str = CHANNELS_LAST) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    return [(input_to(x, layout, device), y.to(device)) for x, y in split.batches(batch_size)]
+
+
+def _in_layout(batches: list[tuple[torch.Tensor, torch.Tensor]], layout: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    return [(input_to(x, layout), y) for x, y in batches]
 
 
 @torch.no_grad()
 def _top1(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
     model.eval()
+    key = contract_of(model).output_key
     correct = total = 0
     for x, y in batches:
-        correct += int((model(x).argmax(1) == y).sum())
+        correct += int((logits_of(model(x), key).argmax(1) == y).sum())
         total += int(y.numel())
     return correct / max(total, 1)
 
@@ -59,7 +64,7 @@ def _top1(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]]) ->
 def accuracy(model: nn.Module, split: Split, *, device: str = "cpu", batch_size: int = 500) -> float:
     """Top-1 accuracy of ``model`` on ``split`` (a fraction in [0, 1])."""
     model = to_device(model, device)
-    return _top1(model, _batches_on(split, batch_size, device))
+    return _top1(model, _batches_on(split, batch_size, device, contract_of(model).layout))
 
 
 class AdaptiveBNEvaluator:
@@ -91,7 +96,17 @@ class AdaptiveBNEvaluator:
         calib_idx = torch.randperm(len(data.train), generator=generator)[:n_calib]
         self._calib = _batches_on(data.train.subset(calib_idx), batch_size, device) if adaptive else []
         self._holdout = _batches_on(data.holdout, eval_batch_size, device)
+        self._layout = CHANNELS_LAST  # of the batches; a model in another layout gets them converted once
         self.last_seconds: dict[str, float] = {}
+
+    def _batches_for(self, model: nn.Module) -> tuple[list, list]:
+        """The calibration and scoring batches in ``model``'s layout, converted on the first model that
+        needs another (every candidate of a search has the same layout: this happens once)."""
+        layout = contract_of(model).layout
+        if layout != self._layout:
+            self._calib, self._holdout = _in_layout(self._calib, layout), _in_layout(self._holdout, layout)
+            self._layout = layout
+        return self._calib, self._holdout
 
     @property
     def images_per_score(self) -> int:
@@ -107,7 +122,8 @@ class AdaptiveBNEvaluator:
         """Re-estimate BN statistics on the first ``batches`` calibration batches (default: all);
         without calibration batches (a vanilla scorer) the statistics are left as they are."""
         bns = [m for m in model.modules() if isinstance(m, _BN_TYPES) and m.track_running_stats]
-        if not bns or not self._calib[:batches]:
+        calib, _ = self._batches_for(model)
+        if not bns or not calib[:batches]:
             return
         model.eval()  # dropout and friends stay deterministic; the BN layers normalise by batch statistics below
         for bn in bns:
@@ -116,7 +132,7 @@ class AdaptiveBNEvaluator:
             bn.num_batches_tracked.zero_()
             bn.forward = partial(_calibrating_forward, bn)  # an instance attribute, shadowing the class's
         try:
-            for x, _ in self._calib[:batches]:
+            for x, _ in calib[:batches]:
                 model(x)
         finally:
             for bn in bns:
@@ -137,21 +153,23 @@ class AdaptiveBNEvaluator:
         if self.adaptive:
             self.recalibrate(model, calib_batches)
         recalibrated = time.perf_counter()
-        proxy = _top1(model, self._holdout)
+        proxy = _top1(model, self._batches_for(model)[1])
         self.last_seconds = {"recalibrate": recalibrated - tic, "evaluate": time.perf_counter() - recalibrated}
         return proxy
 
     def holdout_accuracy(self, model: nn.Module) -> float:
         """Top-1 on the scoring images, BN statistics as they are (no recalibration)."""
-        return _top1(to_device(model, self.device), self._holdout)
+        model = to_device(model, self.device)
+        return _top1(model, self._batches_for(model)[1])
 
     @torch.no_grad()
     def forward_seconds(self, model: nn.Module) -> float:
         """Seconds of the bare forward passes one score needs (every calibration batch and every
         scoring image once, eval mode): the floor that the scoring overhead is measured against."""
         model = to_device(model, self.device).eval()
+        calib, holdout = self._batches_for(model)
         tic = time.perf_counter()
-        for x, _ in self._calib + self._holdout:
+        for x, _ in calib + holdout:
             model(x)
         if self.device.startswith("cuda"):
             torch.cuda.synchronize()

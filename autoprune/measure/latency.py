@@ -17,6 +17,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from autoprune.models.contract import input_to, model_to
+
 
 def _sync(device: str) -> None:
     if device.startswith("cuda"):
@@ -42,9 +44,9 @@ def measure_latency(
     model: nn.Module, input_shape: tuple[int, ...], *, device: str = "cpu", batch: int = 1, warmup: int = 5,
     repeats: int = 30,
 ) -> float:
-    """Median latency in ms of one forward pass of ``model`` (eval mode) at ``batch``."""
-    model = model.to(device).to(memory_format=torch.channels_last).eval()
-    x = torch.randn(batch, *input_shape, device=device).contiguous(memory_format=torch.channels_last)
+    """Median latency in ms of one forward pass of ``model`` (eval mode) at ``batch``, in the model's layout."""
+    model = model_to(model, device).eval()
+    x = input_to(torch.randn(batch, *input_shape, device=device), model)
     return time_forward(lambda: model(x), device, warmup=warmup, repeats=repeats)
 
 
@@ -52,7 +54,8 @@ class LatencyTable:
     """Per-layer latencies, timed on first use and cached as JSON.
 
     ``layers`` maps a layer name to a builder ``(in_dim, out_dim) -> (module, input shape)``;
-    ``predict`` takes each layer's (in, out) widths.
+    ``predict`` takes each layer's (in, out) widths. Layers are timed in ``layout``, the model's
+    (``autoprune.models.contract``): channels_last, or contiguous for a model that runs in NCHW.
     """
 
     def __init__(
@@ -62,8 +65,10 @@ class LatencyTable:
         device: str,
         batch: int,
         cache: Path | None = None,
+        layout: str = "channels_last",
     ) -> None:
         self.layers = dict(layers)
+        self.layout = layout
         self.device = device
         self.batch = batch
         self.cache = cache
@@ -76,11 +81,13 @@ class LatencyTable:
     def layer_ms(self, name: str, in_dim: int, out_dim: int) -> float:
         module, shape = self.layers[name](in_dim, out_dim)
         key = f"{self.device}|b{self.batch}|{_describe(module)}|{'x'.join(map(str, shape))}"
+        if self.layout != "channels_last":
+            key += f"|{self.layout}"
         if key not in self._entries:
-            module = module.to(self.device).to(memory_format=torch.channels_last).eval()
-            x = torch.randn(self.batch, *shape, device=self.device)
-            if x.ndim == 4:
-                x = x.contiguous(memory_format=torch.channels_last)
+            module = module.to(self.device).eval()
+            if self.layout == "channels_last":
+                module = module.to(memory_format=torch.channels_last)
+            x = input_to(torch.randn(self.batch, *shape, device=self.device), self.layout)
             self._entries[key] = time_forward(lambda: module(x), self.device, warmup=3, repeats=15)
             self._dirty = True
         return self._entries[key]

@@ -9,10 +9,18 @@ from torch import nn
 
 from autoprune.errors import UserError
 from autoprune.models import zoo  # noqa: F401  (fills the registry)
+from autoprune.models.contract import (
+    RunContract,
+    check_model,
+    contract_of,
+    logits_of,
+    prepare_model,
+)
 from autoprune.models.registry import get_model_entry, list_models, register_model
 from autoprune.specs import call_with_supported, is_callable_spec, load_callable
 
-__all__ = ["create_model", "list_models", "load_weights", "model_family", "register_model"]
+__all__ = ["RunContract", "check_model", "contract_of", "create_model", "list_models", "load_weights", "logits_of",
+           "model_family", "prepare_model", "register_model"]
 
 
 def create_model(spec: str, *, in_channels: int, num_classes: int) -> nn.Module:
@@ -38,7 +46,9 @@ def model_family(spec: str) -> str | None:
 
 
 def load_weights(model: nn.Module, path: str | Path) -> None:
-    """Load a plain state dict (never unpickling arbitrary objects) and say clearly if it does not fit."""
+    """Load a plain state dict (never unpickling arbitrary objects) and say clearly if it does not fit.
+
+    A state dict saved from a ``torch.compile``'d model (every key prefixed ``_orig_mod.``) loads too."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise UserError(f"weights file {path} not found")
@@ -51,10 +61,14 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
     if not isinstance(state, dict):
         raise UserError(f"weights {path} hold a {type(state).__name__}, not a state dict")
     own = model.state_dict()
+    prefix = "_orig_mod."
+    if state and all(k.startswith(prefix) for k in state) and not any(k.startswith(prefix) for k in own):
+        state = {k[len(prefix):]: v for k, v in state.items()}
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
+    lazy = (nn.parameter.UninitializedParameter, nn.parameter.UninitializedBuffer)  # they take the file's shapes
     mismatched = [
-        k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)
+        k for k in own if k in state and not isinstance(own[k], lazy) and tuple(state[k].shape) != tuple(own[k].shape)
     ]
     if missing or unexpected or mismatched:
         parts = []

@@ -28,6 +28,7 @@ from torch_pruning.pruner import function
 
 from autoprune.data.bundle import Split
 from autoprune.errors import UserError
+from autoprune.models.contract import contract_of, logits_of
 
 Criterion = Callable[[tp.dependency.group.Group], torch.Tensor]
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -276,11 +277,12 @@ def _taylor_summaries(model: nn.Module, batches: Sequence[Batch]) -> dict[nn.Mod
         seen.append((layer, view))
         return (view, *args[1:])
 
+    key = contract_of(model).output_key
     with _reader_hooks(model, watch), torch.enable_grad():
         for images, labels in batches:
             seen.clear()
             # an input that needs gradients makes the graph reach every layer, even where weights are frozen
-            logits = model(images.clone().requires_grad_())
+            logits = logits_of(model(images.clone().requires_grad_()), key)
             loss = F.cross_entropy(logits, labels, reduction="sum")
             grads = torch.autograd.grad(loss, [view for _, view in seen], allow_unused=True)
             for (layer, view), grad in zip(seen, grads):

@@ -1,0 +1,81 @@
+"""``autoprune inspect``: what a search would see of a model, before any search runs.
+
+Each group (name, channels, the step its width moves in and why, member layers), every layer never
+pruned with the reason, the MACs and params of the unpruned network (traced from what it runs and from
+the analytic model, with how far they agree on random subnets) and the memory layout it runs in. The
+model is loaded and checked exactly as ``autoprune search`` loads it (``pipeline.load_workbench``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from autoprune.models.contract import contract_of
+from autoprune.report import describe_cost_check, space_tables
+
+
+@dataclass
+class Inspection:
+    model: str
+    data: str
+    weights: str | None
+    layout: str
+    notes: list[str]
+    groups: list[dict]
+    unprunable: dict[str, str]
+    cost_check: dict
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def inspect_model(config) -> Inspection:
+    """Load ``config``'s model and data (``SearchConfig``; weights optional: structure and costs do not depend
+    on them) and build its pruning space."""
+    from autoprune.pipeline import SHIPPED_WEIGHTS, load_workbench
+
+    shipped = SHIPPED_WEIGHTS.get((config.model, config.data.partition(":")[0]))
+    untrained = config.weights is None and (shipped is None or not shipped.is_file())
+    _, model, space = load_workbench(config, untrained=untrained)
+    contract = contract_of(model)
+    notes = list(contract.notes)
+    if untrained:
+        notes.append("no --weights given: the structure and costs below do not depend on the weights")
+    return Inspection(config.model, config.data, config.weights, contract.layout, notes, space.describe(),
+                      dict(space.unprunable), space.cost_check)
+
+
+def print_inspection(result: Inspection, as_json: bool = False) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()  # stdout: what was asked for, not progress
+    if as_json:
+        print(json.dumps(result.to_dict(), indent=2))
+        return
+    config = {"groups": result.groups, "unprunable": result.unprunable, "cost_check": result.cost_check}
+    groups, unprunable, _ = space_tables(config)
+    base = result.cost_check.get("base") or {}
+    console.print(f"{result.model} on {result.data}" + (f", weights {result.weights}" if result.weights else ""),
+                  markup=False)
+    console.print(f"layout: {result.layout}", markup=False)
+    for note in result.notes:
+        console.print(f"note: {note}", markup=False)
+    if base:
+        console.print(f"MACs (FLOPs = 2 x MACs): {base['traced_macs']:,} traced, {base['analytic_macs']:,} analytic; "
+                      f"params: {base['traced_params']:,} traced, {base['analytic_params']:,} analytic", markup=False)
+    console.print(describe_cost_check(result.cost_check), markup=False)
+    table = Table(title=f"{len(groups)} groups searched")
+    for column in ("group", "channels", "step", "layers"):
+        table.add_column(column, overflow="fold")
+    for row in groups:
+        table.add_row(*row)
+    console.print(table)
+    if unprunable:
+        table = Table(title=f"{len(unprunable)} layers never pruned")
+        table.add_column("layer", overflow="fold")
+        table.add_column("why", overflow="fold")
+        for row in unprunable:
+            table.add_row(*row)
+        console.print(table)
