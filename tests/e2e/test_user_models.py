@@ -14,6 +14,7 @@ import yaml
 
 import autoprune
 from autoprune.cli import main
+from autoprune.data import load_data
 
 USER_MODELS = Path(__file__).parents[1] / "models" / "user_models"
 NCHW = "the model runs in NCHW (contiguous), not channels_last: "
@@ -98,6 +99,36 @@ def test_a_view_on_a_conv_map_trains_and_searches_in_nchw(images, tmp_path, caps
     assert subnet(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
 
 
+def test_a_dict_output_gives_its_logits(images, tmp_path, capsys):
+    weights = tmp_path / "dict.pt"
+    code, err = _train("dict_output.py:build", images, weights, capsys)
+    assert code == 0, err
+    assert not any(line.startswith(NCHW) for line in err)  # a dict output runs in channels_last
+    run = tmp_path / "run"
+    code, err = _search("dict_output.py:build", images, weights, run, capsys)
+    assert code == 0, err
+    assert _one_subnet(run)["contract"] == {"layout": "channels_last", "output_key": None}
+    # the baseline's test accuracy is that of output["logits"] (the 4-way "aux" would be another number)
+    model = _module("dict_output").build()
+    model.load_state_dict(torch.load(weights))
+    data = load_data(images, holdout=60)
+    with torch.no_grad():
+        output = model.eval()(data.test.x)
+    expected = float((output["logits"].argmax(1) == data.test.y).float().mean())
+    assert expected != float((output["aux"].argmax(1) == data.test.y).float().mean())
+    baseline = json.loads((run / "pareto.json").read_text())["baseline"]
+    assert baseline["test_acc"] == pytest.approx(expected)
+
+
+def test_a_dict_gives_its_logits_entry_where_it_is_not_first(images, tmp_path, capsys):
+    weights = tmp_path / "last.pt"
+    code, err = _train("dict_logits_last.py:build", images, weights, capsys, "--quiet")
+    assert code == 0 and err[0].startswith("trained "), err
+    code, err = _search("dict_logits_last.py:build", images, weights, tmp_path / "run", capsys, "--quiet")
+    assert code == 0, err
+    assert _one_subnet(tmp_path / "run")["contract"]["output_key"] is None
+
+
 def test_an_output_key_that_does_not_pick_the_logits_is_one_line(images, tmp_path, capsys):
     weights = tmp_path / "dict.pt"
     torch.save(_module("dict_output").build().state_dict(), weights)
@@ -110,12 +141,47 @@ def test_an_output_key_that_does_not_pick_the_logits_is_one_line(images, tmp_pat
     assert (code, err) == (2, [message])
 
 
+def test_a_tuple_output_with_the_logits_second(images, tmp_path, capsys):
+    weights = tmp_path / "tuple.pt"
+    code, err = _train("tuple_output.py:build", images, weights, capsys)
+    assert (code, err) == (2, [("autoprune: error: the model's output [0] has shape (1, 16) but the data has 10 "
+                               "classes: the logits must be (batch, classes); give --output-key if they are elsewhere "
+                               "in the output")])
+    code, err = _train("tuple_output.py:build", images, weights, capsys, "--output-key", "1")
+    assert code == 0, err
+    run = tmp_path / "run"
+    code, err = _search("tuple_output.py:build", images, weights, run, capsys, "--output-key", "1")
+    assert code == 0, err
+    assert yaml.safe_load((run / "config.yaml").read_text())["output_key"] == "1"
+    spec = _one_subnet(run)
+    assert spec["contract"] == {"layout": "channels_last", "output_key": "1"}
+    subnet = autoprune.load_subnet(run / "subnets" / spec["id"])
+    _features, logits = subnet(torch.zeros(2, 1, 28, 28))
+    assert logits.shape == (2, 10)
+
+
 def test_reshape_and_a_flatten_after_a_permute_train_in_channels_last(images, tmp_path, capsys):
     weights = tmp_path / "reshape.pt"
     code, err = _train("reshape_flatten.py:build", images, weights, capsys)
     assert code == 0, err
     assert not any(line.startswith(NCHW) for line in err)
     assert json.loads(weights.with_suffix(".json").read_text())["layout"] == "channels_last"
+
+
+def test_a_head_that_runs_in_training_only(images, tmp_path, capsys):
+    weights = tmp_path / "aux.pt"
+    code, err = _train("train_aux.py:build", images, weights, capsys)
+    assert code == 0, err
+    run = tmp_path / "run"
+    code, err = _search("train_aux.py:build", images, weights, run, capsys, "--distill")
+    assert code == 0, err
+    spec = _one_subnet(run)
+    subnet = autoprune.load_subnet(run / "subnets" / spec["id"])
+    assert subnet.eval()(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+    code, err = _train("bad_outputs.py:train_aux_first", images, tmp_path / "bad.pt", capsys)
+    assert (code, err) == (2, [("autoprune: error: the model's output [0] in train mode has shape (2, 4) but the data "
+                               "has 10 classes: the logits must be (batch, classes); give --output-key if they are "
+                               "elsewhere in the output")])
 
 
 def test_a_compiled_model_is_pruned_uncompiled(images, tmp_path, capsys):

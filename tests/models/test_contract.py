@@ -273,6 +273,16 @@ def test_scoring_training_and_latency_run_a_dict_model_in_nchw():
     assert measure_latency(model, (1, 28, 28), repeats=2) > 0
 
 
+def test_the_taylor_criterion_takes_the_logits_from_a_dict():
+    from autoprune.pruning.space import PruningSpace
+
+    model = user_model("dict_output").eval()
+    check_model(model, X, num_classes=10)
+    split = _noise(32)
+    space = PruningSpace(model, X, criterion="taylor", batches=list(split.batches(16)))
+    assert {g.name for g in space.groups} >= {"body.0"}
+
+
 def test_exports_compare_the_logits_of_a_dict_output(tmp_path):
     from autoprune.export import export_model
 
