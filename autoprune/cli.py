@@ -124,6 +124,13 @@ def _parser() -> argparse.ArgumentParser:
                    help="also write the weights after epoch K, OUT.epoch<K>.pt, for `search --rewind lottery "
                    "--rewind-epoch K` (late rewinding)")
 
+    i = sub.add_parser("inspect", help="what a search would see of a model: its groups, the layers never pruned "
+                       "and why, traced and analytic MACs, the layout it runs in", formatter_class=fmt)
+    _add_common(i)
+    i.add_argument("--weights", default=None, help="state dict of the model (optional: structure and costs do not "
+                   "depend on it)")
+    i.add_argument("--space", default=None, help="search-space YAML; not given: the model family's")
+    i.add_argument("--json", action="store_true", help="print the inspection as JSON")
     r = sub.add_parser("runs", help="list the runs under a directory: budget, strategy, status, best accuracy")
     r.add_argument("results", nargs="?", default="results", help="directory holding run directories")
     w = sub.add_parser("show", help="print a run's settings, its fine-tuned subnets (Pareto ones marked), its exports")
@@ -275,6 +282,8 @@ def main(argv: list[str] | None = None) -> int:
             from autoprune.bench.run import run_from_args
 
             return run_from_args(args, command)
+        if args.command == "inspect":
+            return _cmd_inspect(args)
         if args.command in ("runs", "show", "report", "export"):
             return _cmd_run_tools(args)
         return _cmd_search(args)  # search or sensitivity
@@ -396,6 +405,19 @@ def _cmd_report(run_dir: Path, screenshot: str | None) -> int:
         console.print(f"[bold red]{problem}[/]")
     console.print(f"screenshot: {screenshot} ({len(check.images)} images rendered, {len(problems)} problems)")
     return 1 if problems else 0
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from autoprune.device import resolve_device
+    from autoprune.inspection import inspect_model, print_inspection
+    from autoprune.pipeline import SearchConfig, resolve_paths
+
+    config = SearchConfig(model=args.model, data=args.data, weights=args.weights, space=args.space,
+                          output_key=args.output_key, seed=args.seed, holdout=args.holdout,
+                          batch_size=args.batch_size, device=resolve_device(args.device))
+    resolve_paths(config)
+    print_inspection(inspect_model(config), as_json=args.json)
+    return 0
 
 
 def _cmd_search(args: argparse.Namespace) -> int:

@@ -165,8 +165,8 @@ def search(
         from autoprune.runners.ray_tune import stop_local
 
         stop_local()
-    front = export_run(run.path, config=asdict(config), budget=budget_obj, base=space.base_cost,
-                       baseline=setup.baseline, trials=trials, subnets=subnets, timings=timings)
+    front = export_run(run.path, config={**run.read_config(), **asdict(config)},  # with the space's groups
+                       budget=budget_obj, base=space.base_cost, baseline=setup.baseline, trials=trials, subnets=subnets, timings=timings)
     if config.export:
         with _timed(timings, "export"):
             _export_phase(config, run, front, module)
@@ -274,7 +274,8 @@ def _prepare(config: SearchConfig, module: nn.Module | None, resume: bool, quiet
         config.out = str(run.path)
         run.write_config({**asdict(config), "space_config": space.config.to_dict(), "data_summary": data.summary(),
                           "layout": contract.layout, "model_notes": list(contract.notes),
-                          "groups": space.describe(), "unprunable_groups": space.unprunable})
+                          "groups": space.describe(), "unprunable": space.unprunable,
+                          "cost_check": space.cost_check})
         run.write_status(status="running", backend="ray" if _uses_ray(config) else "local",
                          workers=config.workers if _uses_ray(config) else 1,
                          started=time.strftime("%Y-%m-%dT%H:%M:%S"))
@@ -292,14 +293,16 @@ def _prepare(config: SearchConfig, module: nn.Module | None, resume: bool, quiet
     return _Setup(run, data, space, budget, strategy, evaluator, baseline, time.perf_counter() - tic)
 
 
-def load_workbench(config: SearchConfig, module: nn.Module | None = None) -> tuple[DataBundle, nn.Module, PruningSpace]:
-    """The data, the trained model and its pruning space, as ``config`` names them."""
+def load_workbench(config: SearchConfig, module: nn.Module | None = None, *,
+                   untrained: bool = False) -> tuple[DataBundle, nn.Module, PruningSpace]:
+    """The data, the trained model and its pruning space, as ``config`` names them (``untrained``: the model
+    as its factory makes it, without weights, for a look at its structure)."""
     torch.manual_seed(config.seed)
     data = load_data(config.data, holdout=config.holdout, seed=config.seed, limit_train=config.limit_train)
     if module is not None:  # a Python object: checked as a model loaded from a spec is (autoprune.models.contract)
         module = prepare_model(module, data.example_input(), output_key=config.output_key,
                                num_classes=data.num_classes)
-    model = module if module is not None else _load_model(config, data)
+    model = module if module is not None else _load_model(config, data, untrained)
     if config.granularity == "weight":  # the model family's space file holds channel bounds: only --space applies
         space_config = load_space_config(config.space, None) if config.space is not None else None
         return data, model, WeightSpace(model, data.example_input(), space_config, scope=config.mask_scope)
@@ -425,10 +428,10 @@ def check_options(config: SearchConfig) -> Budget:
     return budget
 
 
-def _load_model(config: SearchConfig, data: DataBundle) -> nn.Module:
+def _load_model(config: SearchConfig, data: DataBundle, untrained: bool = False) -> nn.Module:
     model = create_model(config.model, in_channels=data.in_channels, num_classes=data.num_classes)
     weights = config.weights
-    if weights is None:
+    if weights is None and not untrained:
         shipped = SHIPPED_WEIGHTS.get((config.model, config.data.partition(":")[0]))
         if shipped is None or not shipped.is_file():
             raise UserError(
