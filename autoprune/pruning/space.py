@@ -211,7 +211,8 @@ class PruningSpace:
 
     def _probe_groups(self) -> None:
         """Prune a copy to about half of every group's width and run it in eval and train mode. Where that
-        fails, probe each group alone: a group that fails alone is moved to ``unprunable`` with the error."""
+        fails, probe each group alone: a group that fails alone is moved to ``unprunable`` with the error;
+        if the rest still fail together, the model is refused in one line."""
         if self._probe({g.name: 0.5 for g in self.groups}) is None:
             return
         for group in list(self.groups):
@@ -225,6 +226,10 @@ class PruningSpace:
             reason = f"pruning it to {kept} of {group.channels} channels fails: {_one_line(error)}"
             for member in group.members or [group.name]:
                 self.unprunable[member] = reason if member == group.name else f"in group '{group.name}': {reason}"
+        error = self._probe({g.name: 0.5 for g in self.groups}) if self.groups else None
+        if error is not None:  # each group runs pruned alone, but not all of them pruned together
+            raise UserError(f"the model does not run with its groups {self.group_names} pruned together, though "
+                            f"each runs pruned alone: {_one_line(error)}")
 
     def _probe(self, ratios: Mapping[str, float]) -> Exception | None:
         """The error of pruning a copy to ``ratios`` and running it in eval and in train mode; None if it runs."""

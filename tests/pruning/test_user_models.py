@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from autoprune.errors import UserError
 from autoprune.measure.count import count_cost
 from autoprune.pruning.config import SpaceConfig
 from autoprune.pruning.space import PruningSpace
@@ -205,3 +206,23 @@ def test_conv3d_on_volumes():
     ratios = {"8": 0.5, "3": 0.5, "0": 0.5}
     subnet, _ = space.prune(ratios)
     assert space.cost(ratios) == count_cost(subnet, x)
+
+
+def test_groups_that_fail_only_together_are_refused_in_one_line():
+    class Picky(torch.nn.Module):
+        """Runs with either conv pruned, not with both."""
+
+        def __init__(self):
+            super().__init__()
+            self.a = torch.nn.Conv2d(1, 8, 3)
+            self.b = torch.nn.Conv2d(8, 8, 3)
+            self.fc = torch.nn.Linear(8, 4)
+
+        def forward(self, x):
+            if self.a.out_channels < 8 and self.b.out_channels < 8:
+                raise ValueError("both pruned")
+            return self.fc(self.b(self.a(x)).mean((2, 3)))
+
+    with pytest.raises(UserError, match=r"does not run with its groups \['b', 'a'\] pruned together, though each "
+                                        r"runs pruned alone: ValueError: both pruned"):
+        PruningSpace(Picky(), torch.randn(1, 1, 8, 8))
