@@ -51,6 +51,7 @@ from autoprune.runners.trial import (
     describe_error,
     finish_trial,
     finished_count,
+    none_scored,
     score_candidate,
 )
 from autoprune.runs import record_from_spec, subnets_table
@@ -533,21 +534,24 @@ def _search_phase(config: SearchConfig, setup: _Setup, quiet: bool) -> optuna.St
 
             run_trials(_ray_settings(config), study, strategy, space, budget, setup.run, _workbench(config, setup),
                        config.trials - done, finished)
-            return study
-        while done < config.trials:
-            pending = begin_trial(study, strategy, space, budget)
-            scored, error = None, None
-            if pending.feasible:
-                try:
-                    scored = score_candidate(space, setup.evaluator, pending.ratios,
-                                             latency_batch=config.latency_batch)
-                except Exception as exc:  # noqa: BLE001  (a custom model that breaks at some widths: record it, go on)
-                    error = describe_error(exc)
-            finished(finish_trial(study, strategy, setup.run, space.group_names, pending, scored, error))
-            fatal = all_failing(study)
-            if fatal is not None:
-                raise fatal
-            done += 1
+        else:
+            while done < config.trials:
+                pending = begin_trial(study, strategy, space, budget)
+                scored, error = None, None
+                if pending.feasible:
+                    try:
+                        scored = score_candidate(space, setup.evaluator, pending.ratios,
+                                                 latency_batch=config.latency_batch)
+                    except Exception as exc:  # noqa: BLE001  (a custom model that breaks at some widths: record it, go on)
+                        error = describe_error(exc)
+                finished(finish_trial(study, strategy, setup.run, space.group_names, pending, scored, error))
+                fatal = all_failing(study)
+                if fatal is not None:
+                    raise fatal
+                done += 1
+    fatal = none_scored(study)  # every candidate within the budget failed: an error, not "none met the budget"
+    if fatal is not None:
+        raise fatal
     return study
 
 

@@ -174,43 +174,70 @@ def _score_trial(config: dict, shipped: Shipped) -> None:
 _SCORED = ("proxy_acc", "prune_seconds", "recalibrate_seconds", "evaluate_seconds", "latency_ms", "latency_seconds")
 
 
+@dataclass
+class _Driver:
+    """The searcher's live state, which exists only in the driver: the study and strategy, the
+    space that costs candidates, the run directory, and ``on_finish`` (the caller's callback: with
+    progress on, it advances a rich progress bar, which holds locks and a console)."""
+
+    study: optuna.Study
+    strategy: Strategy
+    space: PruningSpace
+    budget: Budget
+    run: RunDir
+    remaining: int
+    on_finish: object  # Callable[[FrozenTrial], None]
+
+
 def make_searcher(study: optuna.Study, strategy: Strategy, space: PruningSpace, budget: Budget, run: RunDir,
                   remaining: int, on_finish):
     """A Tune ``Searcher`` over the run's study; ``on_finish(frozen_trial)`` after each trial.
-    (Defined here so that importing this module does not import Ray.)"""
+    (Defined here so that importing this module does not import Ray.)
+
+    ``tune.Tuner`` pickles its search algorithm into ``tuner.pkl`` (for ``Tuner.restore``), so the
+    searcher must pickle: its methods read everything through ``self`` (a closure would carry the
+    callback, and the progress bar's locks, into the pickle) and ``__getstate__`` leaves the driver's
+    live state out. Nothing is lost: autoprune never restores a Tuner, ``--resume`` reopens ``study.db``."""
     from ray.tune.search import Searcher
 
     class _StudySearcher(Searcher):
-        def __init__(self) -> None:
+        def __init__(self, driver: _Driver) -> None:
             super().__init__(metric="proxy_acc", mode="max")
+            self.driver: _Driver | None = driver
             self.pending: dict[str, PendingTrial] = {}
             self.asked = 0
             self.fatal: UserError | None = None
 
+        def __getstate__(self) -> dict:
+            return {**self.__dict__, "driver": None, "pending": {}}
+
         def suggest(self, trial_id: str):
-            while self.asked < remaining and self.fatal is None:
+            d = self.driver
+            while self.asked < d.remaining and self.fatal is None:
                 self.asked += 1
-                pending = begin_trial(study, strategy, space, budget)
+                pending = begin_trial(d.study, d.strategy, d.space, d.budget)
                 if pending.feasible:
                     self.pending[trial_id] = pending
                     return {"ratios": pending.ratios, "trial": pending.number}
-                on_finish(finish_trial(study, strategy, run, space.group_names, pending, None))
+                d.on_finish(finish_trial(d.study, d.strategy, d.run, d.space.group_names, pending, None))
             return Searcher.FINISHED
 
         def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+            d = self.driver
             pending = self.pending.pop(trial_id, None)
             if pending is None:
                 return
+            names = d.space.group_names
             if error or not result:
-                frozen = finish_trial(study, strategy, run, space.group_names, pending, None,
+                frozen = finish_trial(d.study, d.strategy, d.run, names, pending, None,
                                       error="RayTrialError: the trial's worker failed on every retry")
             elif result.get("error"):
-                frozen = finish_trial(study, strategy, run, space.group_names, pending, None, error=result["error"])
+                frozen = finish_trial(d.study, d.strategy, d.run, names, pending, None, error=result["error"])
             else:
                 scored = {k: result[k] for k in _SCORED if k in result}
-                frozen = finish_trial(study, strategy, run, space.group_names, pending, scored)
-            on_finish(frozen)
-            self.fatal = self.fatal or all_failing(study)
+                frozen = finish_trial(d.study, d.strategy, d.run, names, pending, scored)
+            d.on_finish(frozen)
+            self.fatal = self.fatal or all_failing(d.study)
 
         def save(self, checkpoint_path: str) -> None:
             """Nothing to save: the study in the run directory holds the search's state."""
@@ -218,7 +245,7 @@ def make_searcher(study: optuna.Study, strategy: Strategy, space: PruningSpace, 
         def restore(self, checkpoint_path: str) -> None:
             """Nothing to restore: ``--resume`` reopens the study."""
 
-    return _StudySearcher()
+    return _StudySearcher(_Driver(study, strategy, space, budget, run, remaining, on_finish))
 
 
 def ship_model_code(model: nn.Module) -> None:

@@ -94,9 +94,25 @@ def finish_trial(study: optuna.Study, strategy: Strategy, run: RunDir, group_nam
 
 
 def describe_error(exc: BaseException) -> str:
-    """What a failed trial records: the exception and the last frames of its traceback."""
+    """What a failed trial records: the last frames of its traceback, then the exception in one
+    line (``error_line`` reads it back; trials.csv shows it)."""
     frames = traceback.format_exception(exc)
-    return "".join(frames[:1] + frames[-3:]) if len(frames) > 4 else "".join(frames)
+    frames = frames[:-len(traceback.format_exception_only(exc))]  # the exception, possibly several lines
+    if len(frames) > 3:
+        frames = frames[:1] + frames[-2:]
+    return "".join(frames) + one_line(exc) + "\n"
+
+
+def one_line(exc: BaseException) -> str:
+    """``Type: message`` in one line (a message of several lines, or notes, joined by spaces)."""
+    text = "".join(traceback.format_exception_only(exc))
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
+def error_line(error: str) -> str:
+    """The exception line of an error that ``describe_error`` recorded: its last line."""
+    lines = error.strip().splitlines()
+    return lines[-1].strip() if lines else ""
 
 
 def failed_with_error(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
@@ -124,10 +140,32 @@ def finished_count(study: optuna.Study) -> int:
 FAILURES_BEFORE_GIVING_UP = 3
 
 
+def _scored_within_budget(study: optuna.Study) -> bool:
+    return any(t.user_attrs.get("feasible") for t in study.get_trials(
+        deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
+
+
+def _first_failure(failed: list[optuna.trial.FrozenTrial]) -> str:
+    first = min(failed, key=lambda t: t.number)
+    return f"the first, trial {first.number}: {error_line(first.user_attrs['error'])}"
+
+
 def all_failing(study: optuna.Study) -> UserError | None:
-    """The error to stop on when the first trials all failed: then the model, not a candidate, is broken."""
+    """The error to stop on early: the first candidates within the budget all failed, so the model,
+    not a candidate, is broken (candidates over the budget are never run, and do not count)."""
     failed = failed_with_error(study)
-    if len(failed) < FAILURES_BEFORE_GIVING_UP or study.get_trials(
-            deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+    if len(failed) < FAILURES_BEFORE_GIVING_UP or _scored_within_budget(study):
         return None
-    return UserError(f"the first {len(failed)} trials all failed; the last one with:\n{failed[-1].user_attrs['error']}")
+    return UserError(f"the first {len(failed)} candidates within the budget all failed, so the search stopped; "
+                     f"{_first_failure(failed)}")
+
+
+def none_scored(study: optuna.Study) -> UserError | None:
+    """The error to end a search on: no candidate within the budget was scored, and some failed.
+    (Where none failed, none was within the budget: that is a result, not an error.)"""
+    failed = failed_with_error(study)
+    if not failed or _scored_within_budget(study):
+        return None
+    over = sum(1 for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
+    return UserError(f"every candidate within the budget failed ({len(failed)} failed, {over} over the budget); "
+                     f"{_first_failure(failed)}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from autoprune.cli import main
 
@@ -43,3 +44,14 @@ def search_args(tiny_npz, tiny_weights):
     return ["search", "--model", "resnet20", "--data", tiny_npz, "--weights", tiny_weights,
             "--budget", "50%flops", "--holdout", "120", "--batch-size", "64", "--calib-batches", "2",
             "--score-images", "120", "--finetune-epochs", "0.3", "--quiet"]
+
+
+@pytest.fixture(scope="session")
+def picky_weights(tmp_path_factory) -> str:
+    """Weights of custom_models.only_unpruned (untrained: its candidates fail before they are scored)."""
+    from custom_models import Picky, pruned
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("picky") / "picky.pt"
+    torch.save(Picky(pruned).state_dict(), path)
+    return str(path)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import time
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -15,7 +17,9 @@ def _features(in_channels: int) -> nn.Sequential:
 
 
 class Picky(nn.Module):
-    """A small CNN whose forward refuses some widths of its convs, as custom models can."""
+    """A small CNN whose forward refuses some widths of its convs, as custom models can, on batches of
+    data: more than 2 images. On one or two images (autoprune's set-up runs pruned copies so, to probe
+    its groups) it runs at every width, so that its candidates fail in the search itself."""
 
     def __init__(self, refuse) -> None:
         super().__init__()
@@ -25,7 +29,7 @@ class Picky(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         widths = (self.features[0].out_channels, self.features[3].out_channels)
-        if self.refuse(*widths):
+        if len(x) > 2 and self.refuse(*widths):
             raise ValueError(f"this model cannot run with {widths} channels")
         return self.fc(self.features(x))
 
@@ -38,8 +42,18 @@ def pruned(first: int, second: int) -> bool:
     return (first, second) != (8, 16)
 
 
+def only_unpruned(in_channels: int, num_classes: int) -> nn.Module:
+    """For the CLI: a model that runs at its full widths only, so every candidate fails."""
+    return Picky(pruned)
+
+
+MARKS = "AUTOPRUNE_TEST_MARKS"  # a folder: a pruned copy's forward leaves its process id there
+
+
 class SlowWhenPruned(nn.Module):
-    """Pruned copies take a second to score, so that a test can kill a worker mid-trial."""
+    """Pruned copies take seconds to score (0.4 s a forward pass), and each forward pass of one
+    leaves a file named by its process id in the folder ``$AUTOPRUNE_TEST_MARKS`` where that is set:
+    a test kills a worker as soon as it is seen scoring, which is mid-trial on any machine."""
 
     def __init__(self, in_channels: int = 1, num_classes: int = 4) -> None:
         super().__init__()
@@ -48,6 +62,8 @@ class SlowWhenPruned(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if (self.features[0].out_channels, self.features[3].out_channels) != (8, 16):
+            if os.environ.get(MARKS):
+                Path(os.environ[MARKS], str(os.getpid())).touch()
             time.sleep(0.4)
         return self.fc(self.features(x))
 

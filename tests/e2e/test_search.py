@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -54,10 +55,12 @@ def test_search_writes_a_complete_run(tmp_path, search_args, tiny_npz):
         state = torch.load(run / "subnets" / spec["id"] / "weights.pt", weights_only=True)
         assert all(isinstance(v, torch.Tensor) for v in state.values())
     assert {r["id"] for r in pareto["front"]} <= {s["id"] for s in subnets}
-    # measured latency of the baseline and every fine-tuned subnet, whatever the budget
-    assert pareto["baseline"]["latency_ms"] > 0 and all(s["latency_ms"] > 0 for s in subnets)
+    # measured latency of the baseline and every fine-tuned subnet, whatever the budget (timings: how
+    # large they are depends on this machine, so only that they are there, finite and not negative)
+    assert all(0 <= ms < math.inf for ms in [pareto["baseline"]["latency_ms"]] + [s["latency_ms"] for s in subnets])
     scored = trials[trials["proxy_acc"].notna()]
-    assert len(scored) and (scored["latency_ms"] > 0).all() and (scored["latency_seconds"] > 0).all()
+    assert len(scored) and scored[["latency_ms", "latency_seconds"]].stack().between(0, math.inf).all()
+    assert scored[["latency_ms", "latency_seconds"]].notna().all().all()
     # what optuna-dashboard shows of a trial: cost, latency and the kept width of every group
     study = optuna.load_study(study_name="autoprune", storage=f"sqlite:///{run / 'study.db'}")
     groups = [c.removeprefix("ratio:") for c in trials.columns if c.startswith("ratio:")]
@@ -200,7 +203,7 @@ def test_sensitivity_command_runs_only_that_phase(tmp_path, search_args, monkeyp
                                "--out", str(tmp_path / "y")]) == 2
 
 
-def test_latency_budget(tmp_path, search_args):
+def test_latency_budget(tmp_path, search_args, flops_clock):
     run = tmp_path / "run"
     args = _replace_budget(search_args, "70%latency") + [
         "--strategy", "random", "--warm-start", "--latency-batch", "32", "--trials", "4", "--finetune-top", "2",
@@ -213,7 +216,7 @@ def test_latency_budget(tmp_path, search_args):
     assert (trials["predicted_latency_ms"] <= budget_ms + 1e-6).all()
     subnets = _subnets(run)
     assert len(subnets) == 2 and all(s["predicted_latency_ms"] <= budget_ms + 1e-6 for s in subnets)
-    assert all(s["latency_ms"] > 0 for s in subnets)  # measured; its figures are in the notes, not asserted
+    assert all(0 <= s["latency_ms"] < math.inf for s in subnets)  # measured; its figures are in the notes, not asserted
     assert trials["latency_ms"].notna().all()  # every candidate's, measured
     assert "Predicted (latency table) vs measured latency" in (run / "report.md").read_text()
 
