@@ -43,7 +43,7 @@ from autoprune.pruning.layers import RNN_GATES, ROOT_TYPES, LayerShape, out_widt
 
 __all__ = ["Cost", "Group", "PruningSpace", "apply_kept"]
 
-COST_CHECK_SUBNETS = 3  # random subnets whose analytic cost is checked against the traced count at set-up
+COST_CHECK_SUBNETS = 2  # random subnets whose analytic cost is checked against the traced count at set-up
 
 
 @dataclass
@@ -88,6 +88,7 @@ class PruningSpace:
         self.model = copy.deepcopy(model).cpu().eval()
         self.example_input = example_input[:1].detach().cpu()
         names = {m: n for n, m in self.model.named_modules()}
+        self._traced: dict[tuple, Cost] = {}  # traced costs by the widths of every group, in group order
         key = contract_of(self.model).output_key
         self._shapes, classifier = trace_layers(self.model, self.example_input, names, lambda out: logits_of(out, key))
         ignored = [m for m in (classifier,) if m is not None]
@@ -120,7 +121,6 @@ class PruningSpace:
             detail = "; ".join(f"{k}: {v}" for k, v in self.unprunable.items())
             raise UserError("the model has no prunable groups" + (f" ({detail})" if detail else ""))
         self.latency: LatencyTable | None = None
-        self._traced: dict[tuple, Cost] = {}
         self.cost_mode = "analytic"  # or "traced": see _check_costs
         self.cost_check: dict = {}  # what _check_costs found: mode, subnets checked, max relative error
         self.base_cost = self._check_costs()
@@ -232,13 +232,15 @@ class PruningSpace:
                             f"each runs pruned alone: {_one_line(error)}")
 
     def _probe(self, ratios: Mapping[str, float]) -> Exception | None:
-        """The error of pruning a copy to ``ratios`` and running it in eval and in train mode; None if it runs."""
+        """The error of pruning a copy to ``ratios`` and running it in eval and in train mode; None if it runs
+        (and its traced cost is kept)."""
         batch = self.example_input.expand(2, *self.example_input.shape[1:]).clone()  # train-mode BN needs two
         try:
             subnet, _ = self.prune(ratios)
+            cost = count_cost(subnet, self.example_input)  # runs it in eval mode; kept for the cost check
             with torch.no_grad():
-                subnet.eval()(self.example_input)
                 subnet.train()(batch)
+            self._traced[tuple(self.kept_channels(ratios).values())] = cost
         except Exception as exc:  # noqa: BLE001  (any failure means: not prunable this way)
             return exc
         return None
@@ -257,10 +259,11 @@ class PruningSpace:
                 self.unprunable[name] = "attention outside every searched group"
 
     def _check_costs(self) -> Cost:
-        """The unpruned cost, after checking the analytic model against the traced count on the baseline and
-        on ``COST_CHECK_SUBNETS`` random subnets; where any differs, costs are traced from then on."""
+        """The unpruned cost, after checking the analytic model against the traced count on the baseline, the
+        probed subnet and ``COST_CHECK_SUBNETS`` random subnets; where any differs, costs are traced from then on."""
         rng = random.Random(self.seed)
-        checks = [{}] + [{g.name: rng.uniform(g.low, g.high) for g in self.groups} for _ in range(COST_CHECK_SUBNETS)]
+        checks = [{}, {g.name: 0.5 for g in self.groups}]  # the baseline and the probed subnet
+        checks += [{g.name: rng.uniform(g.low, g.high) for g in self.groups} for _ in range(COST_CHECK_SUBNETS)]
         errors, base = [], None
         for ratios in checks:
             widths = self.kept_channels(ratios)
@@ -348,7 +351,7 @@ class PruningSpace:
         widths = tuple(kept.get(g.name, g.channels) for g in self.groups)
         cost = self._traced.get(widths)
         if cost is None and all(w == g.channels for g, w in zip(self.groups, widths)):
-            cost = self._traced[widths] = count_cost(copy.deepcopy(self.model), self.example_input)
+            cost = self._traced[widths] = count_cost(self.model, self.example_input)  # eval, on the CPU: as kept
         if cost is None:
             subnet = copy.deepcopy(self.model)
             indices = {g.name: sorted(g.order[g.channels - w:]) for g, w in zip(self.groups, widths) if w < g.channels}
