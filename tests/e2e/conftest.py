@@ -55,3 +55,13 @@ def picky_weights(tmp_path_factory) -> str:
     path = tmp_path_factory.mktemp("picky") / "picky.pt"
     torch.save(Picky(pruned).state_dict(), path)
     return str(path)
+
+
+@pytest.fixture(scope="session")
+def images(tmp_path_factory) -> str:
+    """10 classes of 1x28x28 images (tests/models/user_models/make_data.py): the user models' data."""
+    from custom_models import user_model
+
+    path = tmp_path_factory.mktemp("user-data") / "d.npz"
+    user_model("make_data").make(path, n_train=400, n_test=100)
+    return f"npz:{path}"

@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import time
 from pathlib import Path
+from types import ModuleType
 
 import torch
 from torch import nn
+
+USER_MODELS = Path(__file__).parents[1] / "models" / "user_models"
+
+
+def user_model(name: str) -> ModuleType:
+    """One of tests/models/user_models/ (the kinds of models users bring), imported from its file."""
+    spec = importlib.util.spec_from_file_location(f"user_models_{name}", USER_MODELS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def _features(in_channels: int) -> nn.Sequential:

@@ -4,34 +4,16 @@ config.yaml, report.md and report.html say which groups were searched and which 
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import torch
 import yaml
+from custom_models import USER_MODELS, user_model
 
 from autoprune.cli import main
 from autoprune.measure.count import count_cost
 from autoprune.results import load_subnet
-
-USER_MODELS = Path(__file__).parents[1] / "models" / "user_models"
-
-
-def _module(name: str):
-    spec = importlib.util.spec_from_file_location(f"e2e_costs_{name}", USER_MODELS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(scope="module")
-def images(tmp_path_factory) -> str:
-    path = tmp_path_factory.mktemp("user-data") / "d.npz"
-    _module("make_data").make(path, n_train=400, n_test=100)  # 10 classes of 1x28x28
-    return f"npz:{path}"
-
 
 # model -> (budget, the group that must be searched, a layer never pruned and the start of why)
 CASES = {
@@ -47,7 +29,7 @@ CASES = {
 def test_search_meets_the_budget_on_the_real_cost(name, images, tmp_path, capsys):
     budget, searched, (layer, why) = CASES[name]
     torch.manual_seed(0)
-    model = _module(name).build()
+    model = user_model(name).build()
     weights = tmp_path / "w.pt"
     torch.save(model.state_dict(), weights)
     out = tmp_path / "run"

@@ -3,7 +3,6 @@ users run it, progress on: each runs as written, or stops at set-up with one lin
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -11,29 +10,15 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from custom_models import USER_MODELS, user_model
 
 import autoprune
 from autoprune.cli import main
 from autoprune.data import load_data
 
-USER_MODELS = Path(__file__).parents[1] / "models" / "user_models"
 NCHW = "the model runs in NCHW (contiguous), not channels_last: "
 VIEW_NOTE = NCHW + ("in channels_last its forward raises RuntimeError: view size is not compatible with input "
                     "tensor's size and...")
-
-
-def _module(name: str):
-    spec = importlib.util.spec_from_file_location(f"e2e_user_models_{name}", USER_MODELS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(scope="module")
-def images(tmp_path_factory) -> str:
-    path = tmp_path_factory.mktemp("user-data") / "d.npz"
-    _module("make_data").make(path, n_train=400, n_test=100)  # 10 classes of 1x28x28
-    return f"npz:{path}"
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +94,7 @@ def test_a_dict_output_gives_its_logits(images, tmp_path, capsys):
     assert code == 0, err
     assert _one_subnet(run)["contract"] == {"layout": "channels_last", "output_key": None}
     # the baseline's test accuracy is that of output["logits"] (the 4-way "aux" would be another number)
-    model = _module("dict_output").build()
+    model = user_model("dict_output").build()
     model.load_state_dict(torch.load(weights))
     data = load_data(images, holdout=60)
     with torch.no_grad():
@@ -131,7 +116,7 @@ def test_a_dict_gives_its_logits_entry_where_it_is_not_first(images, tmp_path, c
 
 def test_an_output_key_that_does_not_pick_the_logits_is_one_line(images, tmp_path, capsys):
     weights = tmp_path / "dict.pt"
-    torch.save(_module("dict_output").build().state_dict(), weights)
+    torch.save(user_model("dict_output").build().state_dict(), weights)
     message = ("autoprune: error: the model's output 'aux' has shape (1, 4) but the data has 10 classes: "
                "--output-key 'aux' does not pick the logits")
     code, err = _search("dict_output.py:build", images, weights, tmp_path / "run", capsys, "--output-key", "aux")
@@ -241,7 +226,7 @@ def test_outputs_autoprune_cannot_take_are_one_line(images, tmp_path, capsys, fa
     assert (code, err) == (2, [f"autoprune: error: {message}"])
     assert not (tmp_path / "w.pt").exists()
     weights = tmp_path / "given.pt"
-    torch.save(getattr(_module("bad_outputs"), factory)().state_dict(), weights)
+    torch.save(getattr(user_model("bad_outputs"), factory)().state_dict(), weights)
     code, err = _search(f"bad_outputs.py:{factory}", images, weights, tmp_path / "run", capsys)
     assert (code, err) == (2, [f"autoprune: error: {message}"])
     assert not (tmp_path / "run").exists()
@@ -250,7 +235,7 @@ def test_outputs_autoprune_cannot_take_are_one_line(images, tmp_path, capsys, fa
 def test_a_failure_after_the_checks_leaves_nothing_that_blocks_the_same_command(images, tmp_path, capsys):
     # passes every set-up check (batches of 1 and 2), then fails on the baseline's batch of 256 held-out images
     weights = tmp_path / "small.pt"
-    torch.save(_module("bad_outputs").small_batches().state_dict(), weights)
+    torch.save(user_model("bad_outputs").small_batches().state_dict(), weights)
     run = tmp_path / "run"
     for _ in range(2):  # the same command twice: the same error, not "already holds a run"
         with pytest.raises(RuntimeError, match="written for batches of at most 64 images"):
