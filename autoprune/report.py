@@ -67,7 +67,7 @@ def describe_cost_check(check: Mapping) -> str:
         return "MACs and params: analytic (conv and linear layers)."
     if check["mode"] == "analytic":
         return (f"MACs and params: analytic, equal to the count traced from the running network on the baseline "
-                f"and {check['subnets'] - 1} random subnets.")
+                f"and {check['subnets'] - 1} pruned subnets.")
     return (f"MACs and params: traced from each candidate's pruned network; the analytic model was off by up to "
             f"{check['max_relative_error']:.2%} on this model (an op it does not model).")
 
