@@ -115,6 +115,7 @@ class PruningSpace:
         if unknown:
             raise ValueError(f"orders given for group(s) {unknown} that this space does not have")
         if orders is None:
+            self._returned = _returned_shapes(self.model, self.example_input)
             self._probe_groups()
         self._list_unpruned(names)
         if not self.groups:
@@ -240,6 +241,10 @@ class PruningSpace:
             cost = count_cost(subnet, self.example_input)  # runs it in eval mode; kept for the cost check
             with torch.no_grad():
                 subnet.train()(batch)
+                changed = _returned_shapes(subnet, self.example_input) != self._returned
+            if changed:
+                raise RuntimeError(f"what the model returns changes shape: {self._returned} -> "
+                                   f"{_returned_shapes(subnet, self.example_input)}")
             self._traced[tuple(self.kept_channels(ratios).values())] = cost
         except Exception as exc:  # noqa: BLE001  (any failure means: not prunable this way)
             return exc
@@ -269,6 +274,8 @@ class PruningSpace:
             widths = self.kept_channels(ratios)
             analytic = self._analytic_cost(widths)
             traced = self._traced_cost(widths)
+            if traced is None:  # the model refuses these widths: nothing to compare
+                continue
             base = base or {"analytic_macs": analytic.macs, "traced_macs": traced.macs,
                             "analytic_params": analytic.params, "traced_params": traced.params}
             errors.append(max(abs(analytic.macs - traced.macs) / max(traced.macs, 1),
@@ -276,7 +283,7 @@ class PruningSpace:
         worst = max(errors)
         if worst > 0:
             self.cost_mode = "traced"
-        self.cost_check = {"mode": self.cost_mode, "subnets": len(checks), "max_relative_error": worst, "base": base}
+        self.cost_check = {"mode": self.cost_mode, "subnets": len(errors), "max_relative_error": worst, "base": base}
         return self.cost_of_widths({})
 
     def rerank(self, model: nn.Module, batches: Sequence[Batch] | None = None) -> None:
@@ -327,9 +334,8 @@ class PruningSpace:
     def cost_of_widths(self, kept: Mapping[str, int]) -> Cost:
         """MACs and params of the subnet whose groups keep ``kept`` channels (missing groups keep all): the
         analytic model, or the traced count where set-up found the analytic model wrong for this model."""
-        if self.cost_mode == "traced":
-            cost = self._traced_cost(kept)
-        else:
+        cost = self._traced_cost(kept) if self.cost_mode == "traced" else None
+        if cost is None:  # the analytic model, or a subnet that does not run, whose scoring will fail
             cost = self._analytic_cost(kept)
         if self.latency is None:
             return cost
@@ -346,18 +352,22 @@ class PruningSpace:
             params += s.params(in_dim, out_dim)
         return Cost(round(macs), round(params))
 
-    def _traced_cost(self, kept: Mapping[str, int]) -> Cost:
-        """The subnet pruned to ``kept`` and counted as it runs (cached by widths)."""
+    def _traced_cost(self, kept: Mapping[str, int]) -> Cost | None:
+        """The subnet pruned to ``kept`` and counted as it runs (cached by widths); None where the model does
+        not run at those widths (a candidate there fails when it is scored, with the model's own error)."""
         widths = tuple(kept.get(g.name, g.channels) for g in self.groups)
-        cost = self._traced.get(widths)
-        if cost is None and all(w == g.channels for g, w in zip(self.groups, widths)):
-            cost = self._traced[widths] = count_cost(self.model, self.example_input)  # eval, on the CPU: as kept
-        if cost is None:
-            subnet = copy.deepcopy(self.model)
-            indices = {g.name: sorted(g.order[g.channels - w:]) for g, w in zip(self.groups, widths) if w < g.channels}
-            apply_kept(subnet, self.example_input, indices, {g.name: g.channels for g in self.groups})
-            cost = self._traced[widths] = count_cost(subnet, self.example_input)
-        return cost
+        if widths not in self._traced:
+            subnet = self.model
+            if any(w < g.channels for g, w in zip(self.groups, widths)):
+                subnet = copy.deepcopy(self.model)
+                indices = {g.name: sorted(g.order[g.channels - w:]) for g, w in zip(self.groups, widths)
+                           if w < g.channels}
+                apply_kept(subnet, self.example_input, indices, {g.name: g.channels for g in self.groups})
+            try:
+                self._traced[widths] = count_cost(subnet, self.example_input)  # eval, on the CPU
+            except Exception:  # noqa: BLE001  (a model that refuses some widths)
+                self._traced[widths] = None
+        return self._traced[widths]
 
     def _layer_dims(self, kept: Mapping[str, int]) -> dict[str, tuple[int, int]]:
         """(input, output) width of every parameterised layer when the groups keep ``kept``."""
@@ -549,6 +559,14 @@ def _given_order(orders: Mapping[str, Sequence[int]], name: str, channels: int) 
     if sorted(order) != list(range(channels)):
         raise ValueError(f"the order given for group '{name}' does not rank each of its {channels} channels once")
     return order
+
+
+def _returned_shapes(model: nn.Module, example_input: torch.Tensor) -> list[tuple[int, ...]]:
+    """The shape of every tensor ``model`` returns (in eval mode): pruning must change none of them, also where
+    autograd cannot see an output's link to a layer (a detached embedding)."""
+    with torch.no_grad():
+        out = model.eval()(example_input)
+    return [tuple(t.shape) for t in tp.utils.flatten_as_list(out) if isinstance(t, torch.Tensor)]
 
 
 def _one_line(exc: BaseException) -> str:

@@ -88,6 +88,15 @@ EXPECTED_SPACE = {
     "lstm_net": ({"c1": 1},
                  {"fc": CLASSIFIER, "lstm": "a recurrent layer: its hidden width is not searched (its input width is)"}),
     "frozen_parts": ({"c2": 1, "c1": 1, "stem": 1}, {"fc": CLASSIFIER}),
+    # autograd cannot see the embedding's link to c2 (detached): the probe sees its shape change
+    "detached_embedding": ({"c1": 1},
+                           {"fc": CLASSIFIER,
+                            "c2": "pruning it to 8 of 16 channels fails: RuntimeError: what the model returns changes "
+                                  "shape: [(1, 10), (1, 16)] -> [(1, 10), (1, 8)]",
+                            "b2": "in group 'c2': pruning it to 8 of 16 channels fails: RuntimeError: what the model "
+                                  "returns changes shape: [(1, 10), (1, 16)] -> [(1, 10), (1, 8)]"}),
+    # runs at 8 channels (the probe), not at odd widths: searched, its odd candidates fail when scored
+    "odd_widths": ({"c2": 1, "c1": 1}, {"fc": CLASSIFIER}),
     "functional_conv": ({"c1": 1},
                         {"fc": CLASSIFIER,
                          "c2": "its channels pass through ConvolutionBackward0 (16 -> 32 channels), which "
@@ -226,3 +235,14 @@ def test_groups_that_fail_only_together_are_refused_in_one_line():
     with pytest.raises(UserError, match=r"does not run with its groups \['b', 'a'\] pruned together, though each "
                                         r"runs pruned alone: ValueError: both pruned"):
         PruningSpace(Picky(), torch.randn(1, 1, 8, 8))
+
+
+def test_a_model_that_refuses_some_widths_is_searched_and_counted_where_it_runs():
+    space, x = _space("odd_widths")
+    assert space.cost_check["mode"] == "analytic" and space.cost_check["subnets"] >= 2
+    odd = {"c1": 9 / 16}  # keeps 7 channels: the model raises
+    assert space.kept_channels(odd)["c1"] == 7
+    assert space._traced_cost(space.kept_channels(odd)) is None
+    assert space.cost(odd).macs == conv(196, 9, 1, 7) + conv(49, 9, 7, 32) + 320  # the analytic count
+    with pytest.raises(ValueError, match="odd width: 7 channels"):
+        space.prune(odd)[0](x)
