@@ -201,12 +201,17 @@ def _export_phase(config: SearchConfig, run: RunDir, front: list[SubnetRecord], 
 @contextmanager
 def _discarded_on_failure(run: RunDir, *, fresh: bool) -> Iterator[None]:
     """Remove what a new run wrote if the block fails before the run has a trial or sensitivity results
-    (``RunDir.discard``): so the same command can simply be run again. A resumed run is left as it is."""
+    (``RunDir.discard``): so the same command can simply be run again. A run with results that stops on an
+    error (every candidate failed, say) is kept, marked ``failed`` with the error in run.json; a resumed run
+    that fails before its next trial is left as it was."""
     try:
         yield
-    except BaseException:
+    except BaseException as exc:
         if fresh and not run.has_results:
             run.discard()
+        elif isinstance(exc, UserError) and run.has_results:
+            run.write_status(status="failed", error=str(exc).splitlines()[0],
+                             failed=time.strftime("%Y-%m-%dT%H:%M:%S"))
         raise
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -63,6 +64,9 @@ def test_when_every_candidate_within_the_budget_fails_the_search_fails_with_the_
     assert "no candidate met the budget" not in err
     states = pd.read_csv(tmp_path / "run" / "trials.csv")["state"]
     assert list(states) == ["infeasible"] * 3 + ["fail"] * 2
+    # the run is kept for its trials, and says it failed and why
+    status = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert status["status"] == "failed" and status["error"] == EVERY_CANDIDATE_FAILED.removeprefix("autoprune: error: ")
 
 
 def test_when_no_candidate_is_within_the_budget_the_search_says_so(tiny_npz, picky_weights, tmp_path, capsys):
