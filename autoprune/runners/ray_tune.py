@@ -20,6 +20,7 @@ candidate's own short latency measurement is taken on its worker, beside the tri
 from __future__ import annotations
 
 import os
+import socket
 import sys
 from dataclasses import dataclass
 
@@ -77,6 +78,19 @@ def parse_resources(text: str) -> tuple[float, float]:
 _started_here = False  # whether this process started the Ray it is connected to (--ray-local)
 
 
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """One line instead of minutes of Ray's reconnect warnings where nothing listens at ``host:port``."""
+    host, sep, port = address.rpartition(":")
+    if address == "auto" or "://" in address or not sep or not port.isdigit():
+        return
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            pass
+    except OSError as exc:
+        raise UserError(f"--ray-address {address}: no Ray cluster answers there ({exc.strerror or exc}); start one "
+                        "with `ray start --head` or check the address") from None
+
+
 def connect(settings: RaySettings) -> None:
     """Join the cluster at ``settings.address``, or start a private local Ray on loopback."""
     global _started_here
@@ -90,6 +104,7 @@ def connect(settings: RaySettings) -> None:
             raise UserError("--ray-local: this process is already connected to a Ray cluster; use --ray-address")
         return
     if settings.address is not None:
+        _check_reachable(settings.address)
         ray.init(address=settings.address, log_to_driver=False)
     else:
         # "local": a new Ray for this run, even where this machine already runs a cluster

@@ -115,3 +115,13 @@ def test_rewinding_needs_what_train_saved(tmp_path, capsys, search_args):
                        capsys)
     assert code == 2 and len(lines) == 1 and "does not go with --schedule iterative" in lines[0]
     assert not (tmp_path / "r").exists()
+
+
+def test_a_ray_address_where_nothing_listens_is_one_line(tmp_path, capsys, search_args):
+    """Not minutes of Ray's reconnect warnings: port 1 on loopback refuses at once."""
+    out = tmp_path / "run"
+    code, lines = _run(search_args + ["--ray-address", "127.0.0.1:1", "--out", str(out)], capsys)
+    assert code == 2
+    assert lines == ["autoprune: error: --ray-address 127.0.0.1:1: no Ray cluster answers there (Connection refused); "
+                     "start one with `ray start --head` or check the address"]
+    assert not out.exists()
