@@ -66,14 +66,14 @@ def print_inspection(result: Inspection, as_json: bool = False) -> None:
         console.print(f"MACs (FLOPs = 2 x MACs): {base['traced_macs']:,} traced, {base['analytic_macs']:,} analytic; "
                       f"params: {base['traced_params']:,} traced, {base['analytic_params']:,} analytic", markup=False)
     console.print(describe_cost_check(result.cost_check), markup=False)
-    table = Table(title=f"{len(groups)} groups searched")
+    table = Table(title=f"{len(groups)} group{'s' if len(groups) != 1 else ''} searched")
     for column in ("group", "channels", "step", "layers"):
         table.add_column(column, overflow="fold")
     for row in groups:
         table.add_row(*row)
     console.print(table)
     if unprunable:
-        table = Table(title=f"{len(unprunable)} layers never pruned")
+        table = Table(title=f"{len(unprunable)} layer{'s' if len(unprunable) != 1 else ''} never pruned")
         table.add_column("layer", overflow="fold")
         table.add_column("why", overflow="fold")
         for row in unprunable:

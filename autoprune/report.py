@@ -165,7 +165,8 @@ def write_report(
         (
             f"- scoring: {'adaptive BN' if config['adaptive_bn'] else 'vanilla (no BN recalibration)'}"
             f" with {config['calib_batches']} calibration batches of {config['batch_size']}, "
-            f"{config['score_images']} held-out training images"
+            f"{min(config['score_images'], config.get('data_summary', {}).get('holdout', config['score_images']))} "
+            "held-out training images"
         ),
         (
             f"- fine-tuning: top {config['finetune_top']} for {config['finetune_epochs']} epochs "

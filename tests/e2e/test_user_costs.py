@@ -35,7 +35,7 @@ def test_search_meets_the_budget_on_the_real_cost(name, images, tmp_path, capsys
     out = tmp_path / "run"
     code = main(["search", "--model", f"{USER_MODELS / name}.py:build", "--data", images, "--weights", str(weights),
                  "--budget", budget, "--trials", "4", "--warm-start", "--finetune-top", "1", "--finetune-epochs",
-                 "0.1", "--holdout", "60", "--score-images", "60", "--calib-batches", "1", "--batch-size", "64",
+                 "0.1", "--holdout", "60", "--score-images", "100", "--calib-batches", "1", "--batch-size", "64",
                  "--out", str(out)])
     assert code == 0, capsys.readouterr().err
     x = torch.randn(1, 1, 28, 28)
@@ -52,6 +52,7 @@ def test_search_meets_the_budget_on_the_real_cost(name, images, tmp_path, capsys
     assert config["unprunable"][layer].startswith(why)
     assert config["cost_check"]["base"]["traced_macs"] == base.macs
     report = (out / "report.md").read_text()
+    assert "calibration batches of 64, 60 held-out training images" in report  # 100 asked, 60 there
     assert f"| {layer} | {config['unprunable'][layer]} |" in report
     assert config["unprunable"][layer] in (out / "report.html").read_text()
 
