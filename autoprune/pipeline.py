@@ -595,7 +595,8 @@ def _finetune_phase(config: SearchConfig, setup: _Setup, study: optuna.Study, qu
         else:
             todo.append((rank, t))
     jobs = [(trial_ratios(t, space), config.seed + rank) for rank, t in todo]
-    if _uses_ray(config) and jobs:
+    on_ray = _uses_ray(config) and bool(jobs)
+    if on_ray:  # the workers train without bars of their own: one bar here counts the subnets done
         from autoprune.runners.ray_tune import finetune_on_ray
 
         results = finetune_on_ray(_ray_settings(config), _workbench(config, setup), setup.data, config, jobs)
@@ -603,8 +604,10 @@ def _finetune_phase(config: SearchConfig, setup: _Setup, study: optuna.Study, qu
         results = (finetune_candidate(space, setup.evaluator, config, setup.data, ratios, seed=seed, quiet=quiet,
                                       description=f"fine-tune t{t.number:04d} ({rank}/{len(chosen)})")
                    for (ratios, seed), (rank, t) in zip(jobs, todo))
-    for (rank, t), (ratios, _), done in zip(todo, jobs, results):
-        records[rank] = _save_finetuned(config, setup, t, ratios, done)
+    with progress_bar("fine-tune on Ray", len(jobs), quiet=quiet or not on_ray) as bar:
+        for (rank, t), (ratios, _), done in zip(todo, jobs, results):
+            records[rank] = _save_finetuned(config, setup, t, ratios, done)
+            bar.advance()
     return [records[rank] for rank in sorted(records)]
 
 

@@ -122,6 +122,6 @@ def test_a_ray_address_where_nothing_listens_is_one_line(tmp_path, capsys, searc
     out = tmp_path / "run"
     code, lines = _run(search_args + ["--ray-address", "127.0.0.1:1", "--out", str(out)], capsys)
     assert code == 2
-    assert lines == ["autoprune: error: --ray-address 127.0.0.1:1: no Ray cluster answers there (Connection refused); "
-                     "start one with `ray start --head` or check the address"]
+    assert lines == [("autoprune: error: --ray-address 127.0.0.1:1: no Ray cluster answers there (Connection refused); "
+                      "start one with `ray start --head` or check the address")]
     assert not out.exists()

@@ -213,6 +213,7 @@ def test_a_private_local_ray_runs_the_search_as_users_type_it(head, search_args,
     assert len(trials) == 3 and (trials["state"] == "complete").all()
     # the search's bar advanced once a trial, as the trials finished on the workers
     assert re.search(r"^search\b.* 3/3 .*best proxy \d+\.\d+%", done.stderr, re.MULTILINE), done.stderr[-2000:]
+    assert re.search(r"^fine-tune on Ray\b.* 1/1 ", done.stderr, re.MULTILINE), done.stderr[-2000:]
     subnet = pd.read_csv(out / "pareto.csv")["id"].iloc[0]
     assert (out / "subnets" / subnet / "spec.json").is_file() and f"{subnet} " in done.stderr  # and its table
 
