@@ -288,13 +288,14 @@ def _prepare(config: SearchConfig, module: nn.Module | None, resume: bool, quiet
         if config.sparsity_train > 0:
             model = _sparsity_trained(config, run, data, model, space, quiet)
         evaluator = make_evaluator(config, data)
-        baseline = {
-            "macs": space.base_cost.macs,
-            "params": space.base_cost.params,
-            "proxy_acc": evaluator.holdout_accuracy(model),
-            "test_acc": accuracy(model, data.test, device=config.device),
-            "latency_ms": base_latency,
-        }
+        try:
+            proxy_acc, test_acc = evaluator.holdout_accuracy(model), accuracy(model, data.test, device=config.device)
+        except Exception as exc:  # a model that passed the checks on one or two images, not on whole batches
+            message = str(exc).strip().splitlines()
+            raise UserError(f"the unpruned model fails on batches of the data (up to 500 images): "
+                            f"{type(exc).__name__}: {message[0] if message else ''}") from exc
+        baseline = {"macs": space.base_cost.macs, "params": space.base_cost.params, "proxy_acc": proxy_acc,
+                    "test_acc": test_acc, "latency_ms": base_latency}
         model.cpu()
     return _Setup(run, data, space, budget, strategy, evaluator, baseline, time.perf_counter() - tic)
 

@@ -238,7 +238,9 @@ def test_a_failure_after_the_checks_leaves_nothing_that_blocks_the_same_command(
     torch.save(user_model("bad_outputs").small_batches().state_dict(), weights)
     run = tmp_path / "run"
     for _ in range(2):  # the same command twice: the same error, not "already holds a run"
-        with pytest.raises(RuntimeError, match="written for batches of at most 64 images"):
-            _search("bad_outputs.py:small_batches", images, weights, run, capsys, "--holdout", "300",
-                    "--score-images", "300")
+        code, err = _search("bad_outputs.py:small_batches", images, weights, run, capsys, "--holdout", "300",
+                            "--score-images", "300")
+        assert code == 2 and len(err) == 1, err
+        assert err[0].startswith("autoprune: error: the unpruned model fails on batches of the data (up to 500 "
+                                 "images): RuntimeError: ") and "written for batches of at most 64 images" in err[0]
         assert not run.exists()
