@@ -23,7 +23,7 @@ from torch import nn
 from autoprune.budget import Budget, parse_budget
 from autoprune.data import DataBundle, load_data
 from autoprune.device import resolve_device
-from autoprune.errors import UserError
+from autoprune.errors import UserError, one_line
 from autoprune.export import check_formats, export_subnet
 from autoprune.html_report import write_html_report
 from autoprune.measure import AdaptiveBNEvaluator, accuracy
@@ -291,9 +291,8 @@ def _prepare(config: SearchConfig, module: nn.Module | None, resume: bool, quiet
         try:
             proxy_acc, test_acc = evaluator.holdout_accuracy(model), accuracy(model, data.test, device=config.device)
         except Exception as exc:  # a model that passed the checks on one or two images, not on whole batches
-            message = str(exc).strip().splitlines()
             raise UserError(f"the unpruned model fails on batches of the data (up to 500 images): "
-                            f"{type(exc).__name__}: {message[0] if message else ''}") from exc
+                            f"{one_line(exc)}") from exc
         baseline = {"macs": space.base_cost.macs, "params": space.base_cost.params, "proxy_acc": proxy_acc,
                     "test_acc": test_acc, "latency_ms": base_latency}
         model.cpu()

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from autoprune.errors import UserError
+from autoprune.errors import UserError, one_line
 
 __all__ = ["RunContract", "check_model", "contract_of", "input_to", "logits_of", "materialize", "model_to",
            "prepare_model", "set_contract", "unwrap_compiled"]
@@ -249,7 +249,7 @@ def _forward(model: nn.Module, x: torch.Tensor, mode: str) -> object:
     except Exception as exc:  # whatever the user's forward raises: one line, no traceback
         where = "" if mode == "eval" else " in train mode"
         raise UserError(f"the model does not run{where} on the data's input shape {tuple(x.shape)}: "
-                        f"{_one_line(exc)}") from exc
+                        f"{one_line(exc, 120)}") from exc
 
 
 def _logits(model: nn.Module, x: torch.Tensor, key: str | None, num_classes: int, mode: str) -> torch.Tensor:
@@ -279,17 +279,9 @@ def _why_not_channels_last(model: nn.Module, x: torch.Tensor, pair: torch.Tensor
     except UserError:
         raise
     except Exception as exc:  # noqa: BLE001  (whatever the model raises in channels_last: it runs in NCHW)
-        return f"in channels_last its forward raises {_one_line(exc, 60)}"
+        return f"in channels_last its forward raises {one_line(exc, 60)}"
     diff = float((got.float() - expected.float()).abs().max()) if got.shape == expected.shape else float("inf")
     if not diff <= ATOL + RTOL * float(expected.float().abs().max()):
         return f"in channels_last its logits differ from NCHW's by {diff:.2g}"
     return None
 
-
-def _one_line(exc: BaseException, limit: int = 120) -> str:
-    """``Type: message``, the message's first line cut at ``limit`` characters."""
-    lines = str(exc).strip().splitlines()
-    text = lines[0] if lines else ""
-    if len(text) > limit:
-        text = text[: limit - 3].rstrip() + "..."
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

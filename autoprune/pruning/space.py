@@ -32,7 +32,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from autoprune.errors import UserError
+from autoprune.errors import UserError, one_line
 from autoprune.measure.count import Cost, count_cost
 from autoprune.measure.latency import LatencyTable
 from autoprune.models.contract import contract_of, logits_of
@@ -168,7 +168,7 @@ class PruningSpace:
             try:
                 group.order, group.importance = _ranked(score, tp_group, units)
             except Exception as exc:  # noqa: BLE001  (a layer pattern the criterion cannot rank)
-                self.unprunable[name] = f"criterion '{self.criterion}' cannot rank its channels: {_one_line(exc)}"
+                self.unprunable[name] = f"criterion '{self.criterion}' cannot rank its channels: {one_line(exc)}"
                 return None
             finally:
                 self.ranking_seconds += time.perf_counter() - tic
@@ -224,13 +224,13 @@ class PruningSpace:
             self.groups.remove(group)
             self._by_name = {g.name: g for g in self.groups}
             del self._effects[group.name]
-            reason = f"pruning it to {kept} of {group.channels} channels fails: {_one_line(error)}"
+            reason = f"pruning it to {kept} of {group.channels} channels fails: {one_line(error)}"
             for member in group.members or [group.name]:
                 self.unprunable[member] = reason if member == group.name else f"in group '{group.name}': {reason}"
         error = self._probe({g.name: 0.5 for g in self.groups}) if self.groups else None
         if error is not None:  # each group runs pruned alone, but not all of them pruned together
             raise UserError(f"the model does not run with its groups {self.group_names} pruned together, though "
-                            f"each runs pruned alone: {_one_line(error)}")
+                            f"each runs pruned alone: {one_line(error)}")
 
     def _probe(self, ratios: Mapping[str, float]) -> Exception | None:
         """The error of pruning a copy to ``ratios`` and running it in eval and in train mode; None if it runs
@@ -304,7 +304,7 @@ class PruningSpace:
                     group.order, group.importance = _ranked(score, tp_group, units)
                 except Exception as exc:
                     raise UserError(f"criterion '{self.criterion}' cannot rank the channels of group "
-                                    f"'{group.name}': {_one_line(exc)}") from exc
+                                    f"'{group.name}': {one_line(exc)}") from exc
 
     # --- ratios -> widths and cost ---------------------------------------------------------
 
@@ -568,7 +568,3 @@ def _returned_shapes(model: nn.Module, example_input: torch.Tensor) -> list[tupl
         out = model.eval()(example_input)
     return [tuple(t.shape) for t in tp.utils.flatten_as_list(out) if isinstance(t, torch.Tensor)]
 
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")

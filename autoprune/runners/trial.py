@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import optuna
 
 from autoprune.budget import Budget
-from autoprune.errors import UserError
+from autoprune.errors import UserError, one_line
 from autoprune.measure import AdaptiveBNEvaluator
 from autoprune.measure.latency import measure_latency
 from autoprune.pruning.space import Cost, PruningSpace
@@ -102,11 +102,6 @@ def describe_error(exc: BaseException) -> str:
         frames = frames[:1] + frames[-2:]
     return "".join(frames) + one_line(exc) + "\n"
 
-
-def one_line(exc: BaseException) -> str:
-    """``Type: message`` in one line (a message of several lines, or notes, joined by spaces)."""
-    text = "".join(traceback.format_exception_only(exc))
-    return " ".join(line.strip() for line in text.splitlines() if line.strip())
 
 
 def error_line(error: str) -> str:
