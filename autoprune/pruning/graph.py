@@ -20,6 +20,7 @@ is made (so pruning, ranking and the cost model all see the same graph):
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from math import lcm
 from typing import NamedTuple
@@ -87,6 +88,12 @@ class TracedGraph(NamedTuple):
     outputs: set  # the nodes whose results the model returns (every output: logits, auxiliary heads, ...)
 
 
+@functools.cache
+def _registered_types() -> tuple[type, ...]:
+    """The module types Torch-Pruning has pruners of."""
+    return tuple(tp.ops.type2class(t) for t in tp.DependencyGraph().REGISTERED_PRUNERS)
+
+
 def build_graph(model: nn.Module, example_input: torch.Tensor) -> TracedGraph:
     """The dependency graph of ``model`` traced on ``example_input`` through every output it returns, the ops
     that change a channel count in a way Torch-Pruning cannot map, and the nodes that make the outputs."""
@@ -96,9 +103,8 @@ def build_graph(model: nn.Module, example_input: torch.Tensor) -> TracedGraph:
         returned.extend(t.grad_fn for t in tp.utils.flatten_as_list(out) if isinstance(t, torch.Tensor))
         return out
 
-    registered = tuple(tp.ops.type2class(t) for t in tp.DependencyGraph().REGISTERED_PRUNERS)
     custom = {type(m) for m in model.modules()
-              if not isinstance(m, registered) and per_channel_width(m) is not None}
+              if not isinstance(m, _registered_types()) and per_channel_width(m) is not None}
     frozen = [p for p in model.parameters() if not p.requires_grad]
     for p in frozen:
         p.requires_grad_(True)
