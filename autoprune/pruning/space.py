@@ -241,10 +241,9 @@ class PruningSpace:
             cost = count_cost(subnet, self.example_input)  # runs it in eval mode; kept for the cost check
             with torch.no_grad():
                 subnet.train()(batch)
-                changed = _returned_shapes(subnet, self.example_input) != self._returned
-            if changed:
-                raise RuntimeError(f"what the model returns changes shape: {self._returned} -> "
-                                   f"{_returned_shapes(subnet, self.example_input)}")
+            returned = _returned_shapes(subnet, self.example_input)
+            if returned != self._returned:
+                raise RuntimeError(f"what the model returns changes shape: {self._returned} -> {returned}")
             self._traced[tuple(self.kept_channels(ratios).values())] = cost
         except Exception as exc:  # noqa: BLE001  (any failure means: not prunable this way)
             return exc

@@ -85,6 +85,7 @@ EXPECTED_SPACE = {
                            {"fc": CLASSIFIER,
                             "fc0": "pruning it to 392 of 784 channels fails: RuntimeError: shape '[1, 16, 7, 7]' is "
                                    "invalid for input of size 392"}),
+    "linear_to_map": ({"c1": 1, "fc0": 49}, {"fc": CLASSIFIER}),
     "lstm_net": ({"c1": 1},
                  {"fc": CLASSIFIER, "lstm": "a recurrent layer: its hidden width is not searched (its input width is)"}),
     "frozen_parts": ({"c2": 1, "c1": 1, "stem": 1}, {"fc": CLASSIFIER}),
@@ -172,6 +173,16 @@ def test_a_position_embedding_is_cut_with_the_residual_stream():
     assert space.cost({"blocks.1.mlp.2": 0.5}).params == sum(p.numel() for p in subnet.parameters())
 
 
+def test_a_linear_viewed_as_channels_is_pruned_in_whole_7x7_blocks():
+    space, x = _space("linear_to_map")
+    assert space.groups[1].rules == ["its channels are pruned in units of 49"]
+    subnet, kept = space.prune({"fc0": 0.5})
+    blocks = {i // 49 for i in kept["fc0"]}
+    assert len(blocks) == 8 and sorted(kept["fc0"]) == sorted(b * 49 + j for b in blocks for j in range(49))
+    assert subnet.c1.in_channels == 8
+    assert space.cost({"fc0": 0.5}) == count_cost(subnet, x)
+
+
 def test_chunk_halves_are_pruned_in_pairs():
     """torch.chunk(2) gates value channel i by channel i + C: both go, or neither."""
     space, _ = _space("chunk_gating")
@@ -242,7 +253,6 @@ def test_a_model_that_refuses_some_widths_is_searched_and_counted_where_it_runs(
     assert space.cost_check["mode"] == "analytic" and space.cost_check["subnets"] >= 2
     odd = {"c1": 9 / 16}  # keeps 7 channels: the model raises
     assert space.kept_channels(odd)["c1"] == 7
-    assert space._traced_cost(space.kept_channels(odd)) is None
     assert space.cost(odd).macs == conv(196, 9, 1, 7) + conv(49, 9, 7, 32) + 320  # the analytic count
     with pytest.raises(ValueError, match="odd width: 7 channels"):
         space.prune(odd)[0](x)
