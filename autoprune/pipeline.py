@@ -9,12 +9,11 @@ import argparse
 import copy
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 import optuna
 import pandas as pd
 import torch
@@ -30,7 +29,6 @@ from autoprune.measure import AdaptiveBNEvaluator, accuracy
 from autoprune.measure.latency import LatencyTable, measure_latency
 from autoprune.models import create_model, load_weights, model_family
 from autoprune.models.contract import contract_of, prepare_model
-from autoprune.pareto import non_dominated
 from autoprune.progress import console, progress_bar
 from autoprune.pruning.config import load_space_config
 from autoprune.pruning.criteria import criterion_batches, needs_data
@@ -64,6 +62,7 @@ from autoprune.search.sensitivity import (
     read_sensitivity,
     write_sensitivity,
 )
+from autoprune.selection import choose_for_finetune, trial_ratios
 from autoprune.specs import absolute_spec
 from autoprune.train import TrainResult, check_amp, train
 
@@ -663,31 +662,6 @@ def _save_finetuned(config: SearchConfig, setup: _Setup, t: optuna.trial.FrozenT
     masks = weight_masks(done.subnet) if config.granularity == "weight" else None
     save_subnet(directory, done.subnet.cpu(), spec, masks=masks)
     return record_from_spec(directory)
-
-
-def trial_ratios(t: optuna.trial.FrozenTrial, space: PruningSpace) -> dict[str, float]:
-    return {g.name: float(t.params.get(g.name, 0.0)) for g in space.groups}
-
-
-def choose_for_finetune(
-    study: optuna.Study, k: int, cost: Callable[[optuna.trial.FrozenTrial], float], *, spread: bool
-) -> list[optuna.trial.FrozenTrial]:
-    """The K candidates worth fine-tuning: the best proxies, or (``spread``) the best one plus
-    K-1 spread evenly in cost along the proxy-vs-cost front. Identical ratios count once."""
-    unique: dict[tuple, optuna.trial.FrozenTrial] = {}
-    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
-        if t.user_attrs.get("feasible") and t.user_attrs.get("proxy_acc") is not None:
-            unique.setdefault(tuple(sorted(t.params.items())), t)
-    ranked = sorted(unique.values(), key=lambda t: (-t.user_attrs["proxy_acc"], t.number))
-    if not spread or k <= 1:
-        return ranked[:k]
-    front = non_dominated(ranked, lambda t: t.user_attrs["proxy_acc"], cost)
-    chosen = ranked[:1]
-    for index in np.linspace(0, len(front) - 1, num=min(k - 1, len(front))).round().astype(int):
-        if front[index] not in chosen:
-            chosen.append(front[index])
-    chosen += [t for t in ranked if t not in chosen][: k - len(chosen)]
-    return chosen
 
 
 def _print_summary(baseline: dict, subnets: list[SubnetRecord], run: RunDir, *, finetuning: bool) -> None:

@@ -9,11 +9,11 @@ import torch
 
 from autoprune.budget import parse_budget
 from autoprune.models import create_model
-from autoprune.pipeline import choose_for_finetune
 from autoprune.pruning.space import PruningSpace
 from autoprune.runners.trial import close_left_behind, finished_count
 from autoprune.search import SearchContext, get_strategy, list_strategies
 from autoprune.search.base import scale_to_budget
+from autoprune.selection import choose_for_finetune
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
