@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 
 FMNIST_DIR := /usr/share/datasets/fashion-mnist
 
-.PHONY: demo test venv data clean
+.PHONY: demo test mutate venv data clean
 
 venv: $(VENV)/.installed
 
@@ -32,6 +32,14 @@ demo: venv data
 
 test: venv data
 	$(BIN)/python -m pytest -q
+
+# Mutation testing of the modules that decide the product's numbers ([tool.mutmut] in pyproject.toml,
+# docs/mutation.md), from scratch, one mutant at a time; then the score per module.
+MUTATE_CHILDREN ?= 1
+mutate: venv
+	rm -rf mutants
+	$(BIN)/mutmut run --max-children $(MUTATE_CHILDREN)
+	$(BIN)/python tools/mutation_score.py mutants/score.md
 
 clean:
 	rm -rf $(VENV) *.egg-info
