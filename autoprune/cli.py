@@ -98,6 +98,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default=None, help="run directory; not given: results/<timestamp>")
     s.add_argument("--resume", action="store_true", help="continue the run in --out")
     s.add_argument("--limit-train", type=int, default=None, help="use only this many training images (quick runs)")
+    s.add_argument("--limit-test", type=int, default=None, metavar="N",
+                   help="use only the first N test images (quick runs)")
     s.add_argument("--ray-address", default=None, metavar="ADDRESS",
                    help="run the trials on this Ray cluster (host:port, or auto for the one this machine joined)")
     s.add_argument("--ray-local", type=int, default=None, metavar="N",

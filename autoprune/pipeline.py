@@ -110,6 +110,7 @@ class SearchConfig:
     batch_size: int = 128
     holdout: int = 5000
     limit_train: int | None = None
+    limit_test: int | None = None  # the first N test images only (quick runs)
     seed: int = 0
     device: str = "cpu"
     amp: bool = False  # float16 mixed precision in every training (CUDA only)
@@ -303,7 +304,8 @@ def load_workbench(config: SearchConfig, module: nn.Module | None = None, *,
     """The data, the trained model and its pruning space, as ``config`` names them (``untrained``: the model
     as its factory makes it, without weights, for a look at its structure)."""
     torch.manual_seed(config.seed)
-    data = load_data(config.data, holdout=config.holdout, seed=config.seed, limit_train=config.limit_train)
+    data = load_data(config.data, holdout=config.holdout, seed=config.seed, limit_train=config.limit_train,
+                     limit_test=config.limit_test)
     if module is not None:  # a Python object: checked as a model loaded from a spec is (autoprune.models.contract)
         module = prepare_model(module, data.example_input(), output_key=config.output_key,
                                num_classes=data.num_classes)
@@ -402,6 +404,9 @@ def check_options(config: SearchConfig) -> Budget:
                         ("--score-images", config.score_images), ("--batch-size", config.batch_size)):
         if value < 1:
             raise UserError(f"{name} must be at least 1")
+    for name, value in (("--limit-train", config.limit_train), ("--limit-test", config.limit_test)):
+        if value is not None and value < 1:
+            raise UserError(f"{name} must be at least 1")
     if config.finetune_top < 0 or config.finetune_epochs < 0:
         raise UserError("--finetune-top and --finetune-epochs must not be negative")
     if config.sparsity_train < 0 or config.sparsity_lambda < 0:
@@ -456,7 +461,7 @@ _RUN_IDENTITY = ("model", "data", "budget", "strategy", "criterion", "granularit
                  "sparsity_train",
                  "sparsity_lambda", "pfp_eps", "seed", "weights", "space", "output_key",
                  "calib_batches", "score_images", "adaptive_bn", "tolerance", "holdout", "limit_train", "batch_size",
-                 "warm_start", "damage", "bounds_from_sensitivity", "sensitivity_from", "latency_batch")
+                 "limit_test", "warm_start", "damage", "bounds_from_sensitivity", "sensitivity_from", "latency_batch")
 
 
 def _check_resume_config(run: RunDir, config: SearchConfig) -> None:

@@ -79,11 +79,13 @@ def make_bundle(
     seed: int,
     augment: tuple[str, ...] = (),
     limit_train: int | None = None,
+    limit_test: int | None = None,
 ) -> DataBundle:
     """Normalise raw arrays with training-set statistics and carve out the scoring holdout.
 
     Images may be (N, H, W), (N, H, W, C) or (N, C, H, W), integer 0..255 or float; arrays of 5 or more
-    dimensions are taken as (N, C, D, H, W...) volumes as they are.
+    dimensions are taken as (N, C, D, H, W...) volumes as they are. ``limit_train`` keeps the first N
+    training images left after the holdout; ``limit_test`` the first N test images.
     """
     xtr, xte = _to_nchw(x_train), _to_nchw(x_test)
     ytr, yte = _labels(y_train), _labels(y_test)
@@ -104,6 +106,8 @@ def make_bundle(
     hold_idx, train_idx = order[:holdout], order[holdout:]
     if limit_train is not None:
         train_idx = train_idx[:limit_train]
+    if limit_test is not None:
+        xte, yte = xte[:limit_test], yte[:limit_test]
     num_classes = int(max(ytr.max().item(), yte.max().item()) + 1)
     return DataBundle(
         name=name,

@@ -55,8 +55,10 @@ def get_data_source(name: str) -> DataSource:
     return _SOURCES[name]
 
 
-def load_data(spec: str, *, holdout: int = 5000, seed: int = 0, limit_train: int | None = None) -> DataBundle:
-    """Parse a data spec and load it. ``holdout`` images of the training set are set apart for scoring."""
+def load_data(spec: str, *, holdout: int = 5000, seed: int = 0, limit_train: int | None = None,
+              limit_test: int | None = None) -> DataBundle:
+    """Parse a data spec and load it. ``holdout`` images of the training set are set apart for scoring;
+    ``limit_train`` / ``limit_test`` keep only the first N training / test images (quick runs)."""
     name, _, arg = spec.partition(":")
     if name in _SOURCES:
         source = get_data_source(name)
@@ -73,7 +75,8 @@ def load_data(spec: str, *, holdout: int = 5000, seed: int = 0, limit_train: int
         holdout = max(1, len(x_train) // 10)
     try:
         return make_bundle(
-            spec, *arrays, holdout=holdout, seed=seed, augment=augment, limit_train=limit_train
+            spec, *arrays, holdout=holdout, seed=seed, augment=augment, limit_train=limit_train,
+            limit_test=limit_test,
         )
     except ValueError as exc:
         raise UserError(str(exc)) from exc
