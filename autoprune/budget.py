@@ -6,6 +6,7 @@ FLOPs = 2 x MACs. A percentage is the same whichever of the two is named.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
@@ -13,9 +14,12 @@ from autoprune.errors import UserError
 from autoprune.pruning.space import Cost
 
 _PREFIX = {"": 1.0, "k": 1e3, "m": 1e6, "g": 1e9}
-_RELATIVE = re.compile(r"^(?P<num>\d+(?:\.\d+)?)\s*%\s*(?P<metric>flops|macs|params|latency)$", re.IGNORECASE)
-_ABSOLUTE = re.compile(r"^(?P<num>\d+(?:\.\d+)?)\s*(?P<prefix>[kmg]?)\s*(?P<metric>flops|macs|params)$", re.IGNORECASE)
-_LATENCY = re.compile(r"^\d+(?:\.\d+)?\s*ms$", re.IGNORECASE)
+# ASCII only: under IGNORECASE alone, the long s matches 's' and the Kelvin sign 'k' (a '5mſ' got past the
+# pattern to fail in float()), and \d takes any script's digits
+_FLAGS = re.IGNORECASE | re.ASCII
+_RELATIVE = re.compile(r"^(?P<num>\d+(?:\.\d+)?)\s*%\s*(?P<metric>flops|macs|params|latency)$", _FLAGS)
+_ABSOLUTE = re.compile(r"^(?P<num>\d+(?:\.\d+)?)\s*(?P<prefix>[kmg]?)\s*(?P<metric>flops|macs|params)$", _FLAGS)
+_LATENCY = re.compile(r"^\d+(?:\.\d+)?\s*ms$", _FLAGS)
 
 
 @dataclass(frozen=True)
@@ -97,17 +101,22 @@ def _parse_one(part: str) -> Constraint:
         metric = absolute["metric"].lower()
         if metric == "flops":
             value /= 2.0  # FLOPs = 2 x MACs
-        if value <= 0:
-            raise UserError(f"budget '{part}' must be positive")
+        _check_positive(part, value)
         return Constraint(_metric(metric), None, value, part)
     if _LATENCY.match(part):
         value = float(part.lower().removesuffix("ms").strip())
-        if value <= 0:
-            raise UserError(f"budget '{part}' must be positive")
+        _check_positive(part, value)
         return Constraint("latency_ms", None, value, part)
     raise UserError(
         f"budget '{part}' not understood (examples: 50%flops, 40%params, 60MMACs, 120MFLOPs, 2.5Mparams, 8ms)"
     )
+
+
+def _check_positive(part: str, value: float) -> None:
+    if value <= 0:
+        raise UserError(f"budget '{part}' must be positive")
+    if not math.isfinite(value):
+        raise UserError(f"budget '{part}' is too large")
 
 
 def _metric(word: str) -> str:
