@@ -10,7 +10,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import autoprune
 from autoprune.errors import UserError
-from autoprune.measure.count import Cost
+from autoprune.measure.count import Cost, count_cost
 from autoprune.models import create_model
 from autoprune.pruning.config import SpaceConfig, load_space_config
 from autoprune.pruning.space import PruningSpace, apply_kept
@@ -199,9 +199,13 @@ def test_pruned_model_runs(pruned):
 
 
 def test_cost_model_is_exact(pruned):
+    """README: the analytic count is exact. Equal to the independent count of the pruned subnet, and
+    analytic (a wrong analytic model would switch the space to tracing, and ``cost`` alone would hide it)."""
     cost = pruned.space.cost(pruned.ratios)
+    assert pruned.space.cost_check["mode"] == "analytic" and pruned.space.cost_check["max_relative_error"] == 0
     assert cost.params == _param_count(pruned.subnet)
-    assert cost.macs == pytest.approx(_counted_macs(pruned.subnet, _example()), rel=0.01)
+    assert cost.macs == _counted_macs(pruned.subnet, _example())
+    assert cost == count_cost(pruned.subnet, _example())
     assert cost.macs < pruned.space.base_cost.macs
     assert cost.params < pruned.space.base_cost.params
 
