@@ -1,0 +1,110 @@
+"""The default job, as ``make demo`` runs it: ``autoprune search --budget 50%flops --out DIR``.
+
+ResNet-20 on the installed Fashion-MNIST with the shipped checkpoint, run by the installed console
+script in a pseudo-terminal, so that rich draws its live progress bars as in a user's terminal.
+Only the image and trial counts are shrunk.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import math
+import os
+import pty
+import re
+import select
+import struct
+import subprocess
+import sys
+import termios
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+import autoprune
+from autoprune.data import load_data
+from autoprune.measure import accuracy
+from autoprune.pipeline import SHIPPED_WEIGHTS
+
+AUTOPRUNE = Path(sys.executable).with_name("autoprune")  # the console script pip installed
+LIMIT_TRAIN, LIMIT_TEST, HOLDOUT, BATCH = 1000, 500, 300, 128  # BATCH: the default --batch-size
+SHRUNK = ["--trials", "3", "--finetune-top", "1", "--finetune-epochs", "0.05", "--limit-train", str(LIMIT_TRAIN),
+          "--limit-test", str(LIMIT_TEST), "--holdout", str(HOLDOUT), "--score-images", str(HOLDOUT)]
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+HIDE_CURSOR = "\x1b[?25l"  # what rich's live display writes first on a terminal, never into a pipe
+
+
+def run_in_terminal(command: list[str], *, deadline_s: float, columns: int = 160) -> tuple[int, str]:
+    """Run ``command`` with stdout and stderr on a new pseudo-terminal of ``columns`` columns; its exit
+    code and everything it wrote there."""
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, columns, 0, 0))
+    env = {k: v for k, v in os.environ.items() if k not in ("NO_COLOR", "FORCE_COLOR", "TTY_COMPATIBLE",
+                                                             "TTY_INTERACTIVE", "COLUMNS", "LINES")}
+    env["TERM"] = "xterm-256color"
+    proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=slave, stderr=slave, env=env, close_fds=True)
+    os.close(slave)  # the child holds it now: reading the master ends with EIO once the child has exited
+    chunks, end = [], time.monotonic() + deadline_s
+    try:
+        while time.monotonic() < end:
+            ready, _, _ = select.select([master], [], [], 1.0)
+            if not ready:
+                continue
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: every writer closed the terminal
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        else:
+            proc.kill()
+            pytest.fail(f"{command[:3]} did not finish within {deadline_s:.0f} s; it wrote:\n"
+                        + b"".join(chunks).decode(errors="replace")[-3000:])
+    finally:
+        os.close(master)
+    return proc.wait(timeout=60), b"".join(chunks).decode(errors="replace")
+
+
+@pytest.mark.slow
+def test_the_default_job_as_make_demo_runs_it(tmp_path):
+    out = tmp_path / "demo"
+    code, raw = run_in_terminal([str(AUTOPRUNE), "search", "--budget", "50%flops", "--out", str(out), *SHRUNK],
+                                deadline_s=900)
+    text = ANSI.sub("", raw).replace("\r", "\n")
+    assert code == 0, text[-3000:]
+
+    # drawn live, as on a terminal: the search's bar and the fine-tune's, counted to the end
+    assert HIDE_CURSOR in raw
+    assert re.search(r"^search\s+━+\s+3/3\b.*best proxy \d+\.\d+%", text, re.MULTILINE), text[-3000:]
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    steps = math.ceil(0.05 * math.ceil(LIMIT_TRAIN / BATCH))  # 0.05 epochs of batches, rounded up, as train.py
+    fine_tune = re.findall(rf"^fine-tune (t\d{{4}}) \(1/1\)\s+━+\s+{steps}/{steps}\b", text, re.MULTILINE)
+    assert fine_tune, text[-3000:]
+
+    # the default model, data and checkpoint, the counts asked for
+    assert config["model"] == "resnet20" and config["data"] == "fashion-mnist"
+    assert config["weights"] == str(SHIPPED_WEIGHTS[("resnet20", "fashion-mnist")])
+    assert config["data_summary"]["train"] == LIMIT_TRAIN and config["data_summary"]["test"] == LIMIT_TEST
+    assert json.loads((out / "run.json").read_text())["status"] == "complete"
+
+    pareto = json.loads((out / "pareto.json").read_text())
+    baseline = pareto["baseline"]
+    assert 0.80 < baseline["test_acc"] < 0.99  # the shipped checkpoint on real images: good, far from perfect
+    (spec_path,) = out.glob("subnets/*/spec.json")
+    spec = json.loads(spec_path.read_text())
+    assert fine_tune[-1] == spec["id"]
+    assert spec["macs"] <= 0.5 * baseline["macs"]
+
+    # the final table: the baseline's row and the subnet's, with the figures the run recorded
+    assert re.search(rf"^\W*baseline\b.*{baseline['test_acc']:.2%}", text, re.MULTILINE), text[-3000:]
+    assert re.search(rf"^\W*{spec['id']}\b.*{spec['test_acc']:.2%}.*yes", text, re.MULTILINE), text[-3000:]
+    assert f"report: {out / 'report.html'}" in text.replace("\n", "")
+
+    # the subnet reloads and scores what was recorded, on the same 500 test images
+    test = load_data("fashion-mnist", holdout=HOLDOUT, seed=0, limit_train=LIMIT_TRAIN, limit_test=LIMIT_TEST).test
+    assert len(test) == LIMIT_TEST
+    assert accuracy(autoprune.load_subnet(spec_path.parent), test) == spec["test_acc"]
