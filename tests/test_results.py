@@ -1,0 +1,396 @@
+"""The run directory (autoprune/results.py): --out/--resume checks, the files a search writes and reads
+back on a resume, trials.csv rows, and subnets that save and load."""
+
+from __future__ import annotations
+
+import copy
+import json
+import pickle
+import shutil
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+from autoprune import results
+from autoprune.errors import UserError
+from autoprune.models.contract import RunContract, contract_of, set_contract
+from autoprune.pruning.space import apply_kept
+from autoprune.results import (
+    SPEC_FORMAT,
+    TRIAL_COLUMNS,
+    RunDir,
+    SubnetRecord,
+    atomic_write,
+    load_subnet,
+    save_subnet,
+    trial_row,
+    trials_frame,
+)
+
+# --- --out and --resume --------------------------------------------------------------------------
+
+
+def test_without_out_a_new_run_goes_to_results_by_date(monkeypatch):
+    monkeypatch.setattr(results.time, "strftime", lambda fmt: f"<{fmt}>")
+    assert RunDir.check(None, resume=False).path == Path("results/<%Y%m%d-%H%M%S>")
+
+
+def test_resume_needs_out():
+    with pytest.raises(UserError) as error:
+        RunDir.check(None, resume=True)
+    assert str(error.value) == "--resume needs --out pointing at the run to continue"
+
+
+def test_out_expands_the_home_directory(monkeypatch, tmp_path):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert RunDir.check("~/run", resume=False).path == tmp_path / "run"
+
+
+def test_a_new_run_accepts_a_missing_or_empty_directory_and_creates_nothing(tmp_path):
+    assert RunDir.check(tmp_path / "new", resume=False).path == tmp_path / "new"
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "empty").mkdir()
+    assert RunDir.check(str(tmp_path / "empty"), resume=False).path == tmp_path / "empty"
+
+
+@pytest.mark.parametrize("marker", ["config.yaml", "study.db"])
+def test_a_run_is_resumed_not_overwritten(tmp_path, marker):
+    (tmp_path / marker).write_text("")
+    assert RunDir.check(tmp_path, resume=True).path == tmp_path
+    with pytest.raises(UserError) as error:
+        RunDir.check(tmp_path, resume=False)
+    assert str(error.value) == (f"{tmp_path} already holds a run; pass --resume to continue it or choose "
+                                "another --out")
+
+
+def test_resume_of_something_that_is_not_a_run(tmp_path):
+    (tmp_path / "notes.txt").write_text("")
+    with pytest.raises(UserError) as error:
+        RunDir.check(tmp_path, resume=True)
+    assert str(error.value) == f"--resume: {tmp_path} holds no run to continue"
+    with pytest.raises(UserError) as error:
+        RunDir.check(tmp_path, resume=False)
+    assert str(error.value) == f"{tmp_path} exists and is not empty; choose another --out"
+
+
+def test_existing_needs_config_yaml(tmp_path):
+    with pytest.raises(UserError) as error:
+        RunDir.existing(tmp_path)
+    assert str(error.value) == f"{tmp_path} holds no autoprune run (no config.yaml)"
+    (tmp_path / "config.yaml").write_text("a: 1\n")
+    run = RunDir.existing(str(tmp_path))
+    assert run.path == tmp_path and run.is_run
+    (tmp_path / "config.yaml").unlink()
+    (tmp_path / "config.yaml").mkdir()  # not a file
+    assert not run.is_run
+
+
+# --- create and discard ---------------------------------------------------------------------------
+
+
+def test_create_makes_the_run_and_its_subnets_directory(tmp_path):
+    run = RunDir(tmp_path / "a" / "b")
+    run.create()
+    assert (tmp_path / "a" / "b" / "subnets").is_dir()
+    run.discard()
+    assert not (tmp_path / "a" / "b").exists() and (tmp_path / "a").is_dir()
+    run.create()
+    run.create()  # the directory is there now (a resume): no error, and discard() only empties it
+    run.discard()
+    assert (tmp_path / "a" / "b").is_dir() and list((tmp_path / "a" / "b").iterdir()) == []
+
+
+def test_discard_of_a_given_empty_directory_empties_it_and_leaves_what_links_point_to(tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep.txt").write_text("keep")
+    run = RunDir(tmp_path / "run")
+    run.path.mkdir()
+    run.create()
+    (run.path / "subnets" / "t0001").mkdir()
+    (run.path / "subnets" / "t0001" / "spec.json").write_text("{}")
+    (run.path / "run.json").write_text("{}")
+    (run.path / "link").symlink_to(outside, target_is_directory=True)
+    run.discard()
+    assert run.path.is_dir() and list(run.path.iterdir()) == []
+    assert (outside / "keep.txt").read_text() == "keep"
+
+
+def test_discard_without_create_or_of_a_vanished_directory_does_nothing(tmp_path):
+    run = RunDir(tmp_path)
+    (tmp_path / "keep").write_text("")
+    run.discard()
+    assert (tmp_path / "keep").exists()
+    gone = RunDir(tmp_path / "gone")
+    gone.create()
+    shutil.rmtree(gone.path)
+    gone.discard()  # create() was called, the directory is gone: nothing to do, no error
+    assert not gone.path.exists()
+
+
+# --- has_results ----------------------------------------------------------------------------------
+
+
+def test_has_results(tmp_path):
+    run = RunDir(tmp_path)
+    assert not run.has_results
+    (tmp_path / "trials.csv").write_text("")
+    assert not run.has_results  # empty file
+    (tmp_path / "trials.csv").write_text("number,state\n")
+    assert not run.has_results  # a header, no trial
+    (tmp_path / "trials.csv").write_text("number,state\n0,complete\n")
+    assert run.has_results
+    (tmp_path / "trials.csv").unlink()
+    (tmp_path / "sensitivity.csv").write_text("")
+    assert run.has_results
+
+
+def test_a_half_written_trials_csv_defers_to_the_study(tmp_path):
+    run = RunDir(tmp_path)
+    (tmp_path / "trials.csv").write_bytes(b"number,state\n0,\xff\xfe\n")  # cannot be decoded
+    assert not run.has_results
+    (tmp_path / "study.db").write_text("")
+    assert run.has_results
+    (tmp_path / "study.db").unlink()
+    (tmp_path / "study.db").mkdir()
+    assert not run.has_results  # a file, not a directory
+
+
+# --- the files ------------------------------------------------------------------------------------
+
+
+def test_storage_url_is_the_absolute_study_db(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert RunDir(Path("run")).storage_url == f"sqlite:///{tmp_path / 'run' / 'study.db'}"
+
+
+def test_config_round_trip_keeps_the_key_order(tmp_path):
+    run = RunDir(tmp_path)
+    run.write_config({"zeta": 1, "alpha": [1, 2]})
+    assert (tmp_path / "config.yaml").read_text() == "zeta: 1\nalpha:\n- 1\n- 2\n"
+    assert run.read_config() == {"zeta": 1, "alpha": [1, 2]}
+    (tmp_path / "config.yaml").write_text("")
+    assert run.read_config() == {}
+
+
+def test_status_updates_merge_into_run_json(tmp_path):
+    run = RunDir(tmp_path)
+    assert run.read_status() == {}
+    run.write_status(status="running", workers=2)
+    run.write_status(status="complete")
+    assert run.read_status() == {"status": "complete", "workers": 2}
+    assert (tmp_path / "run.json").read_text() == '{\n  "status": "complete",\n  "workers": 2\n}\n'
+
+
+def test_baseline_comes_from_pareto_json(tmp_path):
+    run = RunDir(tmp_path)
+    assert run.read_baseline() is None
+    (tmp_path / "pareto.json").write_text(json.dumps({"baseline": {"macs": 10}, "front": []}))
+    assert run.read_baseline() == {"macs": 10}
+    (tmp_path / "pareto.json").unlink()
+    (tmp_path / "pareto.json").mkdir()
+    assert run.read_baseline() is None
+
+
+def test_exports_of_a_subnet(tmp_path):
+    run = RunDir(tmp_path)
+    assert run.subnet_dir("t0003") == tmp_path / "subnets" / "t0003"
+    assert run.read_exports("t0003") == {}
+    run.subnet_dir("t0003").mkdir(parents=True)
+    (run.subnet_dir("t0003") / "exports.json").write_text('{"onnx": {"ok": true}}')
+    assert run.read_exports("t0003") == {"onnx": {"ok": True}}
+    assert run.read_exports("t0004") == {}
+
+
+def test_trials_csv_grows_a_row_at_a_time_with_one_header(tmp_path):
+    run = RunDir(tmp_path)
+    run.append_trial({"number": 1, "state": "complete", "macs": 10})
+    run.append_trial({"number": 0, "state": "fail", "macs": 20})
+    assert (tmp_path / "trials.csv").read_text() == "number,state,macs\n1,complete,10\n0,fail,20\n"
+    trials = run.read_trials()
+    assert list(trials.columns) == TRIAL_COLUMNS
+    assert trials["number"].tolist() == [0, 1]  # sorted by number
+    assert trials["macs"].tolist() == [20, 10]
+
+
+def test_trials_before_the_first_and_from_an_older_run(tmp_path):
+    run = RunDir(tmp_path)
+    empty = run.read_trials()
+    assert list(empty.columns) == TRIAL_COLUMNS and empty.empty
+    (tmp_path / "trials.csv").write_text("")
+    assert list(run.read_trials().columns) == TRIAL_COLUMNS
+    (tmp_path / "trials.csv").write_text("ratio:conv1,number,macs\n0.5,3,7\n")
+    trials = run.read_trials()
+    assert list(trials.columns) == [*TRIAL_COLUMNS, "ratio:conv1"]
+    assert trials.loc[0, "ratio:conv1"] == 0.5 and trials.loc[0, "macs"] == 7
+    assert trials["error"].isna().all()
+
+
+def test_write_table_replaces_the_file_at_once(tmp_path, monkeypatch):
+    replaced = []
+    real = results.os.replace
+    monkeypatch.setattr(results.os, "replace", lambda src, dst: (replaced.append((Path(src), Path(dst))),
+                                                                 real(src, dst)))
+    RunDir(tmp_path).write_table("pareto.csv", pd.DataFrame({"id": ["t1"], "macs": [5]}))
+    assert (tmp_path / "pareto.csv").read_text() == "id,macs\nt1,5\n"
+    assert replaced == [(tmp_path / ".pareto.csv.tmp", tmp_path / "pareto.csv")]
+
+
+def test_atomic_write_goes_through_a_hidden_file_beside_the_target(tmp_path, monkeypatch):
+    replaced = []
+    real = results.os.replace
+    monkeypatch.setattr(results.os, "replace", lambda src, dst: (replaced.append((Path(src), Path(dst))),
+                                                                 real(src, dst)))
+    atomic_write(tmp_path / "run.json", "{}\n")
+    assert (tmp_path / "run.json").read_text() == "{}\n"
+    assert replaced == [(tmp_path / ".run.json.tmp", tmp_path / "run.json")]
+    assert [p.name for p in tmp_path.iterdir()] == ["run.json"]
+
+
+# --- trials.csv rows ------------------------------------------------------------------------------
+
+
+def _frozen(number, state, ratios=None, **attrs):
+    ratios = ratios or {}
+    trial = optuna.trial.create_trial(
+        params=ratios, distributions={k: optuna.distributions.FloatDistribution(0.0, 1.0) for k in ratios},
+        value=0.5 if state == optuna.trial.TrialState.COMPLETE else None, user_attrs=attrs, state=state)
+    trial.number = number
+    return trial
+
+
+def test_a_trial_row():
+    t = _frozen(7, optuna.trial.TrialState.COMPLETE, {"conv1": 0.123456789, "fc": 0.5}, feasible=True, macs=100,
+                params=10, proxy_acc=0.75, seconds=1.5, draws=3)
+    row = trial_row(t, ["conv1", "fc", "absent"])
+    assert row == {"number": 7, "state": "complete", "macs": 100, "params": 10, "proxy_acc": 0.75, "seconds": 1.5,
+                   "prune_seconds": None, "recalibrate_seconds": None, "evaluate_seconds": None,
+                   "latency_seconds": None, "draws": 3, "predicted_latency_ms": None, "latency_ms": None,
+                   "error": None, "ratio:conv1": 0.123457, "ratio:fc": 0.5, "ratio:absent": None}
+
+
+def test_states_in_trials_csv():
+    complete = optuna.trial.TrialState.COMPLETE
+    assert trial_row(_frozen(0, complete, feasible=False), [])["state"] == "infeasible"
+    assert trial_row(_frozen(0, complete), [])["state"] == "complete"  # older runs: no feasible attribute
+    assert trial_row(_frozen(0, optuna.trial.TrialState.FAIL, feasible=False), [])["state"] == "fail"
+
+
+def test_a_failed_trial_shows_the_exception_line_of_its_error():
+    t = _frozen(2, optuna.trial.TrialState.FAIL, error="Traceback\n  File x\nValueError: odd width  \n\n")
+    assert trial_row(t, [])["error"] == "ValueError: odd width"
+
+
+def test_trials_frame_has_every_column_in_order():
+    study = optuna.create_study()
+    study.add_trial(_frozen(0, optuna.trial.TrialState.COMPLETE, {"g": 0.25}, feasible=True, macs=3))
+    study.add_trial(_frozen(1, optuna.trial.TrialState.FAIL, error="E: x"))
+    frame = trials_frame(study, ["g"])
+    assert list(frame.columns) == [*TRIAL_COLUMNS, "ratio:g"]
+    assert frame["state"].tolist() == ["complete", "fail"]
+    assert frame["ratio:g"].tolist()[0] == 0.25
+    assert trials_frame(optuna.create_study(), ["g"]).columns.tolist() == [*TRIAL_COLUMNS, "ratio:g"]
+
+
+def test_a_subnet_record_row_leaves_the_ratios_out():
+    record = SubnetRecord("t1", 1, 10, 2, 0.5, 0.6, 0.7, 3.0, 1.5, None, {"g": 0.5}, "/x")
+    assert record.row() == {"id": "t1", "trial": 1, "macs": 10, "params": 2, "proxy_acc": 0.5, "test_acc": 0.6,
+                            "holdout_acc": 0.7, "finetune_seconds": 3.0, "latency_ms": 1.5,
+                            "predicted_latency_ms": None, "path": "/x", "retrain": "fine-tune"}
+
+
+# --- subnets --------------------------------------------------------------------------------------
+
+X = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+
+
+def _small() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 6, 3),
+                         nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 3)).eval()
+
+
+@pytest.fixture(scope="module")
+def pruned():
+    model = _small()
+    kept = {"0": [1, 2, 5, 7], "3": [0, 4, 5]}  # group roots by module name: the kept channel indices
+    subnet = apply_kept(copy.deepcopy(model), X[:1], kept, {"0": 8, "3": 6})
+    spec = {"id": "t0001", "in_channels": 1, "num_classes": 3, "input_shape": [1, 8, 8], "kept": kept,
+            "channels": {"0": 8, "3": 6}}
+    return model, subnet, spec
+
+
+def test_a_saved_subnet_loads_pruned_with_its_weights(tmp_path, pruned):
+    model, subnet, spec = pruned
+    save_subnet(tmp_path, subnet, spec)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["spec.json", "weights.pt"]
+    saved = json.loads((tmp_path / "spec.json").read_text())
+    assert next(iter(saved)) == "format" and saved["format"] == SPEC_FORMAT == "autoprune.subnet/1"
+    assert saved["contract"] == {"layout": "channels_last", "output_key": None}
+    assert (tmp_path / "spec.json").read_text() == json.dumps(saved, indent=2) + "\n"
+    for path in (tmp_path, tmp_path / "spec.json"):
+        loaded = load_subnet(path, base_model=model)
+        assert not loaded.training
+        assert [m.out_channels for m in loaded if isinstance(m, nn.Conv2d)] == [4, 3]
+        torch.testing.assert_close(loaded(X), subnet.eval()(X))
+    assert model[0].out_channels == 8  # the base model is copied, not pruned
+
+
+def test_a_subnet_keeps_the_contract_it_ran_with(tmp_path, pruned):
+    model, subnet, spec = pruned
+    save_subnet(tmp_path, set_contract(subnet, RunContract("contiguous", "logits")), spec)
+    assert json.loads((tmp_path / "spec.json").read_text())["contract"] == {"layout": "contiguous",
+                                                                             "output_key": "logits"}
+    assert contract_of(load_subnet(tmp_path, base_model=model)) == RunContract("contiguous", "logits")
+    set_contract(subnet, RunContract())
+    save_subnet(tmp_path, subnet, {**spec, "contract": {"layout": "contiguous", "output_key": None}})
+    assert contract_of(load_subnet(tmp_path, base_model=model)) == RunContract("contiguous", None)
+
+
+def test_an_older_spec_without_a_contract_runs_by_default(tmp_path, pruned):
+    _, subnet, spec = pruned
+    save_subnet(tmp_path, subnet, spec)
+    saved = json.loads((tmp_path / "spec.json").read_text())
+    del saved["contract"]
+    (tmp_path / "spec.json").write_text(json.dumps(saved))
+    base = set_contract(_small(), RunContract("contiguous", "logits"))
+    assert contract_of(load_subnet(tmp_path, base_model=base)) == RunContract("contiguous", "logits")
+
+
+def test_a_weight_pruned_subnet_keeps_its_masks_and_dense_shape(tmp_path):
+    masks = {"conv1.weight": torch.rand(16, 1, 3, 3) > 0.5}
+    spec = {"model": "resnet20", "in_channels": 1, "num_classes": 3, "input_shape": [1, 8, 8],
+            "granularity": "weight", "kept": {}, "channels": {}}
+    from autoprune.models import create_model
+
+    resnet = create_model("resnet20", in_channels=1, num_classes=3).eval()
+    save_subnet(tmp_path, resnet, spec, masks=masks)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["masks.pt", "spec.json", "weights.pt"]
+    assert torch.equal(torch.load(tmp_path / "masks.pt")["conv1.weight"], masks["conv1.weight"])
+    loaded = load_subnet(tmp_path)  # built from the spec's model
+    assert type(loaded) is type(resnet) and not loaded.training
+    torch.testing.assert_close(loaded(torch.ones(1, 1, 8, 8)), resnet(torch.ones(1, 1, 8, 8)))
+
+
+def test_what_is_not_a_subnet_is_refused(tmp_path, pruned):
+    model, subnet, spec = pruned
+    (tmp_path / "spec.json").write_text(json.dumps({"format": "other"}))
+    with pytest.raises(ValueError) as error:
+        load_subnet(tmp_path, base_model=model)
+    assert str(error.value) == f"{tmp_path / 'spec.json'} is not an autoprune subnet spec"
+    save_subnet(tmp_path, subnet, spec)  # no "model": searched from a Python object
+    with pytest.raises(ValueError) as error:
+        load_subnet(tmp_path)
+    assert str(error.value) == "this subnet was searched from a Python model object: pass base_model="
+
+
+def test_weights_that_are_not_plain_tensors_are_refused(tmp_path, pruned):
+    model, subnet, spec = pruned
+    save_subnet(tmp_path, subnet, spec)
+    torch.save({"0.weight": Path("anything")}, tmp_path / "weights.pt")
+    with pytest.raises(pickle.UnpicklingError):
+        load_subnet(tmp_path, base_model=model)
