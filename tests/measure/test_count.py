@@ -7,7 +7,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from autoprune.measure.count import count_cost
+from autoprune.measure.count import (
+    Cost,
+    _mkldnn_lstm_flops,
+    _sdpa_flops,
+    count_cost,
+    param_count,
+    traced_macs,
+)
 
 
 class Attention(nn.Module):
@@ -58,3 +65,41 @@ def test_bidirectional_two_layer_lstm():
     # 9 steps, 2 directions, 4 gates of 5: layer 1 reads 12 inputs, layer 2 the 10 of both directions
     assert cost.macs == 9 * 2 * 4 * 5 * ((12 + 5) + (10 + 5))
     assert cost.params == sum(p.numel() for p in lstm.parameters())
+
+
+# --- what the mutation run (make mutate) found untested ------------------------------------------------
+
+
+def test_cpu_flash_attention_kernel_is_counted_by_its_formula():
+    """torch 2.13 traces F.scaled_dot_product_attention without this kernel; other versions call it."""
+    k, v = torch.randn(1, 2, 7, 8), torch.randn(1, 2, 7, 8)
+
+    class Flash(nn.Module):
+        def forward(self, q):
+            return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v)[0]
+
+    assert count_cost(Flash(), torch.randn(1, 2, 5, 8)).macs == 2 * 5 * 7 * (8 + 8)
+    # the formula in FLOPs, values of another width than the keys (B, H, L, E), (B, H, S, E), (B, H, S, Ev)
+    assert _sdpa_flops((3, 2, 5, 8), (3, 2, 7, 8), (3, 2, 7, 6)) == 2 * 3 * 2 * 5 * 7 * (8 + 6)
+
+
+def test_lstm_formula_counts_whole_steps():
+    flops = _mkldnn_lstm_flops((9, 12), (20, 12), (20, 5))
+    assert flops == 2 * 9 * (20 * 12 + 20 * 5) and type(flops) is int
+
+
+def test_count_cost_is_per_sample_in_eval_mode_and_prints_nothing(capsys):
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Dropout(0.5), nn.Flatten(), nn.Linear(4 * 4 * 4, 2))
+    model.train()
+    cost = count_cost(model, torch.randn(5, 3, 6, 6))  # a batch of 5: the cost of one sample
+    assert cost == Cost(macs=3 * 4 * 9 * 16 + 64 * 2, params=(3 * 9 * 4 + 4) + 8 + (64 * 2 + 2))
+    assert type(cost.macs) is int and cost.latency_ms is None
+    assert not model.training
+    assert capsys.readouterr().out == ""
+
+
+def test_shared_parameters_count_once():
+    shared = nn.Linear(4, 4)
+    model = nn.Sequential(shared, nn.ReLU(), shared)
+    assert param_count(model) == 20
+    assert traced_macs(model, torch.randn(1, 4)) == 2 * 16  # but it runs twice
