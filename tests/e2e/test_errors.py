@@ -53,41 +53,41 @@ def _replace(args: list[str], flag: str, value: str) -> list[str]:
         ("--distill-weight", "1.5", "--distill-weight"),
     ],
 )
-def test_bad_input_is_one_line(tmp_path, capsys, search_args, flag, value, needle):
+def test_bad_input_is_one_line(tmp_path, capsys, tiny_search_args, flag, value, needle):
     out = tmp_path / "run"
-    code, lines = _run(_replace(search_args, flag, value) + ["--out", str(out)], capsys)
+    code, lines = _run(_replace(tiny_search_args, flag, value) + ["--out", str(out)], capsys)
     assert code == 2
     assert len(lines) == 1 and lines[0].startswith("autoprune: error:") and needle in lines[0], lines
     assert not out.exists()
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="there is a GPU here")
-def test_cuda_without_a_gpu(tmp_path, capsys, search_args):
-    code, lines = _run(search_args + ["--device", "cuda", "--out", str(tmp_path / "r")], capsys)
+def test_cuda_without_a_gpu(tmp_path, capsys, tiny_search_args):
+    code, lines = _run(tiny_search_args + ["--device", "cuda", "--out", str(tmp_path / "r")], capsys)
     assert code == 2 and len(lines) == 1 and "no CUDA GPU" in lines[0]
     assert not (tmp_path / "r").exists()
 
 
-def test_weights_of_another_model(tmp_path, capsys, search_args):
+def test_weights_of_another_model(tmp_path, capsys, tiny_search_args):
     weights = tmp_path / "resnet32.pt"
     torch.save(create_model("resnet32", in_channels=1, num_classes=4).state_dict(), weights)
-    code, lines = _run(_replace(search_args, "--weights", str(weights)) + ["--out", str(tmp_path / "r")], capsys)
+    code, lines = _run(_replace(tiny_search_args, "--weights", str(weights)) + ["--out", str(tmp_path / "r")], capsys)
     assert code == 2 and len(lines) == 1 and "do not fit" in lines[0]
     assert not (tmp_path / "r").exists()
 
 
-def test_out_holding_another_run_needs_resume(tmp_path, capsys, search_args):
+def test_out_holding_another_run_needs_resume(tmp_path, capsys, tiny_search_args):
     out = str(tmp_path / "run")
-    assert main(search_args + ["--trials", "1", "--finetune-top", "0", "--out", out]) == 0
+    assert main(tiny_search_args + ["--trials", "1", "--finetune-top", "0", "--out", out]) == 0
     capsys.readouterr()
-    code, lines = _run(search_args + ["--trials", "1", "--out", out], capsys)
+    code, lines = _run(tiny_search_args + ["--trials", "1", "--out", out], capsys)
     assert code == 2 and len(lines) == 1 and "--resume" in lines[0]
-    code, lines = _run(_replace(search_args, "--budget", "30%flops") + ["--out", out, "--resume"], capsys)
+    code, lines = _run(_replace(tiny_search_args, "--budget", "30%flops") + ["--out", out, "--resume"], capsys)
     assert code == 2 and len(lines) == 1 and "differs from the run's" in lines[0]
 
 
-def test_resume_without_a_run(tmp_path, capsys, search_args):
-    code, lines = _run(search_args + ["--out", str(tmp_path / "none"), "--resume"], capsys)
+def test_resume_without_a_run(tmp_path, capsys, tiny_search_args):
+    code, lines = _run(tiny_search_args + ["--out", str(tmp_path / "none"), "--resume"], capsys)
     assert code == 2 and len(lines) == 1 and "no run" in lines[0]
 
 
@@ -99,28 +99,28 @@ def test_no_traceback_from_the_console_script(tmp_path):
     assert "Traceback" not in proc.stderr and proc.stderr.startswith("autoprune: error:")
 
 
-def test_rewinding_needs_what_train_saved(tmp_path, capsys, search_args):
-    args = search_args + ["--rewind", "lottery", "--rewind-epoch", "2", "--out", str(tmp_path / "r")]
+def test_rewinding_needs_what_train_saved(tmp_path, capsys, tiny_search_args):
+    args = tiny_search_args + ["--rewind", "lottery", "--rewind-epoch", "2", "--out", str(tmp_path / "r")]
     code, lines = _run(args, capsys)
     assert code == 2 and len(lines) == 1 and "`autoprune train --save-init-epoch 2 --out " in lines[0]
     code, lines = _run(["search", "--rewind", "lottery", "--out", str(tmp_path / "r")], capsys)
     assert code == 2 and len(lines) == 1 and "no saved initialisation of a shipped checkpoint" in lines[0]
-    weights = Path(search_args[search_args.index("--weights") + 1])
+    weights = Path(tiny_search_args[tiny_search_args.index("--weights") + 1])
     torch.save(create_model("resnet32", in_channels=1, num_classes=4).state_dict(), tmp_path / "w.init.pt")
     (tmp_path / "w.pt").write_bytes(weights.read_bytes())
-    code, lines = _run(_replace(search_args, "--weights", str(tmp_path / "w.pt"))
+    code, lines = _run(_replace(tiny_search_args, "--weights", str(tmp_path / "w.pt"))
                        + ["--rewind", "lottery", "--out", str(tmp_path / "r")], capsys)
     assert code == 2 and len(lines) == 1 and "w.init.pt" in lines[0] and "do not fit" in lines[0]
-    code, lines = _run(search_args + ["--rewind", "scratch-e", "--schedule", "iterative", "--out", str(tmp_path / "r")],
+    code, lines = _run(tiny_search_args + ["--rewind", "scratch-e", "--schedule", "iterative", "--out", str(tmp_path / "r")],
                        capsys)
     assert code == 2 and len(lines) == 1 and "does not go with --schedule iterative" in lines[0]
     assert not (tmp_path / "r").exists()
 
 
-def test_a_ray_address_where_nothing_listens_is_one_line(tmp_path, capsys, search_args):
+def test_a_ray_address_where_nothing_listens_is_one_line(tmp_path, capsys, tiny_search_args):
     """Not minutes of Ray's reconnect warnings: port 1 on loopback refuses at once."""
     out = tmp_path / "run"
-    code, lines = _run(search_args + ["--ray-address", "127.0.0.1:1", "--out", str(out)], capsys)
+    code, lines = _run(tiny_search_args + ["--ray-address", "127.0.0.1:1", "--out", str(out)], capsys)
     assert code == 2
     assert lines == [("autoprune: error: --ray-address 127.0.0.1:1: no Ray cluster answers there (Connection refused); "
                       "start one with `ray start --head` or check the address")]

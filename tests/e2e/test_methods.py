@@ -43,9 +43,9 @@ def test_sparsity_training_adds_the_l1_subgradient_to_the_bn_scales_only(tiny_np
             torch.testing.assert_close(slim.state_dict()[key], value, msg=key)
 
 
-def test_search_after_sparsity_training(tmp_path, search_args, tiny_weights, monkeypatch):
+def test_search_after_sparsity_training(tmp_path, tiny_search_args, tiny_weights, monkeypatch):
     run = tmp_path / "run"
-    args = search_args + ["--sparsity-train", "1", "--sparsity-lambda", "2", "--criterion", "bn_scale",
+    args = tiny_search_args + ["--sparsity-train", "1", "--sparsity-lambda", "2", "--criterion", "bn_scale",
                           "--trials", "2", "--finetune-top", "0", "--out", str(run)]
     assert main(args) == 0
     saved = run / "sparsity_trained.pt"
@@ -68,9 +68,9 @@ def _with(args: list[str], flag: str, value: str) -> list[str]:
     return out
 
 
-def test_search_with_pfp_allocation(tmp_path, search_args):
+def test_search_with_pfp_allocation(tmp_path, tiny_search_args):
     run = tmp_path / "run"
-    assert main(search_args + ["--strategy", "pfp", "--criterion", "pfp", "--trials", "3", "--finetune-top", "1",
+    assert main(tiny_search_args + ["--strategy", "pfp", "--criterion", "pfp", "--trials", "3", "--finetune-top", "1",
                                "--finetune-epochs", "0.1", "--out", str(run)]) == 0
     trials = pd.read_csv(run / "trials.csv")
     assert list(trials["state"]) == ["complete"] * 3  # each within the budget
@@ -121,12 +121,12 @@ def test_scratch_training_of_a_weight_pruned_subnet_keeps_its_mask(weight_bench)
 
 
 @pytest.mark.parametrize("scope", ["layer", "global"])
-def test_search_with_weight_pruning(tmp_path, search_args, scope):
+def test_search_with_weight_pruning(tmp_path, tiny_search_args, scope):
     from autoprune.pruning.weights import weight_masks
     from autoprune.results import load_subnet
 
     run = tmp_path / "run"
-    args = _with(search_args, "--budget", "40%params") + [
+    args = _with(tiny_search_args, "--budget", "40%params") + [
         "--granularity", "weight", "--mask-scope", scope, "--strategy", "random", "--trials", "3",
         "--finetune-top", "1", "--finetune-epochs", "0.2", "--out", str(run)]
     assert main(args) == 0
@@ -145,8 +145,8 @@ def test_search_with_weight_pruning(tmp_path, search_args, scope):
     (["--criterion", "taylor"], "ranks single weights by magnitude"),
     (["--damage", "recon", "--strategy", "binary"], "--damage recon needs --granularity filter"),
 ])
-def test_weight_pruning_refuses_what_does_not_apply(tmp_path, search_args, capsys, extra, message):
-    args = search_args + ["--granularity", "weight", "--out", str(tmp_path / "run")]
+def test_weight_pruning_refuses_what_does_not_apply(tmp_path, tiny_search_args, capsys, extra, message):
+    args = tiny_search_args + ["--granularity", "weight", "--out", str(tmp_path / "run")]
     for flag, value in zip(extra[::2], extra[1::2]):
         args = _with(args, flag, value) if flag in args else args + [flag, value]
     assert main(args) == 2

@@ -81,10 +81,10 @@ def _slow_args(tiny_npz, weights, out, trials):
             "--out", str(out), "--quiet"]
 
 
-def test_search_on_the_cluster_writes_what_a_local_run_writes(head, search_args, tmp_path):
+def test_search_on_the_cluster_writes_what_a_local_run_writes(head, tiny_search_args, tmp_path):
     local, remote = tmp_path / "local", tmp_path / "ray"
     # a data-driven criterion: the workers must prune by the rankings the driver computed on its batches
-    common = search_args + ["--strategy", "random", "--trials", "4", "--finetune-top", "1", "--finetune-epochs", "0.1",
+    common = tiny_search_args + ["--strategy", "random", "--trials", "4", "--finetune-top", "1", "--finetune-epochs", "0.1",
                             "--criterion", "apoz"]
     assert main(common + ["--out", str(local)]) == 0
     assert main(common + ["--out", str(remote), "--ray-address", head, "--workers", "2"]) == 0
@@ -197,10 +197,10 @@ def test_a_trial_that_raises_is_recorded_and_the_search_goes_on(head, tiny_npz, 
     assert len(failed) >= 1 and failed["error"].str.contains("ValueError: this model cannot run").all()
 
 
-def test_a_private_local_ray_runs_the_search_as_users_type_it(head, search_args, tmp_path):
+def test_a_private_local_ray_runs_the_search_as_users_type_it(head, tiny_search_args, tmp_path):
     """``autoprune search ... --ray-local 2`` with its progress bar on (no --quiet), beside a running cluster."""
     out = tmp_path / "run"
-    args = [a for a in search_args if a != "--quiet"] + [
+    args = [a for a in tiny_search_args if a != "--quiet"] + [
         "--strategy", "random", "--trials", "3", "--finetune-top", "1", "--finetune-epochs", "0.1", "--out", str(out),
         "--ray-local", "2", "--workers", "2"]
     # its own process: this one is already connected to the test cluster
@@ -227,11 +227,11 @@ def test_every_candidate_failing_on_the_cluster_fails_the_search_with_the_first_
     assert list(states) == ["infeasible"] * 3 + ["fail"] * 2
 
 
-def test_ray_local_refuses_a_process_already_connected_to_a_cluster(head, search_args, tmp_path, capsys):
+def test_ray_local_refuses_a_process_already_connected_to_a_cluster(head, tiny_search_args, tmp_path, capsys):
     import ray
 
     if not ray.is_initialized():
         ray.init(address=head, log_to_driver=False)
-    args = search_args + ["--trials", "2", "--finetune-top", "0", "--out", str(tmp_path / "run"), "--ray-local", "2"]
+    args = tiny_search_args + ["--trials", "2", "--finetune-top", "0", "--out", str(tmp_path / "run"), "--ray-local", "2"]
     assert main(args) == 2
     assert "already connected to a Ray cluster" in capsys.readouterr().err

@@ -228,9 +228,9 @@ def _spec(run: Path) -> dict:
     return json.loads(path.read_text())
 
 
-def test_search_with_a_lottery_rewind(tmp_path, search_args, ticket):
+def test_search_with_a_lottery_rewind(tmp_path, tiny_search_args, ticket):
     run = tmp_path / "run"
-    args = _swap(search_args, "--weights", str(ticket)) + [
+    args = _swap(tiny_search_args, "--weights", str(ticket)) + [
         "--rewind", "lottery", "--rewind-epoch", "1", "--trials", "2", "--finetune-top", "1",
         "--finetune-epochs", "0.1", "--distill", "--distill-weight", "0.5", "--out", str(run)]
     assert main(args) == 0
@@ -241,9 +241,9 @@ def test_search_with_a_lottery_rewind(tmp_path, search_args, ticket):
     assert "lottery (epoch 1) + distillation (T 4, W 0.5)" in (run / "report.md").read_text()
 
 
-def test_search_with_an_iterative_schedule(tmp_path, search_args):
+def test_search_with_an_iterative_schedule(tmp_path, tiny_search_args):
     run = tmp_path / "run"
-    assert main(search_args + ["--schedule", "iterative", "--steps", "2", "--distill", "--trials", "2",
+    assert main(tiny_search_args + ["--schedule", "iterative", "--steps", "2", "--distill", "--trials", "2",
                                "--finetune-top", "1", "--finetune-epochs", "0.2", "--out", str(run)]) == 0
     record = _spec(run)["retrain"]
     assert (record["rewind"], record["schedule"], record["steps"]) == ("none", "iterative", 2)

@@ -1,4 +1,5 @@
-"""End-to-end searches on tiny data, through the CLI and the Python API."""
+"""End-to-end searches on real Fashion-MNIST images, through the CLI and the Python API, with the
+values they report checked against independent computations."""
 
 from __future__ import annotations
 
@@ -18,18 +19,63 @@ import torch
 import yaml
 
 import autoprune
+from autoprune import pipeline
 from autoprune.cli import main
 from autoprune.data import load_data
 from autoprune.export import export_subnet
 from autoprune.measure import accuracy
+from autoprune.measure.evaluator import AdaptiveBNEvaluator
 from autoprune.models import create_model, load_weights
+from autoprune.pipeline import SHIPPED_WEIGHTS
+
+SHIPPED = SHIPPED_WEIGHTS[("resnet20", "fashion-mnist")]
 
 
 def _subnets(run: Path) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted(run.glob("subnets/*/spec.json"))]
 
 
-def test_search_writes_a_complete_run(tmp_path, search_args, tiny_npz):
+def _study(run: Path) -> optuna.Study:
+    return optuna.load_study(study_name="autoprune", storage=f"sqlite:///{run / 'study.db'}")
+
+
+def _records(run: Path, numbers) -> dict[int, tuple]:
+    """What the study keeps of each finished trial: its own proxy, seconds, cost, ratios and times."""
+    trials = {t.number: t for t in _study(run).trials}
+    return {n: (trials[n].user_attrs.get("proxy_acc"), trials[n].user_attrs.get("seconds"),
+                trials[n].user_attrs["macs"], trials[n].params, trials[n].datetime_start,
+                trials[n].datetime_complete) for n in numbers}
+
+
+def _best_by_proxy(trials: pd.DataFrame, k: int) -> list[int]:
+    """The K feasible scored trials of highest proxy (lower number first among equals), identical ratios once."""
+    scored = trials[(trials["state"] == "complete") & trials["proxy_acc"].notna()]
+    ratio_cols = [c for c in trials.columns if c.startswith("ratio:")]
+    scored = scored.drop_duplicates(subset=ratio_cols, keep="first")
+    return list(scored.sort_values(["proxy_acc", "number"], ascending=[False, True])["number"][:k])
+
+
+def _non_dominated(points: dict[str, tuple[float, float]]) -> set[str]:
+    """Brute force: ids whose (accuracy, cost) no other point beats in one and matches or beats in the other."""
+    return {i for i, (acc, cost) in points.items()
+            if not any((a >= acc and c <= cost) and (a > acc or c < cost) for a, c in points.values())}
+
+
+class ScoreCount:
+    """Counts the candidates the scorer scores in this process."""
+
+    def __init__(self, monkeypatch):
+        self.calls = 0
+        score = AdaptiveBNEvaluator.score
+
+        def counted(evaluator, *args, **kwargs):
+            self.calls += 1
+            return score(evaluator, *args, **kwargs)
+
+        monkeypatch.setattr(AdaptiveBNEvaluator, "score", counted)
+
+
+def test_search_writes_a_complete_run(tmp_path, search_args, fmnist_npz):
     run = tmp_path / "run"
     assert main(search_args + ["--trials", "6", "--finetune-top", "2", "--out", str(run)]) == 0
 
@@ -43,18 +89,28 @@ def test_search_writes_a_complete_run(tmp_path, search_args, tiny_npz):
 
     pareto = json.loads((run / "pareto.json").read_text())
     base_macs = pareto["baseline"]["macs"]
+    # the data discriminates: the baseline is well below 100% and the candidates score apart
+    assert 0.8 < pareto["baseline"]["test_acc"] < 0.99
+    assert trials["proxy_acc"].nunique() >= 2
     subnets = _subnets(run)
-    assert 1 <= len(subnets) <= 2
-    data = load_data(tiny_npz, holdout=120, seed=0)
+    # the fine-tuned subnets are exactly the best candidates by proxy
+    assert [s["trial"] for s in subnets] == sorted(_best_by_proxy(trials, 2))
+    data = load_data(fmnist_npz, holdout=200, seed=0)
     for spec in subnets:
         assert spec["macs"] <= 0.5 * base_macs
+        assert spec["proxy_acc"] == trials.set_index("number").loc[spec["trial"], "proxy_acc"]
         subnet = autoprune.load_subnet(run / "subnets" / spec["id"])
-        # the reloaded subnet has the searched widths and scores exactly what was recorded
+        # the reloaded subnet has the searched widths and scores exactly what was recorded: the
+        # fine-tuned weights were saved, not the merely recalibrated ones (which score otherwise)
         assert sum(p.numel() for p in subnet.parameters()) == spec["params"]
         assert accuracy(subnet, data.test) == spec["test_acc"]
+        assert accuracy(subnet, data.holdout) == spec["holdout_acc"]
         state = torch.load(run / "subnets" / spec["id"] / "weights.pt", weights_only=True)
         assert all(isinstance(v, torch.Tensor) for v in state.values())
-    assert {r["id"] for r in pareto["front"]} <= {s["id"] for s in subnets}
+    assert len({s["test_acc"] for s in subnets}) == len(subnets)  # the front below compares unequal values
+    # the front is exactly the non-dominated subnets (test accuracy up, MACs down)
+    points = {s["id"]: (s["test_acc"], s["macs"]) for s in subnets}
+    assert {r["id"] for r in pareto["front"]} == _non_dominated(points)
     # measured latency of the baseline and every fine-tuned subnet, whatever the budget (timings: how
     # large they are depends on this machine, so only that they are there, finite and not negative)
     assert all(0 <= ms < math.inf for ms in [pareto["baseline"]["latency_ms"]] + [s["latency_ms"] for s in subnets])
@@ -94,12 +150,12 @@ def test_same_seed_same_search(tmp_path, search_args):
     pd.testing.assert_frame_equal(frames[0], frames[1])
 
 
-def test_python_api_with_a_model_object(tmp_path, tiny_npz, tiny_weights):
-    data = load_data(tiny_npz, holdout=120, seed=0)
+def test_python_api_with_a_model_object(tmp_path, fmnist_npz):
+    data = load_data(fmnist_npz, holdout=200, seed=0)
     model = create_model("resnet20", in_channels=1, num_classes=data.num_classes)
-    load_weights(model, tiny_weights)
-    result = autoprune.search(model, tiny_npz, budget="40%params", trials=3, finetune_top=1, finetune_epochs=0.2,
-                              holdout=120, batch_size=64, calib_batches=2, score_images=120,
+    load_weights(model, SHIPPED)
+    result = autoprune.search(model, fmnist_npz, budget="40%params", trials=3, finetune_top=1, finetune_epochs=0.2,
+                              holdout=200, batch_size=64, calib_batches=2, score_images=200,
                               out=str(tmp_path / "api"), quiet=True)
     assert result.best is not None and len(result.pareto) >= 1
     assert result.best.params <= 0.4 * result.baseline["params"]
@@ -110,15 +166,15 @@ def test_python_api_with_a_model_object(tmp_path, tiny_npz, tiny_weights):
     assert check.ok and Path(check.path).is_file()
 
 
-def test_resume_after_a_killed_run(tmp_path, search_args):
+def test_resume_after_a_killed_run(tmp_path, search_args, monkeypatch):
     run = tmp_path / "run"
-    args = search_args + ["--trials", "30", "--finetune-top", "1", "--out", str(run)]
+    args = search_args + ["--trials", "12", "--finetune-top", "1", "--finetune-epochs", "0.1", "--out", str(run)]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "autoprune.cli", *args], env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "autoprune.cli", *args, "--quiet"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
+    deadline = time.time() + 300
     before = None
-    while time.time() < deadline:
+    while time.time() < deadline and proc.poll() is None:  # until trials.csv holds four trials
         if (run / "trials.csv").exists():
             frame = pd.read_csv(run / "trials.csv")
             if len(frame) >= 4:
@@ -129,17 +185,43 @@ def test_resume_after_a_killed_run(tmp_path, search_args):
     proc.wait()
     assert before is not None, "the search never wrote four trials"
     assert json.loads((run / "run.json").read_text())["status"] == "running"
+    done_before = list(before.loc[before["state"].isin(["complete", "infeasible"]), "number"])
+    records = _records(run, done_before)
 
+    scores = ScoreCount(monkeypatch)
     assert main(args + ["--resume"]) == 0
     after = pd.read_csv(run / "trials.csv")
     finished = after[after["state"].isin(["complete", "infeasible"])]
-    assert len(finished) == 30
+    assert len(finished) == 12
     assert after["number"].is_unique
-    # trials finished before the kill are kept as they were, not run again
-    kept = after.set_index("number").loc[before["number"]]
-    ratio_cols = [c for c in before.columns if c.startswith("ratio:")]
-    pd.testing.assert_frame_equal(kept[ratio_cols].reset_index(drop=True), before[ratio_cols].reset_index(drop=True))
+    # the trials finished before the kill keep their own records (proxy, seconds, times), not run again
+    assert _records(run, done_before) == records
+    # only the missing ones are scored: one scoring per feasible trial that had not finished
+    assert scores.calls == len(finished[~finished["number"].isin(done_before) & (finished["state"] == "complete")])
     assert json.loads((run / "run.json").read_text())["status"] == "complete"
+
+
+def test_resume_keeps_fine_tuned_subnets_and_fine_tunes_only_the_new(tmp_path, search_args, monkeypatch):
+    run = tmp_path / "run"
+    args = search_args + ["--strategy", "random", "--trials", "4", "--finetune-epochs", "0.1", "--out", str(run)]
+    assert main(args + ["--finetune-top", "1"]) == 0
+    (first,) = _subnets(run)
+
+    def files(subnet_id: str) -> dict:
+        return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in (run / "subnets" / subnet_id).iterdir()}
+
+    saved = files(first["id"])
+    finetuned = []
+    finetune_candidate = pipeline.finetune_candidate
+    monkeypatch.setattr(pipeline, "finetune_candidate",
+                        lambda *a, **k: finetuned.append(k["seed"]) or finetune_candidate(*a, **k))
+    scores = ScoreCount(monkeypatch)
+    assert main(args + ["--finetune-top", "2", "--resume"]) == 0
+    assert scores.calls == 0 and len(finetuned) == 1  # nothing scored again; only the second subnet trained
+    assert files(first["id"]) == saved
+    subnets = _subnets(run)
+    assert [s["trial"] for s in subnets] == sorted(_best_by_proxy(pd.read_csv(run / "trials.csv"), 2))
+    assert first in subnets
 
 
 def test_nsga2_fine_tunes_a_front_of_costs(tmp_path, search_args):
@@ -157,9 +239,9 @@ def test_nsga2_fine_tunes_a_front_of_costs(tmp_path, search_args):
     assert len({s["macs"] for s in subnets}) == 3
 
 
-def test_binary_strategy_alone_and_as_bounds(tmp_path, search_args):
+def test_binary_strategy_alone_and_as_bounds(tmp_path, tiny_search_args):
     binary = tmp_path / "binary"
-    assert main(search_args + ["--strategy", "binary", "--trials", "3", "--finetune-top", "1",
+    assert main(tiny_search_args + ["--strategy", "binary", "--trials", "3", "--finetune-top", "1",
                                "--finetune-epochs", "0.1", "--out", str(binary)]) == 0
     sens = pd.read_csv(binary / "sensitivity.csv")
     assert (binary / "sensitivity.png").is_file()
@@ -168,7 +250,7 @@ def test_binary_strategy_alone_and_as_bounds(tmp_path, search_args):
     assert len(trials) == 3 and (trials["state"] == "complete").all()
 
     bounded = tmp_path / "bounded"
-    assert main(search_args + ["--bounds-from-sensitivity", "--damage", "recon", "--tolerance", "0.05",
+    assert main(tiny_search_args + ["--bounds-from-sensitivity", "--damage", "recon", "--tolerance", "0.05",
                                "--trials", "5", "--finetune-top", "0", "--out", str(bounded)]) == 0
     def highs(run):
         return {g["name"]: g["high"] for g in yaml.safe_load((run / "config.yaml").read_text())["groups"]}
@@ -182,9 +264,9 @@ def test_binary_strategy_alone_and_as_bounds(tmp_path, search_args):
         assert (trials[f"ratio:{name}"] <= high + 1e-9).all()
 
 
-def test_sensitivity_command_runs_only_that_phase(tmp_path, search_args, monkeypatch):
+def test_sensitivity_command_runs_only_that_phase(tmp_path, tiny_search_args, monkeypatch):
     run = tmp_path / "sens"
-    assert main(["sensitivity", *search_args[1:], "--out", str(run)]) == 0
+    assert main(["sensitivity", *tiny_search_args[1:], "--out", str(run)]) == 0
     assert (run / "sensitivity.csv").is_file() and (run / "sensitivity.png").is_file()
     assert not (run / "trials.csv").exists()
     assert json.loads((run / "run.json").read_text())["status"] == "complete"
@@ -195,17 +277,17 @@ def test_sensitivity_command_runs_only_that_phase(tmp_path, search_args, monkeyp
 
     monkeypatch.setattr("autoprune.pipeline.measure_sensitivity", measure_again)
     reuse = tmp_path / "reuse"
-    assert main(search_args + ["--bounds-from-sensitivity", "--sensitivity-from", str(run), "--trials", "2",
+    assert main(tiny_search_args + ["--bounds-from-sensitivity", "--sensitivity-from", str(run), "--trials", "2",
                                "--finetune-top", "0", "--out", str(reuse)]) == 0
     assert (reuse / "sensitivity.csv").read_text() == (run / "sensitivity.csv").read_text()
-    assert main(search_args + ["--sensitivity-from", str(run), "--out", str(tmp_path / "x")]) == 2
-    assert main(search_args + ["--strategy", "binary", "--sensitivity-from", str(tmp_path),
+    assert main(tiny_search_args + ["--sensitivity-from", str(run), "--out", str(tmp_path / "x")]) == 2
+    assert main(tiny_search_args + ["--strategy", "binary", "--sensitivity-from", str(tmp_path),
                                "--out", str(tmp_path / "y")]) == 2
 
 
-def test_latency_budget(tmp_path, search_args, flops_clock):
+def test_latency_budget(tmp_path, tiny_search_args, flops_clock):
     run = tmp_path / "run"
-    args = _replace_budget(search_args, "70%latency") + [
+    args = _replace_budget(tiny_search_args, "70%latency") + [
         "--strategy", "random", "--warm-start", "--latency-batch", "32", "--trials", "4", "--finetune-top", "2",
         "--finetune-epochs", "0.1", "--out", str(run)]
     assert main(args) == 0
@@ -228,14 +310,62 @@ def _replace_budget(args, budget):
 
 
 @pytest.mark.parametrize("strategy", ["tpe", "random", "nsga2", "binary"])
-def test_every_strategy_resumes_to_more_trials(tmp_path, search_args, strategy):
+def test_every_strategy_resumes_to_more_trials(tmp_path, tiny_search_args, strategy, monkeypatch):
     run = tmp_path / strategy
-    args = search_args + ["--strategy", strategy, "--finetune-top", "1", "--finetune-epochs", "0.05", "--out", str(run)]
+    args = tiny_search_args + ["--strategy", strategy, "--finetune-top", "0", "--out", str(run)]
     assert main(args + ["--trials", "3"]) == 0
     before = pd.read_csv(run / "trials.csv")
+    records = _records(run, range(3))
+    scores = ScoreCount(monkeypatch)
     assert main(args + ["--trials", "5", "--resume"]) == 0
     after = pd.read_csv(run / "trials.csv")
     assert list(after["number"]) == list(range(5))
     assert list(after.columns) == list(before.columns)
-    ratio_cols = [c for c in before.columns if c.startswith("ratio:")]
-    pd.testing.assert_frame_equal(after.loc[:2, ratio_cols], before[ratio_cols])
+    assert _records(run, range(3)) == records
+    pd.testing.assert_frame_equal(after.loc[:2], before)
+    assert scores.calls == (after.loc[3:, "state"] == "complete").sum()
+
+
+@pytest.mark.parametrize(("budget", "limits"), [
+    ("50%flops,40%params", {"macs": (0.5, None), "params": (0.4, None)}),
+    ("12MMACs", {"macs": (None, 12e6)}),
+    ("30MFLOPs,0.15Mparams", {"macs": (None, 15e6), "params": (None, 0.15e6)}),  # FLOPs = 2 x MACs
+])
+def test_every_constraint_of_a_budget_holds(tmp_path, search_args, budget, limits):
+    run = tmp_path / "run"
+    args = _replace_budget(search_args, budget) + ["--trials", "6", "--finetune-top", "1", "--finetune-epochs", "0.05",
+                                                   "--out", str(run)]
+    assert main(args) == 0
+    base = json.loads((run / "pareto.json").read_text())["baseline"]
+    limits = [(metric, base[metric] * share if share else absolute) for metric, (share, absolute) in limits.items()]
+    trials = pd.read_csv(run / "trials.csv")
+    within = trials.apply(lambda t: all(t[metric] <= limit for metric, limit in limits), axis=1)
+    assert (within == (trials["state"] == "complete")).all(), trials[["state", "macs", "params"]]
+    assert all(all(s[metric] <= limit for metric, limit in limits) for s in _subnets(run))
+    assert len(_subnets(run)) == 1
+
+
+def test_fine_tuning_starts_from_recalibrated_batchnorm(fmnist_npz, monkeypatch):
+    config = pipeline.SearchConfig(data=fmnist_npz, weights=str(SHIPPED), holdout=200, batch_size=64,
+                                   calib_batches=2, score_images=200)
+    data, _, space = pipeline.load_workbench(config)
+    evaluator = pipeline.make_evaluator(config, data)
+    ratios = space.uniform_ratios(0.5)
+    pruned, _ = space.prune(ratios)
+    recalibrated, _ = space.prune(ratios)
+    evaluator.recalibrate(recalibrated)
+    handed = {}
+
+    class Started(Exception):
+        pass
+
+    def train(model, *args, **kwargs):  # what training starts from
+        handed.update({name: value.clone() for name, value in model.state_dict().items()})
+        raise Started
+
+    monkeypatch.setattr(pipeline, "train", train)
+    with pytest.raises(Started):
+        pipeline.finetune(space.prune(ratios)[0], config, data, evaluator, seed=0)
+    stats = [name for name in handed if name.endswith(("running_mean", "running_var"))]
+    assert stats and all(torch.equal(handed[n], recalibrated.state_dict()[n]) for n in stats)
+    assert not all(torch.equal(handed[n], pruned.state_dict()[n]) for n in stats)
