@@ -140,16 +140,6 @@ def test_random_strategy_lands_just_under_budget(tmp_path, search_args):
     assert f"4 candidates from {int(trials['draws'].sum())} draws" in (run / "report.md").read_text()
 
 
-def test_same_seed_same_search(tmp_path, search_args):
-    frames = []
-    for name in ("a", "b"):
-        assert main(search_args + ["--trials", "4", "--finetune-top", "0", "--out", str(tmp_path / name)]) == 0
-        frame = pd.read_csv(tmp_path / name / "trials.csv")
-        measured = [c for c in frame.columns if c.endswith("seconds") or c == "latency_ms"]  # timings vary
-        frames.append(frame.drop(columns=measured))
-    pd.testing.assert_frame_equal(frames[0], frames[1])
-
-
 def test_python_api_with_a_model_object(tmp_path, fmnist_npz):
     data = load_data(fmnist_npz, holdout=200, seed=0)
     model = create_model("resnet20", in_channels=1, num_classes=data.num_classes)
