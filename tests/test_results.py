@@ -364,7 +364,7 @@ def test_an_older_spec_without_a_contract_runs_by_default(tmp_path, pruned):
 def test_a_weight_pruned_subnet_keeps_its_masks_and_dense_shape(tmp_path):
     masks = {"conv1.weight": torch.rand(16, 1, 3, 3) > 0.5}
     spec = {"model": "resnet20", "in_channels": 1, "num_classes": 3, "input_shape": [1, 8, 8],
-            "granularity": "weight", "kept": {}, "channels": {}}
+            "granularity": "weight", "kept": {"conv1": [0, 1]}, "channels": {"conv1": 16}}  # not filter-pruned
     from autoprune.models import create_model
 
     resnet = create_model("resnet20", in_channels=1, num_classes=3).eval()
@@ -394,3 +394,28 @@ def test_weights_that_are_not_plain_tensors_are_refused(tmp_path, pruned):
     torch.save({"0.weight": Path("anything")}, tmp_path / "weights.pt")
     with pytest.raises(pickle.UnpicklingError):
         load_subnet(tmp_path, base_model=model)
+
+
+def test_save_subnet_makes_the_directories_it_needs(tmp_path, pruned):
+    _, subnet, spec = pruned
+    save_subnet(tmp_path / "subnets" / "t0001", subnet, spec)
+    assert (tmp_path / "subnets" / "t0001" / "spec.json").is_file()
+
+
+def test_a_subnet_is_refused_on_a_base_model_of_other_widths(tmp_path, pruned):
+    _, subnet, spec = pruned
+    save_subnet(tmp_path, subnet, spec)
+    other = nn.Sequential(nn.Conv2d(1, 10, 3, padding=1), nn.BatchNorm2d(10), nn.ReLU(), nn.Conv2d(10, 6, 3),
+                          nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 3))
+    with pytest.raises(ValueError) as error:
+        load_subnet(tmp_path, base_model=other)
+    assert str(error.value) == "group '0' has 10 channels, expected 8"
+
+
+def test_a_lazy_base_model_takes_its_shapes_before_pruning(tmp_path, pruned):
+    _, subnet, spec = pruned
+    save_subnet(tmp_path, subnet, spec)
+    lazy = nn.Sequential(nn.LazyConv2d(8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 6, 3),
+                         nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 3))
+    loaded = load_subnet(tmp_path, base_model=lazy)
+    torch.testing.assert_close(loaded(X), subnet.eval()(X))

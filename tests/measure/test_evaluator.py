@@ -135,7 +135,7 @@ class ViewNet(torch.nn.Module):
             torch.nn.init.normal_(bn.bias, 0.0, 1.0)
 
     def forward(self, x):
-        x = x.view(x.shape[0], 3, 6, 6)
+        x = x.view(x.shape[0], 3 * 6 * 6).view(x.shape[0], 3, 6, 6)  # fails on a channels_last input
         h = torch.relu(self.bn2(self.conv2(torch.relu(self.bn1(self.conv(x))))))
         return self.fc(h.flatten(1))
 
@@ -188,6 +188,9 @@ def test_batches_live_on_the_evaluator_device_in_channels_last(rgb):
 
 def test_a_model_in_nchw_gets_the_batches_converted_once(rgb):
     evaluator = AdaptiveBNEvaluator(rgb, calib_batches=2, batch_size=16)
+    calib = evaluator._calib
+    evaluator.score(create_model("resnet20", in_channels=3, num_classes=6))  # channels_last: nothing to convert
+    assert evaluator._calib is calib
     model = set_contract(ViewNet(), RunContract("contiguous"))
     first = evaluator.score(model)
     calib, holdout = evaluator._calib, evaluator._holdout
@@ -245,17 +248,21 @@ def test_holdout_accuracy_does_not_recalibrate(rgb):
 def test_every_entry_point_moves_the_model_to_the_device(rgb, monkeypatch):
     from autoprune.measure import evaluator as module
 
-    devices = []
-    real = module.model_to
+    devices, inputs = [], []
+    real, real_input = module.model_to, module.input_to
     monkeypatch.setattr(module, "model_to", lambda model, device: (devices.append(device), real(model, device))[1])
+    monkeypatch.setattr(module, "input_to", lambda x, layout, device=None: (inputs.append((layout, device)),
+                                                                            real_input(x, layout, device))[1])
     evaluator = AdaptiveBNEvaluator(rgb, calib_batches=1, batch_size=8)
     model = set_contract(ViewNet(), RunContract("contiguous"))
     evaluator.score(model)
     evaluator.holdout_accuracy(model)
     evaluator.forward_seconds(model)
+    inputs.clear()
     accuracy(model, rgb.test)
     accuracy(model, rgb.test, device="cpu")
     assert devices == ["cpu"] * 5
+    assert inputs == [("contiguous", "cpu")] * 2  # one batch of the 20 test images each time
 
 
 def test_forward_seconds_times_one_pass_over_every_batch(rgb, monkeypatch):

@@ -71,7 +71,8 @@ def test_what_is_not_depthwise():
     assert not is_depthwise(nn.Conv2d(6, 12, 3, groups=6))  # a channel multiplier
     assert not is_depthwise(nn.Conv2d(6, 6, 3, groups=3))  # grouped, not depthwise
     assert not is_depthwise(nn.Linear(6, 6))
-    assert is_depthwise(nn.Conv1d(4, 4, 3, groups=4))
+    assert not is_depthwise(nn.Conv2d(1, 1, 3))  # one channel, one group: a plain conv
+    assert is_depthwise(nn.Conv1d(4, 4, 3, groups=4)) and is_depthwise(nn.Conv2d(2, 2, 3, groups=2))
 
 
 def test_grouped_conv_divides_the_kernel_by_its_groups():
@@ -80,6 +81,13 @@ def test_grouped_conv_divides_the_kernel_by_its_groups():
     assert (shape.kind, shape.in_dim, shape.out_dim, shape.kernel) == ("conv", 8, 12, 9 / 4)
     assert shape.macs(8, 12) == count_cost(conv, torch.randn(1, 8, 4, 4)).macs
     _check_build(shape, [(8, 12), (4, 8)])
+
+
+def test_two_groups():
+    conv = nn.Conv2d(4, 6, 3, groups=2)
+    shape = _one(conv, torch.randn(1, 4, 5, 5))
+    assert (shape.kind, shape.kernel) == ("conv", 9 / 2)
+    assert shape.macs(4, 6) == count_cost(conv, torch.randn(1, 4, 5, 5)).macs
 
 
 def test_channel_multiplier_conv_is_grouped():
@@ -127,6 +135,7 @@ def test_linear_on_tokens():
     assert (shape.kind, shape.in_dim, shape.out_dim, shape.kernel, shape.positions, shape.has_bias) == (
         "linear", 6, 4, 1, 7, True)
     assert shape.macs(6, 4) == count_cost(linear, x).macs == 7 * 6 * 4
+    assert type(shape.positions) is int and type(shape.macs(6, 4)) is int
     assert shape.params(6, 4) == 6 * 4 + 4
     layer, input_shape = shape.build(3, 2)
     assert input_shape == (7, 3) and layer.bias is not None
@@ -187,6 +196,22 @@ def _attention(attention, x):
     return shapes["attention"]
 
 
+def test_attention_called_twice_and_with_keywords():
+    class Twice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.attention = nn.MultiheadAttention(4, 1, batch_first=True)
+
+        def forward(self, x):
+            kv = x[:, :3]
+            h = self.attention(x, kv, value=kv, need_weights=False)[0]  # the key by position, the value by name
+            return self.attention(h, key=h, value=h, need_weights=False)[0]  # by name: the query's length
+
+    shapes, _ = _shapes(Twice(), torch.randn(1, 5, 4))
+    shape = shapes["attention"]
+    assert (shape.calls, shape.positions, shape.source_positions, shape.pairs) == (2, 10, 8, 15 + 25)
+
+
 def test_attention_sequence_first_unbatched_and_with_extra_keys():
     seq_first = nn.MultiheadAttention(6, 3, bias=False, add_bias_kv=True)  # (L, N, E)
     shape = _attention(seq_first, torch.randn(4, 1, 6))
@@ -245,8 +270,37 @@ def test_what_the_model_does_not_describe_keeps_its_parameters():
 def test_norm_layers(norm, x, width, bias):
     shape = _one(norm, x)
     assert (shape.kind, shape.in_dim, shape.out_dim, shape.has_bias) == ("norm", width, width, bias)
+    assert type(shape.in_dim) is int
     assert shape.params(width, width) == sum(p.numel() for p in norm.parameters())
     assert shape.params(3, 2) == (4 if bias else 2) and shape.macs(width, width) == 0
+
+
+def test_a_layer_called_by_keyword_is_not_traced():
+    class Keyword(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(3, 2)
+
+        def forward(self, x):
+            return self.fc(input=x)
+
+    shapes, classifier = _shapes(Keyword(), torch.randn(1, 3))
+    assert shapes == {} and classifier is None
+
+
+def test_a_module_with_its_own_parameter_and_children_keeps_only_its_own():
+    class Gain(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.gain = nn.Parameter(torch.ones(3))
+            self.fc = nn.Linear(3, 3)
+
+        def forward(self, x):
+            return self.fc(x) * self.gain
+
+    shapes, _ = _shapes(Gain(), torch.randn(1, 3))
+    assert (shapes[""].kind, shapes[""].fixed_params) == ("other", 3)
+    assert shapes["fc"].params(3, 3) == 12
 
 
 def test_a_loose_parameter_cut_with_a_group():

@@ -253,6 +253,13 @@ def test_finished_count_leaves_out_trials_failed_without_an_error():
     assert [t.number for t in failed_with_error(study)] == [3, 4]
 
 
+def test_an_error_counts_only_on_a_failed_trial():
+    study = _study()
+    trial = study.ask()  # killed after recording its error, before telling the study
+    trial.set_user_attr("error", "ValueError: x")
+    assert failed_with_error(study) == [] and finished_count(study) == 0
+
+
 def test_close_left_behind_fails_running_and_waiting_trials(tmp_path):
     study = _study()
     _add(study, COMPLETE)
