@@ -192,7 +192,7 @@ def test_export_state_dict_writes_the_subnets_tensors_that_load_into_its_archite
 def _tune_trials(run: Path) -> list[dict]:
     """What Ray Tune recorded of each trial: when it started (the driver's clock), how long its function ran
     (the worker's), which worker process ran it and the resources it reserved."""
-    state_file = sorted((run / "ray" / "tune").glob("experiment_state-*.json"))[-1]
+    state_file = max((run / "ray" / "tune").glob("experiment_state-*.json"))  # the latest: names end in the time
     trials = []
     for trial_json, runtime_json in json.loads(state_file.read_text())["trial_data"]:
         trial, runtime = json.loads(trial_json), json.loads(runtime_json)
