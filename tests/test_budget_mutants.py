@@ -39,3 +39,10 @@ def test_each_violation_is_reported_under_its_own_text():
     assert budget.text == "50%flops,8ms,2Mparams"
     assert not budget.feasible(Cost(25_000_000, 1_000_000, 10.0), BASE)
     assert budget.feasible(Cost(50_000_000, 2_000_000, 8.0), BASE)  # at every limit exactly
+
+
+@pytest.mark.parametrize("text", ["0MMACs", "0.0flops", "0ms"])
+def test_a_zero_budget_is_quoted_in_its_error(text):
+    with pytest.raises(UserError) as error:
+        parse_budget(text)
+    assert str(error.value) == f"budget '{text}' must be positive"

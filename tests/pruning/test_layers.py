@@ -231,6 +231,7 @@ def test_recurrent_layers(kind, gates):
             shape.directions, shape.has_bias) == ("recurrent", 5, 8, 7, gates, 2, 2, True)
     # per step, direction and gate: hidden x (inputs + hidden); the second layer reads both directions
     assert shape.macs(5, 8) == 7 * 2 * gates * 4 * ((5 + 4) + (8 + 4))
+    assert type(shape.macs(5, 8)) is int and type(shape.params(5, 8)) is int  # whole hidden units per direction
     assert shape.params(5, 8) == sum(p.numel() for p in rnn.parameters())
     if kind is nn.LSTM:
         assert shape.macs(5, 8) == count_cost(rnn, x).macs
