@@ -30,8 +30,10 @@ $(VENV)/.installed: pyproject.toml
 demo: venv data
 	$(BIN)/autoprune search --budget 50%flops --out results/demo-$$(date +%Y%m%d-%H%M%S)
 
+# One worker per core (pytest-xdist), each taking whole modules: the Ray tests, all in test_ray.py, run
+# one after another (its teardown, `ray stop --force`, stops every Ray process on the machine).
 test: venv data
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --dist loadscope
 
 # Mutation testing of the modules that decide the product's numbers ([tool.mutmut] in pyproject.toml,
 # docs/mutation.md), from scratch, one mutant at a time; then the score per module.

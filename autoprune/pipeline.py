@@ -434,6 +434,10 @@ def check_options(config: SearchConfig) -> Budget:
         raise UserError("--workers and --ray-local must be at least 1")
     if _uses_ray(config):
         _ray_settings(config)  # checks --trial-resources
+    if config.ray_address is not None:  # before any progress bar is drawn
+        from autoprune.runners.ray_tune import check_reachable
+
+        check_reachable(config.ray_address)
     config.device = resolve_device(config.device)
     return budget
 

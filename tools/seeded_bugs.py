@@ -31,7 +31,7 @@ class Bug:
     tests: tuple[str, ...]
 
 
-E2E = "tests/e2e/test_search.py"
+E2E, RESUME = "tests/e2e/test_search.py", "tests/e2e/test_resume.py"
 BUGS = [
     Bug("linear-layer MACs ignore input cuts", "autoprune/pruning/layers.py",
         "            return self.kernel * self.positions * in_dim * out_dim\n",
@@ -62,11 +62,11 @@ BUGS = [
         "    try:\n        optuna.delete_study(study_name=STUDY_NAME, storage=setup.run.storage_url)\n"
         "    except KeyError:\n        pass\n"
         "    study = optuna.create_study(storage=setup.run.storage_url,",
-        (f"{E2E}::test_every_strategy_resumes_to_more_trials", f"{E2E}::test_resume_after_a_killed_run")),
+        (f"{RESUME}::test_every_strategy_resumes_to_more_trials", f"{RESUME}::test_resume_after_a_killed_run")),
     Bug("already fine-tuned subnets fine-tuned again on resume", "autoprune/pipeline.py",
         'if (directory / "spec.json").exists():  # fine-tuned before a resume',
         "if False:",
-        (f"{E2E}::test_resume_keeps_fine_tuned_subnets_and_fine_tunes_only_the_new",)),
+        (f"{RESUME}::test_resume_keeps_fine_tuned_subnets_and_fine_tunes_only_the_new",)),
     Bug("every subnet put on the Pareto front", "autoprune/report.py",
         "    return non_dominated(records, lambda r: r.test_acc, lambda r: r.macs)\n",
         "    return sorted(records, key=lambda r: r.macs)\n",

@@ -78,7 +78,7 @@ def parse_resources(text: str) -> tuple[float, float]:
 _started_here = False  # whether this process started the Ray it is connected to (--ray-local)
 
 
-def _check_reachable(address: str, timeout: float = 5.0) -> None:
+def check_reachable(address: str, timeout: float = 5.0) -> None:
     """One line instead of minutes of Ray's reconnect warnings where nothing listens at ``host:port``."""
     host, sep, port = address.rpartition(":")
     if address == "auto" or "://" in address or not sep or not port.isdigit():
@@ -104,7 +104,7 @@ def connect(settings: RaySettings) -> None:
             raise UserError("--ray-local: this process is already connected to a Ray cluster; use --ray-address")
         return
     if settings.address is not None:
-        _check_reachable(settings.address)
+        check_reachable(settings.address)
         ray.init(address=settings.address, log_to_driver=False)
     else:
         # "local": a new Ray for this run, even where this machine already runs a cluster

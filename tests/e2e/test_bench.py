@@ -57,6 +57,7 @@ def test_fidelity(bench_args, tmp_path, one_thread):
     assert main([a if a != "3" else "4" for a in args] + ["--resume"]) == 2
 
 
+@pytest.mark.slow
 def test_efficiency(bench_args, tmp_path, one_thread):
     out = tmp_path / "efficiency"
     assert main(bench_args("efficiency", out, "--strategies", "random,tpe-bounded", "--trials", "3",
@@ -168,6 +169,7 @@ def test_retrain(bench_args, tmp_path, one_thread):
     assert (out / "baseline" / "model.pt").is_file() and (out / "baseline" / "model.epoch1.pt").is_file()
 
 
+@pytest.mark.slow
 def test_deploy(bench_args, tmp_path, one_thread):
     out = tmp_path / "deploy"
     assert main(bench_args("deploy", out, "--budgets", "50%flops", "--latency-batches", "1,4", "--round-to", "4")) == 0

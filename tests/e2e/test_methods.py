@@ -120,6 +120,7 @@ def test_scratch_training_of_a_weight_pruned_subnet_keeps_its_mask(weight_bench)
     assert got.keys() == expected.keys() and all(torch.equal(got[k], expected[k]) for k in expected)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scope", ["layer", "global"])
 def test_search_with_weight_pruning(tmp_path, tiny_search_args, scope):
     from autoprune.pruning.weights import weight_masks

@@ -9,15 +9,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import pickle
-import subprocess
-import sys
 from pathlib import Path
 
 import optuna
 import pandas as pd
-import pytest
 import torch
 import yaml
 from torch import nn
@@ -187,46 +182,3 @@ def test_export_state_dict_writes_the_subnets_tensors_that_load_into_its_archite
         architecture.load_state_dict(state)  # strict: every tensor, at the pruned shapes
         with torch.no_grad():
             assert torch.equal(architecture.eval()(x), autoprune.load_subnet(directory)(x))
-
-
-def _tune_trials(run: Path) -> list[dict]:
-    """What Ray Tune recorded of each trial: when it started (the driver's clock), how long its function ran
-    (the worker's), which worker process ran it and the resources it reserved."""
-    state_file = max((run / "ray" / "tune").glob("experiment_state-*.json"))  # the latest: names end in the time
-    trials = []
-    for trial_json, runtime_json in json.loads(state_file.read_text())["trial_data"]:
-        trial, runtime = json.loads(trial_json), json.loads(runtime_json)
-        bundles = pickle.loads(bytes.fromhex(trial["placement_group_factory"])).bundles
-        result = runtime["last_result"]
-        trials.append({"start": runtime["start_time"], "seconds": result["time_total_s"], "pid": result["pid"],
-                       "resources": bundles})
-    return sorted(trials, key=lambda t: t["start"])
-
-
-@pytest.mark.slow
-def test_trial_resources_decide_how_many_trials_run_at_once_on_ray(tmp_path, search_args):
-    """A local Ray of 2 CPUs and 2 workers: trials of 2 CPUs run one after another; of 1 CPU, two fit at once."""
-    def ray_search(name: str, resources: str) -> list[dict]:
-        out = tmp_path / name
-        args = search_args + ["--strategy", "random", "--trials", "2", "--finetune-top", "0", "--out", str(out),
-                              "--ray-local", "2", "--workers", "2", "--trial-resources", resources]
-        # its own process, as in test_ray: this one may be connected to that module's cluster
-        done = subprocess.run([sys.executable, "-m", "autoprune.cli", *args], capture_output=True, text=True,
-                              timeout=400, check=False, env={**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"})
-        assert done.returncode == 0, done.stderr[-2000:]
-        assert (pd.read_csv(out / "trials.csv")["state"] == "complete").all()
-        assert _config(out)["trial_resources"] == resources
-        return _tune_trials(out)
-
-    serial = ray_search("cpu2", "cpu=2")
-    assert len(serial) == 2 and all(t["resources"] == [{"CPU": 2.0}] for t in serial)
-    # a trial starts once the one before it has finished: its start is after the other's start plus its run
-    first, second = serial
-    assert second["start"] >= first["start"] + first["seconds"]
-    assert len({t["pid"] for t in serial}) == 1  # one worker at a time: the same process, reused
-
-    # 1 CPU a trial: two fit in the 2 CPUs at once. (They do run side by side, the second starting while the
-    # first runs; but whether Tune reuses the first worker instead of waiting for a second one to start
-    # depends on this machine's speed, so that is not asserted.)
-    parallel = ray_search("cpu1", "cpu=1")
-    assert len(parallel) == 2 and all(t["resources"] == [{"CPU": 1.0}] for t in parallel)

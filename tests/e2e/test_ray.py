@@ -1,11 +1,14 @@
 """Searches on a real Ray cluster: a head started on loopback for these tests and stopped after.
 
 The head listens on 127.0.0.1 only (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``, set for the head and
-for every driver before Ray is imported).
+for every driver before Ray is imported). Every test that starts Ray belongs here: `make test` gives a
+module to one xdist worker, so they never run at once, and the head's teardown (``ray stop --force``)
+stops every Ray process on the machine.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import re
@@ -20,6 +23,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+import yaml
 
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "token")  # as Ray's default; said explicitly so head and drivers agree
@@ -81,6 +85,7 @@ def _slow_args(tiny_npz, weights, out, trials):
             "--out", str(out), "--quiet"]
 
 
+@pytest.mark.slow
 def test_search_on_the_cluster_writes_what_a_local_run_writes(head, tiny_search_args, tmp_path):
     local, remote = tmp_path / "local", tmp_path / "ray"
     # a data-driven criterion: the workers must prune by the rankings the driver computed on its batches
@@ -128,6 +133,7 @@ def test_a_worker_rebuilds_the_drivers_space_from_its_rankings_once_per_run(monk
     assert worker.kept_indices(ratios) == driver.kept_indices(ratios)
 
 
+@pytest.mark.slow
 def test_a_worker_killed_mid_trial_has_its_trial_retried(head, marks, tiny_npz, slow_weights, tmp_path):
     killed: list[int] = []
     finished = threading.Event()
@@ -157,6 +163,7 @@ def test_a_worker_killed_mid_trial_has_its_trial_retried(head, marks, tiny_npz, 
     assert len(trials) == 4 and (trials["state"] == "complete").all()
 
 
+@pytest.mark.slow
 def test_a_killed_driver_resumes_without_repeating_trials(head, tiny_npz, slow_weights, tmp_path):
     out = tmp_path / "run"
     args = _slow_args(tiny_npz, slow_weights, out, 4) + ["--ray-address", head, "--workers", "1"]
@@ -197,6 +204,7 @@ def test_a_trial_that_raises_is_recorded_and_the_search_goes_on(head, tiny_npz, 
     assert len(failed) >= 1 and failed["error"].str.contains("ValueError: this model cannot run").all()
 
 
+@pytest.mark.slow
 def test_a_private_local_ray_runs_the_search_as_users_type_it(head, tiny_search_args, tmp_path):
     """``autoprune search ... --ray-local 2`` with its progress bar on (no --quiet), beside a running cluster."""
     out = tmp_path / "run"
@@ -235,3 +243,46 @@ def test_ray_local_refuses_a_process_already_connected_to_a_cluster(head, tiny_s
     args = tiny_search_args + ["--trials", "2", "--finetune-top", "0", "--out", str(tmp_path / "run"), "--ray-local", "2"]
     assert main(args) == 2
     assert "already connected to a Ray cluster" in capsys.readouterr().err
+
+
+def _tune_trials(run: Path) -> list[dict]:
+    """What Ray Tune recorded of each trial: when it started (the driver's clock), how long its function ran
+    (the worker's), which worker process ran it and the resources it reserved."""
+    state_file = max((run / "ray" / "tune").glob("experiment_state-*.json"))  # the latest: names end in the time
+    trials = []
+    for trial_json, runtime_json in json.loads(state_file.read_text())["trial_data"]:
+        trial, runtime = json.loads(trial_json), json.loads(runtime_json)
+        bundles = pickle.loads(bytes.fromhex(trial["placement_group_factory"])).bundles
+        result = runtime["last_result"]
+        trials.append({"start": runtime["start_time"], "seconds": result["time_total_s"], "pid": result["pid"],
+                       "resources": bundles})
+    return sorted(trials, key=lambda t: t["start"])
+
+
+@pytest.mark.slow
+def test_trial_resources_decide_how_many_trials_run_at_once_on_ray(tmp_path, search_args):
+    """A local Ray of 2 CPUs and 2 workers: trials of 2 CPUs run one after another; of 1 CPU, two fit at once."""
+    def ray_search(name: str, resources: str) -> list[dict]:
+        out = tmp_path / name
+        args = search_args + ["--strategy", "random", "--trials", "2", "--finetune-top", "0", "--out", str(out),
+                              "--ray-local", "2", "--workers", "2", "--trial-resources", resources]
+        # its own process: this one may be connected to this module's cluster
+        done = subprocess.run([sys.executable, "-m", "autoprune.cli", *args], capture_output=True, text=True,
+                              timeout=400, check=False, env={**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"})
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert (pd.read_csv(out / "trials.csv")["state"] == "complete").all()
+        assert yaml.safe_load((out / "config.yaml").read_text())["trial_resources"] == resources
+        return _tune_trials(out)
+
+    serial = ray_search("cpu2", "cpu=2")
+    assert len(serial) == 2 and all(t["resources"] == [{"CPU": 2.0}] for t in serial)
+    # a trial starts once the one before it has finished: its start is after the other's start plus its run
+    first, second = serial
+    assert second["start"] >= first["start"] + first["seconds"]
+    assert len({t["pid"] for t in serial}) == 1  # one worker at a time: the same process, reused
+
+    # 1 CPU a trial: two fit in the 2 CPUs at once. (They do run side by side, the second starting while the
+    # first runs; but whether Tune reuses the first worker instead of waiting for a second one to start
+    # depends on this machine's speed, so that is not asserted.)
+    parallel = ray_search("cpu1", "cpu=1")
+    assert len(parallel) == 2 and all(t["resources"] == [{"CPU": 1.0}] for t in parallel)

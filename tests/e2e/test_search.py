@@ -5,11 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import optuna
@@ -17,6 +12,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from run_checks import best_by_proxy, non_dominated, subnet_specs
 
 import autoprune
 from autoprune import pipeline
@@ -24,57 +20,13 @@ from autoprune.cli import main
 from autoprune.data import load_data
 from autoprune.export import export_subnet
 from autoprune.measure import accuracy
-from autoprune.measure.evaluator import AdaptiveBNEvaluator
 from autoprune.models import create_model, load_weights
 from autoprune.pipeline import SHIPPED_WEIGHTS
 
 SHIPPED = SHIPPED_WEIGHTS[("resnet20", "fashion-mnist")]
 
 
-def _subnets(run: Path) -> list[dict]:
-    return [json.loads(p.read_text()) for p in sorted(run.glob("subnets/*/spec.json"))]
-
-
-def _study(run: Path) -> optuna.Study:
-    return optuna.load_study(study_name="autoprune", storage=f"sqlite:///{run / 'study.db'}")
-
-
-def _records(run: Path, numbers) -> dict[int, tuple]:
-    """What the study keeps of each finished trial: its own proxy, seconds, cost, ratios and times."""
-    trials = {t.number: t for t in _study(run).trials}
-    return {n: (trials[n].user_attrs.get("proxy_acc"), trials[n].user_attrs.get("seconds"),
-                trials[n].user_attrs["macs"], trials[n].params, trials[n].datetime_start,
-                trials[n].datetime_complete) for n in numbers}
-
-
-def _best_by_proxy(trials: pd.DataFrame, k: int) -> list[int]:
-    """The K feasible scored trials of highest proxy (lower number first among equals), identical ratios once."""
-    scored = trials[(trials["state"] == "complete") & trials["proxy_acc"].notna()]
-    ratio_cols = [c for c in trials.columns if c.startswith("ratio:")]
-    scored = scored.drop_duplicates(subset=ratio_cols, keep="first")
-    return list(scored.sort_values(["proxy_acc", "number"], ascending=[False, True])["number"][:k])
-
-
-def _non_dominated(points: dict[str, tuple[float, float]]) -> set[str]:
-    """Brute force: ids whose (accuracy, cost) no other point beats in one and matches or beats in the other."""
-    return {i for i, (acc, cost) in points.items()
-            if not any((a >= acc and c <= cost) and (a > acc or c < cost) for a, c in points.values())}
-
-
-class ScoreCount:
-    """Counts the candidates the scorer scores in this process."""
-
-    def __init__(self, monkeypatch):
-        self.calls = 0
-        score = AdaptiveBNEvaluator.score
-
-        def counted(evaluator, *args, **kwargs):
-            self.calls += 1
-            return score(evaluator, *args, **kwargs)
-
-        monkeypatch.setattr(AdaptiveBNEvaluator, "score", counted)
-
-
+@pytest.mark.slow
 def test_search_writes_a_complete_run(tmp_path, search_args, fmnist_npz):
     run = tmp_path / "run"
     assert main(search_args + ["--trials", "6", "--finetune-top", "2", "--out", str(run)]) == 0
@@ -92,9 +44,9 @@ def test_search_writes_a_complete_run(tmp_path, search_args, fmnist_npz):
     # the data discriminates: the baseline is well below 100% and the candidates score apart
     assert 0.8 < pareto["baseline"]["test_acc"] < 0.99
     assert trials["proxy_acc"].nunique() >= 2
-    subnets = _subnets(run)
+    subnets = subnet_specs(run)
     # the fine-tuned subnets are exactly the best candidates by proxy
-    assert [s["trial"] for s in subnets] == sorted(_best_by_proxy(trials, 2))
+    assert [s["trial"] for s in subnets] == sorted(best_by_proxy(trials, 2))
     data = load_data(fmnist_npz, holdout=200, seed=0)
     for spec in subnets:
         assert spec["macs"] <= 0.5 * base_macs
@@ -110,7 +62,7 @@ def test_search_writes_a_complete_run(tmp_path, search_args, fmnist_npz):
     assert len({s["test_acc"] for s in subnets}) == len(subnets)  # the front below compares unequal values
     # the front is exactly the non-dominated subnets (test accuracy up, MACs down)
     points = {s["id"]: (s["test_acc"], s["macs"]) for s in subnets}
-    assert {r["id"] for r in pareto["front"]} == _non_dominated(points)
+    assert {r["id"] for r in pareto["front"]} == non_dominated(points)
     # measured latency of the baseline and every fine-tuned subnet, whatever the budget (timings: how
     # large they are depends on this machine, so only that they are there, finite and not negative)
     assert all(0 <= ms < math.inf for ms in [pareto["baseline"]["latency_ms"]] + [s["latency_ms"] for s in subnets])
@@ -156,64 +108,7 @@ def test_python_api_with_a_model_object(tmp_path, fmnist_npz):
     assert check.ok and Path(check.path).is_file()
 
 
-def test_resume_after_a_killed_run(tmp_path, search_args, monkeypatch):
-    run = tmp_path / "run"
-    args = search_args + ["--trials", "12", "--finetune-top", "1", "--finetune-epochs", "0.1", "--out", str(run)]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "autoprune.cli", *args, "--quiet"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    before = None
-    while time.time() < deadline and proc.poll() is None:  # until trials.csv holds four trials
-        if (run / "trials.csv").exists():
-            frame = pd.read_csv(run / "trials.csv")
-            if len(frame) >= 4:
-                before = frame
-                break
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert before is not None, "the search never wrote four trials"
-    assert json.loads((run / "run.json").read_text())["status"] == "running"
-    done_before = list(before.loc[before["state"].isin(["complete", "infeasible"]), "number"])
-    records = _records(run, done_before)
-
-    scores = ScoreCount(monkeypatch)
-    assert main(args + ["--resume"]) == 0
-    after = pd.read_csv(run / "trials.csv")
-    finished = after[after["state"].isin(["complete", "infeasible"])]
-    assert len(finished) == 12
-    assert after["number"].is_unique
-    # the trials finished before the kill keep their own records (proxy, seconds, times), not run again
-    assert _records(run, done_before) == records
-    # only the missing ones are scored: one scoring per feasible trial that had not finished
-    assert scores.calls == len(finished[~finished["number"].isin(done_before) & (finished["state"] == "complete")])
-    assert json.loads((run / "run.json").read_text())["status"] == "complete"
-
-
-def test_resume_keeps_fine_tuned_subnets_and_fine_tunes_only_the_new(tmp_path, search_args, monkeypatch):
-    run = tmp_path / "run"
-    args = search_args + ["--strategy", "random", "--trials", "4", "--finetune-epochs", "0.1", "--out", str(run)]
-    assert main(args + ["--finetune-top", "1"]) == 0
-    (first,) = _subnets(run)
-
-    def files(subnet_id: str) -> dict:
-        return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in (run / "subnets" / subnet_id).iterdir()}
-
-    saved = files(first["id"])
-    finetuned = []
-    finetune_candidate = pipeline.finetune_candidate
-    monkeypatch.setattr(pipeline, "finetune_candidate",
-                        lambda *a, **k: finetuned.append(k["seed"]) or finetune_candidate(*a, **k))
-    scores = ScoreCount(monkeypatch)
-    assert main(args + ["--finetune-top", "2", "--resume"]) == 0
-    assert scores.calls == 0 and len(finetuned) == 1  # nothing scored again; only the second subnet trained
-    assert files(first["id"]) == saved
-    subnets = _subnets(run)
-    assert [s["trial"] for s in subnets] == sorted(_best_by_proxy(pd.read_csv(run / "trials.csv"), 2))
-    assert first in subnets
-
-
+@pytest.mark.slow
 def test_nsga2_fine_tunes_a_front_of_costs(tmp_path, search_args):
     run = tmp_path / "run"
     args = search_args + ["--strategy", "nsga2", "--warm-start", "--trials", "12", "--finetune-top", "3",
@@ -223,12 +118,13 @@ def test_nsga2_fine_tunes_a_front_of_costs(tmp_path, search_args):
     ratio_cols = [c for c in trials.columns if c.startswith("ratio:")]
     assert trials.loc[0, ratio_cols].nunique() == 1  # the warm start: uniform ratios
     base = json.loads((run / "pareto.json").read_text())["baseline"]["macs"]
-    subnets = _subnets(run)
+    subnets = subnet_specs(run)
     assert len(subnets) == 3
     assert all(s["macs"] <= 0.5 * base for s in subnets)
     assert len({s["macs"] for s in subnets}) == 3
 
 
+@pytest.mark.slow
 def test_binary_strategy_alone_and_as_bounds(tmp_path, tiny_search_args):
     binary = tmp_path / "binary"
     assert main(tiny_search_args + ["--strategy", "binary", "--trials", "3", "--finetune-top", "1",
@@ -286,7 +182,7 @@ def test_latency_budget(tmp_path, tiny_search_args, flops_clock):
     trials = pd.read_csv(run / "trials.csv")
     assert (trials["state"] == "complete").all()
     assert (trials["predicted_latency_ms"] <= budget_ms + 1e-6).all()
-    subnets = _subnets(run)
+    subnets = subnet_specs(run)
     assert len(subnets) == 2 and all(s["predicted_latency_ms"] <= budget_ms + 1e-6 for s in subnets)
     assert all(0 <= s["latency_ms"] < math.inf for s in subnets)  # measured; its figures are in the notes, not asserted
     assert trials["latency_ms"].notna().all()  # every candidate's, measured
@@ -297,23 +193,6 @@ def _replace_budget(args, budget):
     args = list(args)
     args[args.index("--budget") + 1] = budget
     return args
-
-
-@pytest.mark.parametrize("strategy", ["tpe", "random", "nsga2", "binary"])
-def test_every_strategy_resumes_to_more_trials(tmp_path, tiny_search_args, strategy, monkeypatch):
-    run = tmp_path / strategy
-    args = tiny_search_args + ["--strategy", strategy, "--finetune-top", "0", "--out", str(run)]
-    assert main(args + ["--trials", "3"]) == 0
-    before = pd.read_csv(run / "trials.csv")
-    records = _records(run, range(3))
-    scores = ScoreCount(monkeypatch)
-    assert main(args + ["--trials", "5", "--resume"]) == 0
-    after = pd.read_csv(run / "trials.csv")
-    assert list(after["number"]) == list(range(5))
-    assert list(after.columns) == list(before.columns)
-    assert _records(run, range(3)) == records
-    pd.testing.assert_frame_equal(after.loc[:2], before)
-    assert scores.calls == (after.loc[3:, "state"] == "complete").sum()
 
 
 @pytest.mark.parametrize(("budget", "limits"), [
@@ -331,8 +210,8 @@ def test_every_constraint_of_a_budget_holds(tmp_path, search_args, budget, limit
     trials = pd.read_csv(run / "trials.csv")
     within = trials.apply(lambda t: all(t[metric] <= limit for metric, limit in limits), axis=1)
     assert (within == (trials["state"] == "complete")).all(), trials[["state", "macs", "params"]]
-    assert all(all(s[metric] <= limit for metric, limit in limits) for s in _subnets(run))
-    assert len(_subnets(run)) == 1
+    assert all(all(s[metric] <= limit for metric, limit in limits) for s in subnet_specs(run))
+    assert len(subnet_specs(run)) == 1
 
 
 def test_fine_tuning_starts_from_recalibrated_batchnorm(fmnist_npz, monkeypatch):

@@ -1,0 +1,96 @@
+"""Resumed searches: each finished trial keeps its own record, only the missing trials are scored,
+and fine-tuned subnets stay as they were."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+from run_checks import ScoreCount, best_by_proxy, subnet_specs, trial_records
+
+from autoprune import pipeline
+from autoprune.cli import main
+
+
+@pytest.mark.slow
+def test_resume_after_a_killed_run(tmp_path, search_args, monkeypatch):
+    run = tmp_path / "run"
+    args = search_args + ["--trials", "8", "--finetune-top", "1", "--finetune-epochs", "0.1", "--out", str(run)]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "autoprune.cli", *args, "--quiet"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    before = None
+    while time.time() < deadline and proc.poll() is None:  # until trials.csv holds three trials
+        if (run / "trials.csv").exists():
+            frame = pd.read_csv(run / "trials.csv")
+            if len(frame) >= 3:
+                before = frame
+                break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert before is not None, "the search never wrote three trials"
+    assert json.loads((run / "run.json").read_text())["status"] == "running"
+    done_before = list(before.loc[before["state"].isin(["complete", "infeasible"]), "number"])
+    records = trial_records(run, done_before)
+
+    scores = ScoreCount(monkeypatch)
+    assert main(args + ["--resume"]) == 0
+    after = pd.read_csv(run / "trials.csv")
+    finished = after[after["state"].isin(["complete", "infeasible"])]
+    assert len(finished) == 8
+    assert after["number"].is_unique
+    # the trials finished before the kill keep their own records (proxy, seconds, times), not run again
+    assert trial_records(run, done_before) == records
+    # only the missing ones are scored: one scoring per feasible trial that had not finished
+    assert scores.calls == len(finished[~finished["number"].isin(done_before) & (finished["state"] == "complete")])
+    assert json.loads((run / "run.json").read_text())["status"] == "complete"
+
+
+@pytest.mark.slow
+def test_resume_keeps_fine_tuned_subnets_and_fine_tunes_only_the_new(tmp_path, search_args, monkeypatch):
+    run = tmp_path / "run"
+    args = search_args + ["--strategy", "random", "--trials", "4", "--finetune-epochs", "0.1", "--out", str(run)]
+    assert main(args + ["--finetune-top", "1"]) == 0
+    (first,) = subnet_specs(run)
+
+    def files(subnet_id: str) -> dict:
+        return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in (run / "subnets" / subnet_id).iterdir()}
+
+    saved = files(first["id"])
+    finetuned = []
+    finetune_candidate = pipeline.finetune_candidate
+    monkeypatch.setattr(pipeline, "finetune_candidate",
+                        lambda *a, **k: finetuned.append(k["seed"]) or finetune_candidate(*a, **k))
+    scores = ScoreCount(monkeypatch)
+    assert main(args + ["--finetune-top", "2", "--resume"]) == 0
+    assert scores.calls == 0 and len(finetuned) == 1  # nothing scored again; only the second subnet trained
+    assert files(first["id"]) == saved
+    subnets = subnet_specs(run)
+    assert [s["trial"] for s in subnets] == sorted(best_by_proxy(pd.read_csv(run / "trials.csv"), 2))
+    assert first in subnets
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["tpe", "random", "nsga2", "binary"])
+def test_every_strategy_resumes_to_more_trials(tmp_path, tiny_search_args, strategy, monkeypatch):
+    run = tmp_path / strategy
+    args = tiny_search_args + ["--strategy", strategy, "--finetune-top", "0", "--out", str(run)]
+    assert main(args + ["--trials", "3"]) == 0
+    before = pd.read_csv(run / "trials.csv")
+    records = trial_records(run, range(3))
+    scores = ScoreCount(monkeypatch)
+    assert main(args + ["--trials", "5", "--resume"]) == 0
+    after = pd.read_csv(run / "trials.csv")
+    assert list(after["number"]) == list(range(5))
+    assert list(after.columns) == list(before.columns)
+    assert trial_records(run, range(3)) == records
+    pd.testing.assert_frame_equal(after.loc[:2], before)
+    assert scores.calls == (after.loc[3:, "state"] == "complete").sum()
