@@ -1,6 +1,7 @@
 """Seeded bugs: plant each of 15 known wrong answers in a copy of the tree and run the tests that should notice.
 
-Each bug is one textual change to one file, of the kind that once survived the suite. A bug is
+Each bug is one textual change to one file. Nine are bugs the suite once let through; six more are
+of the same kinds. A bug is
 *killed* when its tests fail with it planted. The copy takes the working tree as it is (uncommitted
 changes included); this tree is never modified.
 
@@ -135,6 +136,8 @@ def run(bug: Bug, tree: Path) -> tuple[bool, float]:
 
 def main(argv: list[str]) -> int:
     chosen = [int(a) for a in argv] or list(range(1, len(BUGS) + 1))
+    if not all(1 <= n <= len(BUGS) for n in chosen):
+        raise SystemExit(f"seeded bugs are numbered 1 to {len(BUGS)}")
     with tempfile.TemporaryDirectory(prefix="seeded-bugs-") as tmp:
         tree = Path(tmp)
         _copy_tree(tree)

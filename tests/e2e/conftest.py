@@ -1,6 +1,6 @@
 """Data and baselines shared by the end-to-end tests.
 
-Searches run on a few thousand real Fashion-MNIST images with the shipped checkpoint: the baseline
+Searches run on 1900 real Fashion-MNIST images with the shipped checkpoint: the baseline
 scores well below 100% there, and pruned candidates score apart, so comparisons of accuracies,
 rankings, fine-tune choice and front mean something. Tests that train a baseline of their own use
 the tiny synthetic set, which a few epochs learn.
