@@ -57,6 +57,10 @@ class Budget:
     def feasible(self, cost: Cost, base: Cost) -> bool:
         return all(v <= 1e-12 for v in self.violations(cost, base).values())
 
+    def loose(self, base: Cost) -> list[Constraint]:
+        """The constraints the unpruned model ``base`` already meets (limit >= its value): they prune nothing."""
+        return [c for c in self.constraints if c.violation(base, base) <= 1e-12]
+
     @property
     def needs_latency(self) -> bool:
         return any(c.metric == "latency_ms" for c in self.constraints)

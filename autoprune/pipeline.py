@@ -32,7 +32,7 @@ from autoprune.models.contract import contract_of, prepare_model
 from autoprune.progress import console, progress_bar
 from autoprune.pruning.config import load_space_config
 from autoprune.pruning.criteria import criterion_batches, needs_data
-from autoprune.pruning.space import PruningSpace
+from autoprune.pruning.space import Cost, PruningSpace
 from autoprune.pruning.weights import SCOPES, WeightSpace, weight_masks
 from autoprune.report import export_run
 from autoprune.results import STUDY_NAME, RunDir, SubnetRecord, save_subnet, trials_frame
@@ -273,6 +273,7 @@ def _prepare(config: SearchConfig, module: nn.Module | None, resume: bool, quiet
             f"{smallest.macs / space.base_cost.macs:.1%} of MACs and {smallest.params / space.base_cost.params:.1%} "
             f"of params{latency} (raise ratio.max in the space file)"
         )
+    _check_budget_prunes(budget, space.base_cost)
     # Nothing is written before this line: a bad input leaves no half-made run behind, and a failure
     # from here to the first trial removes what the run wrote (_discarded_on_failure).
     run.create()
@@ -466,6 +467,18 @@ _RUN_IDENTITY = ("model", "data", "budget", "strategy", "criterion", "granularit
                  "sparsity_lambda", "pfp_eps", "seed", "weights", "space", "output_key",
                  "calib_batches", "score_images", "adaptive_bn", "tolerance", "holdout", "limit_train", "batch_size",
                  "limit_test", "warm_start", "damage", "bounds_from_sensitivity", "sensitivity_from", "latency_batch")
+
+
+def _check_budget_prunes(budget: Budget, base: Cost) -> None:
+    """A budget the unpruned model meets is refused, as ``150%flops`` is; a part of a joined budget that
+    it meets (``60MMACs`` on a 15M-MAC model) is said, since it constrains nothing."""
+    loose = budget.loose(base)
+    if len(loose) == len(budget.constraints):
+        raise UserError(f"budget {budget.text} prunes nothing: the unpruned model is within it "
+                        f"({budget.describe(base)}); give a budget below the baseline")
+    for c in loose:
+        console.print(f"[yellow]budget part {Budget((c,), c.text).describe(base)} constrains nothing: the unpruned "
+                      "model is within it[/]", soft_wrap=True)
 
 
 def _check_resume_config(run: RunDir, config: SearchConfig) -> None:

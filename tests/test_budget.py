@@ -121,3 +121,11 @@ def test_latency_budget_relative_to_the_measured_baseline():
     budget = parse_budget("60%latency")
     assert budget.needs_latency
     assert budget.primary.limit(Cost(macs=1, params=1, latency_ms=20.0)) == pytest.approx(12.0)
+
+
+def test_loose_constraints_are_those_the_unpruned_model_meets():
+    base = Cost(macs=15e6, params=200e3, latency_ms=4.0)
+    budget = parse_budget("60MMACs,50%params,4ms")
+    assert [c.text for c in budget.loose(base)] == ["60MMACs", "4ms"]  # a limit equal to the baseline's value too
+    assert parse_budget("14.9MMACs,0.3Mparams").loose(base) == [parse_budget("0.3Mparams").primary]
+    assert parse_budget("50%flops,40%params").loose(base) == []

@@ -42,6 +42,7 @@ def _replace(args: list[str], flag: str, value: str) -> list[str]:
         ("--budget", "0%flops", "percentage"),
         ("--budget", "abc", "not understood"),
         ("--budget", "1%flops", "cannot be met"),
+        ("--budget", "60MMACs", "prunes nothing: the unpruned model is within it"),  # of about 10M MACs
         ("--weights", "/nonexistent/w.pt", "not found"),
         ("--strategy", "nosuch", "invalid choice"),
         ("--criterion", "nosuch", "invalid choice"),
@@ -59,6 +60,15 @@ def test_bad_input_is_one_line(tmp_path, capsys, tiny_search_args, flag, value, 
     assert code == 2
     assert len(lines) == 1 and lines[0].startswith("autoprune: error:") and needle in lines[0], lines
     assert not out.exists()
+
+
+def test_a_budget_part_the_unpruned_model_meets_is_said(tmp_path, capsys, tiny_search_args):
+    args = _replace(tiny_search_args, "--budget", "50%flops,1Mparams") + ["--trials", "1", "--finetune-top", "0",
+                                                                       "--out", str(tmp_path / "r")]
+    code, lines = _run(args, capsys)
+    assert code == 0
+    assert any(line.startswith("budget part 1Mparams (<= 1.000M params, ") and line.endswith(
+        "of baseline) constrains nothing: the unpruned model is within it") for line in lines), lines
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="there is a GPU here")
