@@ -69,7 +69,7 @@ def _parser() -> argparse.ArgumentParser:
                    "saved in the run and reused on --resume")
     s.add_argument("--sparsity-lambda", type=float, default=d.sparsity_lambda, metavar="L",
                    help="weight of the L1 penalty of --sparsity-train")
-    s.add_argument("--space", default=None, help="search-space YAML; not given: the model family's")
+    s.add_argument("--space", default=None, help=_space_help())
     s.add_argument("--trials", type=int, default=d.trials)
     s.add_argument("--tolerance", type=float, default=d.tolerance,
                    help="random: accept candidates within this fraction below the budget; "
@@ -131,7 +131,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_common(i)
     i.add_argument("--weights", default=None, help="state dict of the model (optional: structure and costs do not "
                    "depend on it)")
-    i.add_argument("--space", default=None, help="search-space YAML; not given: the model family's")
+    i.add_argument("--space", default=None, help=_space_help())
     i.add_argument("--json", action="store_true", help="print the inspection as JSON")
     r = sub.add_parser("runs", help="list the runs under a directory: budget, strategy, status, best accuracy")
     r.add_argument("results", nargs="?", default="results", help="directory holding run directories")
@@ -192,6 +192,13 @@ def _finetune_options(p: argparse.ArgumentParser, *, epochs: float, what: str) -
     p.add_argument("--finetune-seeds", type=int, default=2, help=f"fine-tunes per {what}, each with its own seed")
 
 
+def _space_help() -> str:
+    from autoprune.pruning.config import shipped_spaces
+
+    return (f"search-space YAML file, or a shipped space by name ({', '.join(shipped_spaces())}); "
+            "not given: the model family's")
+
+
 def _weights_help() -> str:
     from autoprune.pipeline import SHIPPED_WEIGHTS
 
@@ -220,7 +227,7 @@ def _add_bench(sub, d, criteria: dict[str, str], fmt) -> None:
         _add_common(b)
         b.add_argument("--weights", default=None, help=_weights_help())
         _add_criterion(b, d, criteria)
-        b.add_argument("--space", default=None, help="search-space YAML; not given: the model family's")
+        b.add_argument("--space", default=None, help=_space_help())
         b.add_argument("--calib-batches", type=int, default=d.calib_batches)
         b.add_argument("--score-images", type=int, default=d.score_images)
         b.add_argument("--tolerance", type=float, default=d.tolerance)

@@ -43,13 +43,23 @@ class SpaceConfig:
         return asdict(self)
 
 
+def shipped_spaces() -> list[str]:
+    """Names of the search spaces installed with autoprune (``resnet``, ``resnet-round8``, ...)."""
+    return sorted(p.stem for p in SHIPPED_SPACES.glob("*.yaml"))
+
+
 def load_space_config(path: str | Path | None, family: str | None) -> SpaceConfig:
-    """Read ``path``, or the shipped YAML of the model family, or the shipped default."""
+    """Read ``path`` (a YAML file, or the name of a shipped space where no such file exists), or the
+    shipped YAML of the model family, or the shipped default. A missing file is a ``UserError``."""
     if path is not None:
         file = Path(path).expanduser()
-        if not file.is_file():
-            raise UserError(f"search space {file} not found")
-        text, source = file.read_text(), str(file)
+        if file.is_file():
+            text, source = file.read_text(), str(file)
+        elif str(path) in shipped_spaces():
+            text, source = (SHIPPED_SPACES / f"{path}.yaml").read_text(), f"search_spaces/{path}.yaml"
+        else:
+            raise UserError(f"search space {file} not found (a YAML file, or a shipped space: "
+                            f"{', '.join(shipped_spaces())})")
     else:
         name = f"{family}.yaml" if family and (SHIPPED_SPACES / f"{family}.yaml").is_file() else "default.yaml"
         text, source = (SHIPPED_SPACES / name).read_text(), f"search_spaces/{name}"

@@ -333,6 +333,20 @@ def test_shipped_rounded_resnet_space_keeps_multiples_of_8():
         assert all(k % 8 == 0 for k in space.kept_channels(space.uniform_ratios(ratio)).values())
 
 
+def test_a_shipped_space_is_chosen_by_name(tmp_path, monkeypatch):
+    path = Path(autoprune.__file__).parent / "search_spaces" / "resnet-round8.yaml"
+    monkeypatch.chdir(tmp_path)  # wherever the user runs it, as pip installed it
+    named = load_space_config("resnet-round8", "vgg")
+    assert named.source == "search_spaces/resnet-round8.yaml"
+    assert named.to_dict() == {**load_space_config(path, None).to_dict(), "source": named.source}
+    # a file of that name in the working directory is the user's own, and wins
+    Path("resnet-round8").write_text("round_to: 4\n")
+    assert load_space_config("resnet-round8", None).round_to == 4
+    with pytest.raises(UserError, match=r"nosuch not found \(a YAML file, or a shipped space: default, mobilenet, "
+                                        r"resnet, resnet-round8, vgg\)"):
+        load_space_config("nosuch", None)
+
+
 @pytest.mark.parametrize("family", [None, "transformer"])
 def test_default_space_for_other_families(family):
     config = load_space_config(None, family)
