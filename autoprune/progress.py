@@ -18,6 +18,10 @@ from rich.progress import (
 _stderr = Console(stderr=True)
 # Logs and pipes get a width that fits the result tables instead of rich's 80-column default.
 console = _stderr if _stderr.is_terminal else Console(stderr=True, width=120)
+# What a command was asked for (the tables of `runs` and `show`) goes to stdout, so that it pipes and
+# redirects; progress, notes and errors go to stderr.
+_stdout = Console()
+output = _stdout if _stdout.is_terminal else Console(width=120)
 
 
 @contextmanager

@@ -10,7 +10,7 @@ from rich.table import Table
 
 from autoprune.errors import UserError
 from autoprune.export import ExportCheck
-from autoprune.progress import console
+from autoprune.progress import output
 from autoprune.report import pareto_front
 from autoprune.results import RunDir, SubnetRecord
 from autoprune.retrain import describe_retrain
@@ -76,7 +76,7 @@ def list_runs(root: Path) -> list[dict]:
 def print_runs(root: Path) -> int:
     rows = list_runs(root)
     if not rows:
-        console.print(f"no runs under {root} (a run directory holds config.yaml)")
+        output.print(f"no runs under {root} (a run directory holds config.yaml)")
         return 0
     table = Table(title=f"runs under {root}, oldest first", box=box.SIMPLE_HEAD, pad_edge=False)
     columns = [c for c in rows[0] if c != "started"]  # a run directory's default name is its start time
@@ -87,7 +87,7 @@ def print_runs(root: Path) -> int:
         name = Path(row["run"])
         row["run"] = str(name.relative_to(root)) if name != root else str(name)
         table.add_row(*(str(row[c]) for c in columns))
-    console.print(table)
+    output.print(table)
     return 0
 
 
@@ -95,17 +95,17 @@ def show_run(run_dir: Path) -> int:
     """A run's settings, its baseline and fine-tuned subnets (the Pareto ones marked) and its exports."""
     run = RunDir.existing(run_dir)
     info = summarize(run_dir)
-    console.print(f"[bold]{run_dir}[/]: {info['model']} on {info['data']}, budget {info['budget']}, "
+    output.print(f"[bold]{run_dir}[/]: {info['model']} on {info['data']}, budget {info['budget']}, "
                   f"strategy {info['strategy']}, trials {info['trials']}, {info['status']}")
     baseline = run.read_baseline()
     subnets = read_subnets(run_dir)
     if not baseline:
-        console.print("no pareto.json yet: the run has not finished its fine-tuning")
+        output.print("no pareto.json yet: the run has not finished its fine-tuning")
     elif not subnets:
-        console.print("no fine-tuned subnets")
+        output.print("no fine-tuned subnets")
     else:
-        console.print(subnets_table(baseline, subnets))
+        output.print(subnets_table(baseline, subnets))
     for s in subnets:
         for fields in run.read_exports(s.id).values():
-            console.print(f"{s.id} exported as {ExportCheck(**fields).describe()}", markup=False)
+            output.print(f"{s.id} exported as {ExportCheck(**fields).describe()}", markup=False)
     return 0

@@ -101,12 +101,13 @@ def test_an_export_that_differs_from_pytorch_fails_the_command(run, tmp_path, mo
 
 
 def test_runs_and_show(run, capsys):
+    """Their tables go to stdout, so that they pipe and redirect."""
     assert main(["runs", str(run.parent)]) == 0
-    listing = capsys.readouterr().err
+    listing = capsys.readouterr().out
     best = max(json.loads(p.read_text())["test_acc"] for p in run.glob("subnets/*/spec.json"))
     assert "run" in listing and "complete" in listing and "5/5" in listing and f"{best:.2%}" in listing
     assert main(["show", str(run)]) == 0
-    shown = capsys.readouterr().err
+    shown = capsys.readouterr().out
     for spec in run.glob("subnets/*/spec.json"):
         assert spec.parent.name in shown
     assert "baseline" in shown and "onnx: " in shown and "torch-export: " in shown
