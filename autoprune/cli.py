@@ -17,14 +17,24 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's default, except a flag's: its name says what giving it does."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="resnet20", help="zoo name, package.module:factory or file.py:factory")
     p.add_argument("--data", default="fashion-mnist", help="fashion-mnist[:DIR], cifar10:DIR, imagefolder:DIR, npz:FILE, or a factory")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
     p.add_argument("--amp", action="store_true", help="float16 mixed precision in training and fine-tuning (CUDA)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seeds the holdout split, the search and training: the same "
+                   "seed repeats a run")
     p.add_argument("--holdout", type=int, default=5000, help="training images held out for scoring candidates")
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=128, help="images a training and recalibration batch")
     p.add_argument("--output-key", default=None, metavar="KEY",
                    help="where the logits are when the model's forward returns a dict (a key) or a tuple (an index); "
                    "not given: a dict's 'logits', else its first tensor; a tuple's first tensor")
@@ -43,12 +53,12 @@ def _parser() -> argparse.ArgumentParser:
 
     parser = _Parser(prog="autoprune", description="Find how wide each layer of a trained network should be.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    fmt = _HelpFormatter
 
     s = sub.add_parser("search", help="search per-group pruning ratios under a budget, fine-tune the best",
                        formatter_class=fmt)
     _add_common(s)
-    s.add_argument("--budget", default=d.budget, help="e.g. 50%%flops, 40%%params, 60MMACs, 120MFLOPs, 8ms; join with ','")
+    s.add_argument("--budget", default=d.budget, help="e.g. 50%%flops, 40%%params, 60MMACs, 120MFLOPs, 8ms, 50%%latency; join with ','")
     s.add_argument("--weights", default=None, help=_weights_help())
     s.add_argument("--strategy", default=d.strategy, choices=list(strategies),
                    help="; ".join(f"{k}: {v}" for k, v in strategies.items()))
@@ -70,7 +80,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--sparsity-lambda", type=float, default=d.sparsity_lambda, metavar="L",
                    help="weight of the L1 penalty of --sparsity-train")
     s.add_argument("--space", default=None, help=_space_help())
-    s.add_argument("--trials", type=int, default=d.trials)
+    s.add_argument("--trials", type=int, default=d.trials, help="trials in the study, infeasible and failed ones "
+                   "included")
     s.add_argument("--tolerance", type=float, default=d.tolerance,
                    help="random: accept candidates within this fraction below the budget; "
                    "binary: the damage a group may do (proxy drop or relative reconstruction error)")
@@ -90,7 +101,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--no-adaptive-bn", dest="adaptive_bn", action="store_false", help="score without recalibrating BN (for comparison)")
     s.add_argument("--finetune-top", type=int, default=d.finetune_top, help="fine-tune the best K feasible candidates")
     s.add_argument("--finetune-epochs", type=float, default=d.finetune_epochs, help="fractions allowed, e.g. 0.1")
-    s.add_argument("--finetune-lr", type=float, default=d.finetune_lr)
+    s.add_argument("--finetune-lr", type=float, default=d.finetune_lr, help="learning rate of the fine-tune (SGD)")
     _add_retrain(s, d)
     s.add_argument("--export", default=None, metavar="FORMATS",
                    help="export every Pareto subnet as these formats (" + ", ".join(EXPORT_FORMATS) + "; comma-"
@@ -114,12 +125,12 @@ def _parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train a baseline model and save its state dict", formatter_class=fmt)
     _add_common(t)
-    t.add_argument("--epochs", type=float, default=30)
-    t.add_argument("--lr", type=float, default=0.1)
+    t.add_argument("--epochs", type=float, default=30, help="epochs of training; fractions allowed")
+    t.add_argument("--lr", type=float, default=0.1, help="peak learning rate of the cosine schedule (SGD)")
     t.add_argument("--out", required=True, help="where to write the state dict (.pt)")
     t.add_argument("--init", default=None, metavar="WEIGHTS",
                    help="start from this state dict instead of random weights (to train a checkpoint further)")
-    t.add_argument("--limit-train", type=int, default=None)
+    t.add_argument("--limit-train", type=int, default=None, help="use only this many training images (quick runs)")
     t.add_argument("--save-init", action="store_true",
                    help="also write the weights before training, OUT.init.pt, for `search --rewind lottery`")
     t.add_argument("--save-init-epoch", type=int, default=None, metavar="K",
@@ -171,7 +182,8 @@ def _add_retrain(p: argparse.ArgumentParser, d) -> None:
                    help="steps of --schedule iterative, each fine-tuned for --finetune-epochs / steps")
     p.add_argument("--distill", action="store_true",
                    help="distil from the unpruned model while training the subnets (Hinton et al. 2015)")
-    p.add_argument("--distill-temperature", type=float, default=d.distill_temperature, metavar="T")
+    p.add_argument("--distill-temperature", type=float, default=d.distill_temperature, metavar="T",
+                   help="temperature T of the distillation loss")
     p.add_argument("--distill-weight", type=float, default=d.distill_weight, metavar="W",
                    help="loss = (1 - W) * cross-entropy + W * T^2 * KL(teacher || student)")
 
@@ -228,11 +240,12 @@ def _add_bench(sub, d, criteria: dict[str, str], fmt) -> None:
         b.add_argument("--weights", default=None, help=_weights_help())
         _add_criterion(b, d, criteria)
         b.add_argument("--space", default=None, help=_space_help())
-        b.add_argument("--calib-batches", type=int, default=d.calib_batches)
-        b.add_argument("--score-images", type=int, default=d.score_images)
-        b.add_argument("--tolerance", type=float, default=d.tolerance)
-        b.add_argument("--finetune-lr", type=float, default=d.finetune_lr)
-        b.add_argument("--limit-train", type=int, default=None)
+        b.add_argument("--calib-batches", type=int, default=d.calib_batches,
+                       help="training batches for adaptive-BN recalibration")
+        b.add_argument("--score-images", type=int, default=d.score_images, help="held-out images that score a candidate")
+        b.add_argument("--tolerance", type=float, default=d.tolerance, help="as search --tolerance")
+        b.add_argument("--finetune-lr", type=float, default=d.finetune_lr, help="learning rate of every fine-tune (SGD)")
+        b.add_argument("--limit-train", type=int, default=None, help="use only this many training images (quick runs)")
         b.add_argument("--out", default=None, help=f"output directory; not given: results/bench/{name}")
         b.add_argument("--resume", action="store_true", help="continue an interrupted study in --out")
         parsers[name] = b
