@@ -5,7 +5,7 @@ of the same kinds. A bug is
 *killed* when its tests fail with it planted. The copy takes the working tree as it is (uncommitted
 changes included); this tree is never modified.
 
-    .venv/bin/python tools/seeded_bugs.py            # all 15, about 15 minutes on 2 cores
+    .venv/bin/python tools/seeded_bugs.py            # all 15, about 3 minutes on 2 cores
     .venv/bin/python tools/seeded_bugs.py 3 9        # only these
 """
 

@@ -103,8 +103,7 @@ def connect(settings: RaySettings) -> None:
         if settings.local_workers is not None and not _started_here:
             raise UserError("--ray-local: this process is already connected to a Ray cluster; use --ray-address")
         return
-    if settings.address is not None:
-        check_reachable(settings.address)
+    if settings.address is not None:  # pipeline.check_options has checked it answers (check_reachable)
         ray.init(address=settings.address, log_to_driver=False)
     else:
         # "local": a new Ray for this run, even where this machine already runs a cluster
