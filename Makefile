@@ -27,8 +27,15 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $@
 
+# Each run goes to its own results/demo-<timestamp>; results/demo then points at the newest, which the
+# examples in README.md and docs/ read.
 demo: venv data
-	$(BIN)/autoprune search --budget 50%flops --out results/demo-$$(date +%Y%m%d-%H%M%S)
+	@if [ -e results/demo ] && [ ! -L results/demo ]; then \
+		echo "results/demo is not a link: move it away, make demo points results/demo at its run"; exit 1; \
+	fi
+	run=demo-$$(date +%Y%m%d-%H%M%S) && \
+	$(BIN)/autoprune search --budget 50%flops --out results/$$run && \
+	ln -sfn $$run results/demo && echo "results/demo -> $$run"
 
 # One worker per core (pytest-xdist), each taking whole modules: the Ray tests, all in test_ray.py, run
 # one after another (its teardown, `ray stop --force`, stops every Ray process on the machine).

@@ -1,4 +1,5 @@
-"""Every option of every command has its help text, and README names it."""
+"""Every option of every command has its help text; docs/cli.md names every option of every command, and
+README.md names every command."""
 
 import argparse
 import re
@@ -8,7 +9,9 @@ import pytest
 
 from autoprune.cli import _parser
 
-README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text()
+CLI_DOC = (ROOT / "docs" / "cli.md").read_text()
 COMMANDS = next(a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
 
 
@@ -28,15 +31,30 @@ def _options(parser: argparse.ArgumentParser) -> list[str]:
     return [o for a in parser._actions for o in a.option_strings if o.startswith("--") and o != "--help"]
 
 
+def _names(text: str, word: str) -> bool:
+    return re.search(rf"(?<![\w-]){re.escape(word)}(?![\w-])", text) is not None
+
+
+@pytest.mark.parametrize("command", sorted(EVERY))
+def test_cli_doc_names_every_option(command):
+    missing = [o for o in _options(EVERY[command]) if not _names(CLI_DOC, o)]
+    assert missing == [], f"autoprune {command}: docs/cli.md does not name {missing}"
+
+
+@pytest.mark.parametrize("command", sorted(EVERY))
+def test_cli_doc_names_every_command(command):
+    assert _names(CLI_DOC, f"autoprune {command}"), f"docs/cli.md does not name autoprune {command}"
+
+
 @pytest.mark.parametrize("command", sorted(COMMANDS))
-def test_readme_names_every_option(command):
-    missing = [o for o in _options(COMMANDS[command]) if not re.search(rf"(?<![\w-]){re.escape(o)}(?![\w-])", README)]
-    assert missing == [], f"autoprune {command}: README does not name {missing}"
+def test_readme_names_every_command(command):
+    assert _names(README, f"autoprune {command}"), f"README does not name autoprune {command}"
 
 
-def test_the_check_sees_a_missing_option():
-    assert not re.search(r"(?<![\w-])--no-such-option(?![\w-])", README)
-    assert len(_options(COMMANDS["search"])) > 40  # the parser's options were read
+def test_the_checks_see_what_is_missing():
+    assert not _names(CLI_DOC, "--no-such-option") and not _names(README, "autoprune no-such-command")
+    assert _names("`--budget`", "--budget") and not _names("--budgets", "--budget")  # whole names only
+    assert len(_options(COMMANDS["search"])) > 40 and len(EVERY) > len(COMMANDS)  # the parser's options were read
 
 
 @pytest.mark.parametrize("command", sorted(EVERY))
