@@ -188,9 +188,8 @@ def _io(ns: argparse.Namespace, page: Page) -> tuple[list[tuple[str, str | Path]
     elif space and not (page.exists(space) or (shipped / f"{space}.yaml").exists()):
         raise ExampleError(f"--space {space}: no such file here and no shipped space of that name")
     if get("rewind") == "lottery" and get("weights"):
-        base = str(ns.weights).removesuffix(".pt")
-        point = f"{base}.epoch{ns.rewind_epoch}.pt" if get("rewind_epoch") else f"{base}.init.pt"
-        reads.append(("lottery rewind point", point))
+        point = f".epoch{ns.rewind_epoch}.pt" if get("rewind_epoch") else ".init.pt"
+        reads.append(("lottery rewind point", Path(ns.weights).with_suffix(point)))
     if ns.command in ("search", "sensitivity") and get("out"):
         if get("resume"):
             reads.append(("--resume run", ns.out))
@@ -198,9 +197,9 @@ def _io(ns: argparse.Namespace, page: Page) -> tuple[list[tuple[str, str | Path]
             raise ExampleError(f"--out {ns.out} is taken: a search needs a new directory (or --resume)")
         writes.append(ns.out)
     if ns.command == "train":
-        base = str(ns.out).removesuffix(".pt")
-        writes += [ns.out, f"{base}.json"] + ([f"{base}.init.pt"] if get("save_init") else [])
-        writes += [f"{base}.epoch{ns.save_init_epoch}.pt"] if get("save_init_epoch") else []
+        out = Path(ns.out)
+        writes += [out, out.with_suffix(".json")] + ([out.with_suffix(".init.pt")] if get("save_init") else [])
+        writes += [out.with_suffix(f".epoch{ns.save_init_epoch}.pt")] if get("save_init_epoch") else []
     if ns.command == "bench":
         writes.append(get("out") or f"results/bench/{ns.study}")
     if ns.command in ("report", "export"):
