@@ -10,23 +10,16 @@ the fast path of ``nn.MultiheadAttention`` and oneDNN's LSTM layer. MACs = FLOPs
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from autoprune.measure.cost import Cost
+
+__all__ = ["Cost", "count_cost", "param_count", "traced_macs"]
+
 aten = torch.ops.aten
-
-
-@dataclass(frozen=True)
-class Cost:
-    """Multiply-accumulates of one sample (FLOPs = 2 x MACs), learnable parameters and, where a latency
-    table is attached to the space, the predicted latency."""
-
-    macs: int
-    params: int
-    latency_ms: float | None = None  # predicted, where a latency table is attached
 
 
 def _sdpa_flops(query, key, value, *args, out_shape=None, **kwargs) -> int:
@@ -61,7 +54,8 @@ _FORMULAS = {
 
 
 def traced_macs(model: nn.Module, example_input: torch.Tensor) -> int:
-    """MACs of one forward pass of ``model`` on ``example_input`` (one sample), counted as it runs."""
+    """MACs (FLOPs / 2) of one forward pass of ``model`` on ``example_input``, shape (1, ...): one sample,
+    counted as it runs, under ``torch.no_grad``. Whatever the model raises on that input propagates."""
     with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=_FORMULAS) as counter:
         model(example_input)
     return counter.get_total_flops() // 2
@@ -73,6 +67,7 @@ def param_count(model: nn.Module) -> int:
 
 
 def count_cost(model: nn.Module, example_input: torch.Tensor) -> Cost:
-    """MACs of one sample (``traced_macs``) and the parameter count of ``model``, run on the CPU in eval mode."""
+    """MACs of one sample (``traced_macs`` of ``example_input[:1]``) and the parameter count of ``model``,
+    run on the CPU in eval mode (``model`` is moved there and left so). No latency."""
     model = model.cpu().eval()
     return Cost(traced_macs(model, example_input[:1].cpu()), param_count(model))

@@ -16,12 +16,14 @@ is made (so pruning, ranking and the cost model all see the same graph):
 - **Per-channel buffers.** A module holding per-channel tensors that Torch-Pruning has no pruner for (a
   frozen BatchNorm keeps its statistics and affine terms as buffers) must be cut with its channels:
   ``PerChannelPruner`` slices every 1-D tensor of the channel count.
+
+The surgery itself is here too: ``apply_kept`` prunes a model to the channel indices each group keeps.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from math import lcm
 from typing import NamedTuple
 
@@ -29,7 +31,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from autoprune.pruning.layers import CONV_TYPES, is_depthwise
+from autoprune.measure.layers import CONV_TYPES, is_depthwise, out_width
 
 
 class PerChannelPruner(tp.pruner.function.BasePruningFunc):
@@ -218,3 +220,72 @@ def grouped_conv_units(tp_group, names: dict[nn.Module, str],
     per_group = channels // g
     units = [[p + k * per_group for k in range(g)] for p in range(per_group)]
     return units, f"grouped convolution '{name}' has {g} groups"
+
+
+def searchable_units(graph: tp.DependencyGraph, root: nn.Module, tp_group, names: dict[nn.Module, str],
+                     channels: int) -> tuple[list[list[int]] | None, str | None, str | None]:
+    """The group's channel units (``channel_units``, or the balanced ones a grouped conv needs), the grouped
+    conv's rule (None where there is none), and why the group cannot be searched (None when it can; the
+    units are None then)."""
+    units = channel_units(graph, root, channels)
+    balanced, grouped_rule = grouped_conv_units(tp_group, names, channels)
+    if grouped_rule is not None:
+        if balanced is None:
+            return None, None, grouped_rule
+        if len(units) != channels:
+            return None, None, f"{grouped_rule}, and its channels are pruned in blocks as well"
+        units = balanced
+    if len({len(u) for u in units}) > 1:
+        return None, None, "its channels are pruned together in blocks of unequal size"
+    if len(units) < 2:
+        return None, None, ("a single output channel" if channels == 1
+                            else f"its {channels} output channels are pruned as one unit")
+    return units, grouped_rule, None
+
+
+def returned_shapes(model: nn.Module, example_input: torch.Tensor) -> list[tuple[int, ...]]:
+    """The shape of every tensor ``model`` returns (in eval mode): pruning must change none of them, also where
+    autograd cannot see an output's link to a layer (a detached embedding)."""
+    with torch.no_grad():
+        out = model.eval()(example_input)
+    return [tuple(t.shape) for t in tp.utils.flatten_as_list(out) if isinstance(t, torch.Tensor)]
+
+
+def apply_kept(
+    model: nn.Module,
+    example_input: torch.Tensor,
+    kept: Mapping[str, list[int]],
+    channels: Mapping[str, int] | None = None,
+) -> nn.Module:
+    """Prune ``model`` in place so that each named group keeps exactly the given channel indices; returns it.
+
+    ``kept``: group (root module) name -> indices of the output channels it keeps, of ``model`` as it is.
+    Groups are looked up by root-module name on THIS model, so the dependency graph's module keys
+    are the ones being pruned. Parameters frozen before stay frozen. Raises ``KeyError`` for a name that is
+    not a module, ``ValueError`` where a root's width is not ``channels[name]``, and ``RuntimeError`` where
+    a root is left with another width than asked (checked after pruning).
+    """
+    graph = build_graph(model, example_input).graph
+    frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
+    modules = dict(model.named_modules())
+    for name, keep in kept.items():
+        if name not in modules:
+            raise KeyError(f"group root '{name}' is not a module of this model")
+        root = modules[name]
+        width = out_width(root)
+        if channels is not None and channels[name] != width:
+            raise ValueError(f"group '{name}' has {width} channels, expected {channels[name]}")
+        keep_set = set(keep)
+        drop = [i for i in range(width) if i not in keep_set]
+        if not drop:
+            continue
+        handler = graph.get_pruner_of_module(root).prune_out_channels
+        graph.get_pruning_group(root, handler, idxs=drop).prune()
+    for name, p in model.named_parameters():  # Torch-Pruning makes every pruned parameter trainable
+        if name in frozen:
+            p.requires_grad_(False)
+    for name, keep in kept.items():
+        got = out_width(modules[name])
+        if got != len(keep):
+            raise RuntimeError(f"pruning '{name}' left {got} channels, asked for {len(keep)}")
+    return model

@@ -1,10 +1,11 @@
-"""The PruningSpace: a model's prunable groups, one ratio each, and the map from ratios to a subnet.
+"""The channel (filter) pruning space: a model's prunable groups of coupled channels, one ratio each, and the
+maps ratios -> widths -> cost and ratios -> subnet (the ``Space`` interface, ``autoprune.pruning.base``).
 
-Structure comes from Torch-Pruning's dependency graph (built by ``autoprune.pruning.graph``); what we
-add is stable names (the module path of each group's root layer), ratios keyed by those names and
-applied to the copy being pruned, a channel ranking computed once per criterion (or handed over
-ready-made), an analytic cost model (``autoprune.pruning.layers``) so a candidate's MACs and params
-are known before anything is pruned, and checks that everything it prints is true:
+``PruningSpace`` takes its structure from Torch-Pruning's dependency graph (``autoprune.pruning.graph``);
+what it adds is stable names (the module path of each group's root layer), ratios keyed by those names
+and applied to the copy being pruned, a channel ranking computed once per criterion (or handed over
+ready-made), the analytic cost model (``autoprune.measure.cost.LayerCosts``) so a candidate's MACs and
+params are known before anything is pruned, and checks that everything it prints is true:
 
 - every group is probed at set-up: a copy pruned to about half its width must run, in eval and in
   train mode, with the widths asked for; a group that fails is listed in ``unprunable`` with why,
@@ -24,8 +25,7 @@ import copy
 import fnmatch
 import random
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
 from math import lcm
 
 import torch
@@ -33,42 +33,39 @@ import torch_pruning as tp
 from torch import nn
 
 from autoprune.errors import UserError, one_line
-from autoprune.measure.count import Cost, count_cost
-from autoprune.measure.latency import LatencyTable
+from autoprune.measure.cost import Cost, LayerCosts
+from autoprune.measure.count import count_cost
+from autoprune.measure.layers import RNN_GATES, ROOT_TYPES, LayerShape, trace_layers
 from autoprune.models.contract import contract_of, logits_of
+from autoprune.pruning.base import Group, Space
 from autoprune.pruning.config import SpaceConfig
 from autoprune.pruning.criteria import Batch, Criterion, CriterionContext, get_criterion
-from autoprune.pruning.graph import build_graph, channel_units, grouped_conv_units, width_step
-from autoprune.pruning.layers import RNN_GATES, ROOT_TYPES, LayerShape, out_width, trace_layers
+from autoprune.pruning.graph import (
+    apply_kept,
+    build_graph,
+    channel_units,
+    returned_shapes,
+    searchable_units,
+    width_step,
+)
 
-__all__ = ["Cost", "Group", "PruningSpace", "apply_kept"]
+__all__ = ["Cost", "Group", "PruningSpace", "Space", "apply_kept"]
 
 COST_CHECK_SUBNETS = 2  # random subnets whose analytic cost is checked against the traced count at set-up
 
 
-@dataclass
-class Group:
-    name: str
-    channels: int
-    members: list[str]
-    low: float
-    high: float
-    order: list[int] = field(repr=False, default_factory=list)  # least important channel first
-    # the criterion's score of each channel (higher = keep); None where the order was handed over
-    importance: list[float] | None = field(repr=False, default=None)
-    step: int = 1  # every width is a multiple of it: its channel units, the layers' rules and round_to
-    unit: int = 1  # channels pruned together as one (2 for torch.chunk halves, r*r for a reshape into channels)
-    rules: list[str] = field(default_factory=list)  # why the step is what it is
-
-
-class PruningSpace:
-    """Prunable groups of ``model`` and the ratio -> subnet map.
+class PruningSpace(Space):
+    """Prunable channel groups of ``model`` and the ratio -> subnet map.
 
     ``model`` is never modified; every subnet is pruned on a deep copy. ``batches`` are training
     (images, labels) batches for the data-driven criteria. ``orders`` are channel rankings computed
     before (another space's ``orders``): given them, the criterion is not run and the groups are not
     probed again, so a remote worker rebuilds the space its driver ranked and checked without the
     data or the time that took; a group without an order there was left out by the driver.
+
+    Raises ``UserError`` where the model does not run on ``example_input``, the criterion cannot score
+    it, no group can be pruned, or the groups run pruned alone but not together; ``ValueError`` for
+    ``orders`` of groups this space does not have or that do not rank each channel once.
     """
 
     def __init__(
@@ -82,13 +79,9 @@ class PruningSpace:
         batches: Sequence[Batch] | None = None,
         orders: Mapping[str, Sequence[int]] | None = None,
     ) -> None:
-        self.config = config or SpaceConfig()
-        self.criterion = criterion
-        self.seed = seed
-        self.model = copy.deepcopy(model).cpu().eval()
-        self.example_input = example_input[:1].detach().cpu()
+        super().__init__(model, example_input, config or SpaceConfig(), criterion=criterion, seed=seed)
         names = {m: n for n, m in self.model.named_modules()}
-        self._traced: dict[tuple, Cost] = {}  # traced costs by the widths of every group, in group order
+        self._traced: dict[tuple, Cost | None] = {}  # traced costs by the widths of every group, in group order
         key = contract_of(self.model).output_key
         self._shapes, classifier = trace_layers(self.model, self.example_input, names, lambda out: logits_of(out, key))
         ignored = [m for m in (classifier,) if m is not None]
@@ -98,33 +91,30 @@ class PruningSpace:
         tic = time.perf_counter()
         score = None if orders is not None else _scorer(criterion, CriterionContext(self.model, batches, seed))
         self.ranking_seconds = time.perf_counter() - tic  # the criterion's pass over the data, then each group's ranking
-        self.groups: list[Group] = []
-        # layer name -> why its output channels are never pruned
-        self.unprunable: dict[str, str] = {}
         if self.classifier is not None:
             self.unprunable[self.classifier] = "the classifier: its outputs are the classes"
         # group name -> [(module name, "in"/"out", channels of the module per channel of the group)]
         self._effects: dict[str, list[tuple[str, str, float]]] = {}
         returned = {node for node in outputs if node.module is not classifier}  # auxiliary heads' outputs
+        groups = []
         for tp_group in graph.get_all_groups(ignored_layers=ignored, root_module_types=ROOT_TYPES):
             group = self._group_of(tp_group, graph, names, changes, returned, score, orders)
             if group is not None:
-                self.groups.append(group)
-        self._by_name = {g.name: g for g in self.groups}
+                groups.append(group)
+        self._set_groups(groups)
         unknown = sorted(set(orders or {}) - set(self._by_name))
         if unknown:
             raise ValueError(f"orders given for group(s) {unknown} that this space does not have")
         if orders is None:
-            self._returned = _returned_shapes(self.model, self.example_input)
+            self._returned = returned_shapes(self.model, self.example_input)
             self._probe_groups()
         self._list_unpruned(names)
         if not self.groups:
             detail = "; ".join(f"{k}: {v}" for k, v in self.unprunable.items())
             raise UserError("the model has no prunable groups" + (f" ({detail})" if detail else ""))
-        self.latency: LatencyTable | None = None
-        self.cost_mode = "analytic"  # or "traced": see _check_costs
-        self.cost_check: dict = {}  # what _check_costs found: mode, subnets checked, max relative error
-        self.base_cost = self._check_costs()
+        self.costs = LayerCosts(self._shapes, {g.name: g.channels for g in self.groups}, self._effects,
+                                self._traced_cost)
+        self._check_costs()
 
     def _group_of(self, tp_group, graph: tp.DependencyGraph, names: dict, changes: dict, returned: set,
                   score: Criterion | None, orders: Mapping[str, Sequence[int]] | None) -> Group | None:
@@ -148,7 +138,7 @@ class PruningSpace:
         why = self._why_unprunable(name, tp_group, names, changes, returned)
         units, grouped_rule = None, None
         if why is None:
-            units, grouped_rule, why = _units(graph, root, tp_group, names, channels)
+            units, grouped_rule, why = searchable_units(graph, root, tp_group, names, channels)
         if why is not None:
             for member in members or [name]:
                 self.unprunable.setdefault(member, why if member == name else f"in group '{name}': {why}")
@@ -221,8 +211,7 @@ class PruningSpace:
             error = self._probe({group.name: 0.5})
             if error is None:
                 continue
-            self.groups.remove(group)
-            self._by_name = {g.name: g for g in self.groups}
+            self._set_groups([g for g in self.groups if g is not group])
             del self._effects[group.name]
             reason = f"pruning it to {kept} of {group.channels} channels fails: {one_line(error)}"
             for member in group.members or [group.name]:
@@ -241,7 +230,7 @@ class PruningSpace:
             cost = count_cost(subnet, self.example_input)  # runs it in eval mode; kept for the cost check
             with torch.no_grad():
                 subnet.train()(batch)
-            returned = _returned_shapes(subnet, self.example_input)
+            returned = returned_shapes(subnet, self.example_input)
             if returned != self._returned:
                 raise RuntimeError(f"what the model returns changes shape: {self._returned} -> {returned}")
             self._traced[tuple(self.kept_channels(ratios).values())] = cost
@@ -262,28 +251,14 @@ class PruningSpace:
             elif isinstance(module, nn.MultiheadAttention):
                 self.unprunable[name] = "attention outside every searched group"
 
-    def _check_costs(self) -> Cost:
-        """The unpruned cost, after checking the analytic model against the traced count on the baseline, the
-        probed subnet and ``COST_CHECK_SUBNETS`` random subnets; where any differs, costs are traced from then on."""
+    def _check_costs(self) -> None:
+        """Check the analytic model against the traced count on the baseline, the probed subnet and
+        ``COST_CHECK_SUBNETS`` random subnets (``LayerCosts.compare``); where any differs, costs are traced
+        from then on."""
         rng = random.Random(self.seed)
         checks = [{}, {g.name: 0.5 for g in self.groups}]  # the baseline and the probed subnet
         checks += [{g.name: rng.uniform(g.low, g.high) for g in self.groups} for _ in range(COST_CHECK_SUBNETS)]
-        errors, base = [], None
-        for ratios in checks:
-            widths = self.kept_channels(ratios)
-            analytic = self._analytic_cost(widths)
-            traced = self._traced_cost(widths)
-            if traced is None:  # the model refuses these widths: nothing to compare
-                continue
-            base = base or {"analytic_macs": analytic.macs, "traced_macs": traced.macs,
-                            "analytic_params": analytic.params, "traced_params": traced.params}
-            errors.append(max(abs(analytic.macs - traced.macs) / max(traced.macs, 1),
-                              abs(analytic.params - traced.params) / max(traced.params, 1)))
-        worst = max(errors)
-        if worst > 0:
-            self.cost_mode = "traced"
-        self.cost_check = {"mode": self.cost_mode, "subnets": len(errors), "max_relative_error": worst, "base": base}
-        return self.cost_of_widths({})
+        self.costs.compare([self.kept_channels(ratios) for ratios in checks])
 
     def rerank(self, model: nn.Module, batches: Sequence[Batch] | None = None) -> None:
         """Take ``model``'s weights (this space's architecture, trained further: after sparsity training,
@@ -305,52 +280,6 @@ class PruningSpace:
                     raise UserError(f"criterion '{self.criterion}' cannot rank the channels of group "
                                     f"'{group.name}': {one_line(exc)}") from exc
 
-    # --- ratios -> widths and cost ---------------------------------------------------------
-
-    @property
-    def group_names(self) -> list[str]:
-        return [g.name for g in self.groups]
-
-    def kept_channels(self, ratios: Mapping[str, float]) -> dict[str, int]:
-        """Channels each group keeps at ``ratios`` (missing groups keep all): a multiple of the group's step,
-        at least one step and ``min_channels``."""
-        self._check_names(ratios)
-        kept = {}
-        for g in self.groups:
-            ratio = float(ratios.get(g.name, 0.0))
-            if ratio <= 0:
-                kept[g.name] = g.channels
-                continue
-            floor = -(-min(self.config.min_channels, g.channels) // g.step) * g.step  # min_channels, rounded up
-            k = max(g.step, floor, round(g.channels * (1.0 - ratio) / g.step) * g.step)
-            kept[g.name] = min(k, g.channels)
-        return kept
-
-    def cost(self, ratios: Mapping[str, float]) -> Cost:
-        """Exact MACs and params of the subnet at ``ratios``, without pruning anything."""
-        return self.cost_of_widths(self.kept_channels(ratios))
-
-    def cost_of_widths(self, kept: Mapping[str, int]) -> Cost:
-        """MACs and params of the subnet whose groups keep ``kept`` channels (missing groups keep all): the
-        analytic model, or the traced count where set-up found the analytic model wrong for this model."""
-        cost = self._traced_cost(kept) if self.cost_mode == "traced" else None
-        if cost is None:  # the analytic model, or a subnet that does not run, whose scoring will fail
-            cost = self._analytic_cost(kept)
-        if self.latency is None:
-            return cost
-        return Cost(cost.macs, cost.params, self.latency.predict(self._layer_dims(kept)))
-
-    def _analytic_cost(self, kept: Mapping[str, int]) -> Cost:
-        dims = self._layer_dims(kept)
-        macs = params = 0
-        for module, s in self._shapes.items():
-            in_dim, out_dim = dims[module]
-            if in_dim < 0 or out_dim < 0:
-                raise RuntimeError(f"the cost model gives layer '{module}' a negative width ({in_dim}, {out_dim})")
-            macs += s.macs(in_dim, out_dim)
-            params += s.params(in_dim, out_dim)
-        return Cost(round(macs), round(params))
-
     def _traced_cost(self, kept: Mapping[str, int]) -> Cost | None:
         """The subnet pruned to ``kept`` and counted as it runs (cached by widths); None where the model does
         not run at those widths (a candidate there fails when it is scored, with the model's own error)."""
@@ -368,45 +297,17 @@ class PruningSpace:
                 self._traced[widths] = None
         return self._traced[widths]
 
-    def _layer_dims(self, kept: Mapping[str, int]) -> dict[str, tuple[int, int]]:
-        """(input, output) width of every parameterised layer when the groups keep ``kept``."""
-        in_cut: dict[str, int] = {}
-        out_cut: dict[str, int] = {}
-        for name, width in kept.items():
-            removed = self._by_name[name].channels - width
-            if removed <= 0:
-                continue
-            for module, dim, share in self._effects[name]:
-                target = out_cut if dim == "out" else in_cut
-                target[module] = target.get(module, 0) + removed * share
-        dims = {}
-        for module, s in self._shapes.items():
-            out_dim = s.out_dim - round(out_cut.get(module, 0))
-            dims[module] = (1 if s.kind == "depthwise" else s.in_dim - round(in_cut.get(module, 0)), out_dim)
-        return dims
 
-    def attach_latency(self, table: LatencyTable, measured_base_ms: float) -> None:
-        """Predict latency in every ``cost``, calibrated on the unpruned network's measurement."""
-        table.calibrate(self._layer_dims({}), measured_base_ms)
-        self.latency = table
-        self.base_cost = self.cost({})
-
-    def latency_layers(self) -> dict[str, Callable[[int, int], tuple[nn.Module, tuple[int, ...]]]]:
-        """Builders of the layers a latency table times: every conv and linear layer."""
-        return {name: s.build for name, s in self._shapes.items() if s.build is not None}
-
-    def uniform_ratios(self, ratio: float) -> dict[str, float]:
-        return {g.name: min(max(ratio, g.low), g.high) for g in self.groups}
-
-    def smallest_cost(self) -> Cost:
-        return self.cost({g.name: g.high for g in self.groups})
-
-    # --- pruning -----------------------------------------------------------------------------
+    # --- ratios -> subnet ------------------------------------------------------------------------
 
     def kept_indices(self, ratios: Mapping[str, float]) -> dict[str, list[int]]:
-        """Indices of the channels each group keeps, by the criterion's ranking."""
+        """Indices of the channels each group keeps, by the criterion's ranking, ascending."""
         kept = self.kept_channels(ratios)
         return {g.name: sorted(g.order[g.channels - kept[g.name] :]) for g in self.groups}
+
+    def kept(self, ratios: Mapping[str, float]) -> dict[str, list[int]]:
+        """``kept_indices``: the channel indices are what a subnet records and how it is rebuilt."""
+        return self.kept_indices(ratios)
 
     def prune(
         self, ratios: Mapping[str, float], weights: Mapping[str, torch.Tensor] | None = None
@@ -449,85 +350,10 @@ class PruningSpace:
         """Layers that read the group's channels as their inputs (the 'next layers')."""
         return {module for module, dim, _ in self._effects[name] if dim == "in"}
 
-    def narrow(self, highs: Mapping[str, float]) -> None:
-        """Lower the upper ratio bounds of the named groups (never below their lower bounds)."""
-        self._check_names(highs)
-        for name, high in highs.items():
-            group = self._by_name[name]
-            group.high = max(group.low, min(group.high, float(high)))
-
     @property
     def orders(self) -> dict[str, list[int]]:
         """Each group's channel ranking, least important first; ``orders=`` rebuilds the space from it."""
         return {g.name: list(g.order) for g in self.groups}
-
-    def describe(self) -> list[dict]:
-        return [
-            {"name": g.name, "channels": g.channels, "step": g.step, "low": g.low, "high": g.high,
-             "members": g.members, **({"rules": g.rules} if g.rules else {})}
-            for g in self.groups
-        ]
-
-    def _check_names(self, ratios: Mapping[str, float]) -> None:
-        unknown = [k for k in ratios if k not in self._by_name]
-        if unknown:
-            raise KeyError(f"unknown group(s) {unknown}; groups are {self.group_names}")
-
-
-def apply_kept(
-    model: nn.Module,
-    example_input: torch.Tensor,
-    kept: Mapping[str, list[int]],
-    channels: Mapping[str, int] | None = None,
-) -> nn.Module:
-    """Prune ``model`` in place so that each named group keeps exactly the given channel indices.
-
-    Groups are looked up by root-module name on THIS model, so the dependency graph's module keys
-    are the ones being pruned. The widths are checked afterwards.
-    """
-    graph = build_graph(model, example_input).graph
-    frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
-    modules = dict(model.named_modules())
-    for name, keep in kept.items():
-        if name not in modules:
-            raise KeyError(f"group root '{name}' is not a module of this model")
-        root = modules[name]
-        width = out_width(root)
-        if channels is not None and channels[name] != width:
-            raise ValueError(f"group '{name}' has {width} channels, expected {channels[name]}")
-        keep_set = set(keep)
-        drop = [i for i in range(width) if i not in keep_set]
-        if not drop:
-            continue
-        handler = graph.get_pruner_of_module(root).prune_out_channels
-        graph.get_pruning_group(root, handler, idxs=drop).prune()
-    for name, p in model.named_parameters():  # Torch-Pruning makes every pruned parameter trainable
-        if name in frozen:
-            p.requires_grad_(False)
-    for name, keep in kept.items():
-        got = out_width(modules[name])
-        if got != len(keep):
-            raise RuntimeError(f"pruning '{name}' left {got} channels, asked for {len(keep)}")
-    return model
-
-
-def _units(graph, root: nn.Module, tp_group, names: dict, channels: int):
-    """The group's channel units (``channel_units``, or the balanced ones a grouped conv needs), the grouped
-    conv's rule, and why the group cannot be searched (None when it can)."""
-    units = channel_units(graph, root, channels)
-    balanced, grouped_rule = grouped_conv_units(tp_group, names, channels)
-    if grouped_rule is not None:
-        if balanced is None:
-            return None, None, grouped_rule
-        if len(units) != channels:
-            return None, None, f"{grouped_rule}, and its channels are pruned in blocks as well"
-        units = balanced
-    if len({len(u) for u in units}) > 1:
-        return None, None, "its channels are pruned together in blocks of unequal size"
-    if len(units) < 2:
-        return None, None, ("a single output channel" if channels == 1
-                            else f"its {channels} output channels are pruned as one unit")
-    return units, grouped_rule, None
 
 
 def _scorer(criterion: str, context: CriterionContext) -> Criterion:
@@ -559,11 +385,4 @@ def _given_order(orders: Mapping[str, Sequence[int]], name: str, channels: int) 
         raise ValueError(f"the order given for group '{name}' does not rank each of its {channels} channels once")
     return order
 
-
-def _returned_shapes(model: nn.Module, example_input: torch.Tensor) -> list[tuple[int, ...]]:
-    """The shape of every tensor ``model`` returns (in eval mode): pruning must change none of them, also where
-    autograd cannot see an output's link to a layer (a detached embedding)."""
-    with torch.no_grad():
-        out = model.eval()(example_input)
-    return [tuple(t.shape) for t in tp.utils.flatten_as_list(out) if isinstance(t, torch.Tensor)]
 

@@ -1,4 +1,4 @@
-"""The analytic cost model itself (autoprune/pruning/layers.py), layer by layer, against the traced count.
+"""The analytic cost model itself (autoprune/measure/layers.py), layer by layer, against the traced count.
 
 PruningSpace falls back to tracing every candidate where set-up finds the analytic model wrong, so the
 space's own tests pass on a broken formula; these check the formulas directly: for each kind of layer,
@@ -13,7 +13,7 @@ from torch import nn
 
 from autoprune.errors import UserError
 from autoprune.measure.count import count_cost
-from autoprune.pruning.layers import LayerShape, _shape_of, is_depthwise, out_width, trace_layers
+from autoprune.measure.layers import LayerShape, _shape_of, is_depthwise, out_width, trace_layers
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -100,13 +100,13 @@ def test_pruning_further_nests_and_matches_pruning_at_once(space):
     large = {g.name: 0.7 for g in space.groups}
     subnet, current = space.prune(small)
     first = weight_masks(subnet)
-    space.prune_further(subnet, current, space.kept_indices(large))
+    space.prune_further(subnet, current, space.kept(large))
     at_once, _ = space.prune(large)
     for name, mask in weight_masks(subnet).items():
         assert not (mask & ~first[name]).any()  # nothing comes back
         assert torch.equal(mask, weight_masks(at_once)[name])
     with pytest.raises(ValueError, match="more weights"):
-        space.prune_further(subnet, space.kept_indices(large), space.kept_indices(small))
+        space.prune_further(subnet, space.kept(large), space.kept(small))
 
 
 def test_masks_round_trip():

@@ -1,13 +1,14 @@
-"""The analytic cost model: every layer with parameters, as one forward pass runs it, and its MACs and
-params as functions of its input and output widths.
+"""Every layer with parameters, as one forward pass runs it, and its MACs and params as functions of its
+input and output widths: the per-layer half of the analytic cost model (``autoprune.measure.cost`` sums it
+over a subnet's widths).
 
-It is the hot path's cost (a candidate's cost without pruning anything), so it is checked at set-up
-against ``autoprune.measure.count`` (what the pruned network really runs): see ``PruningSpace``.
+Units: MACs are the multiply-accumulates of one sample (FLOPs = 2 x MACs), params are parameter counts.
 Each call of a layer counts (a block applied three times costs three times); convolutions of every
 dimension, transposed ones too, linear layers, ``nn.MultiheadAttention`` (projections and the attention
 matmuls) and recurrent layers (LSTM, GRU, RNN) are modelled. Anything else with parameters keeps a fixed
 parameter count and no MACs; where such a layer does compute (a functional conv on a parameter, say), the
-set-up check finds the difference and the space counts every candidate by tracing instead.
+set-up check of ``PruningSpace`` finds the difference from the traced count (``autoprune.measure.count``)
+and the space counts every candidate by tracing instead.
 """
 
 from __future__ import annotations
@@ -55,6 +56,8 @@ class LayerShape:
     build: Callable[[int, int], tuple[nn.Module, tuple[int, ...]]] | None = None
 
     def macs(self, in_dim: int, out_dim: int) -> float:
+        """Multiply-accumulates of the layer at these widths, one sample, every call summed (FLOPs = 2 x MACs).
+        A float: a grouped conv's ``kernel`` is a fraction; the cost model rounds the sum over the network."""
         if self.kind in ("conv", "depthwise", "linear"):
             return self.kernel * self.positions * in_dim * out_dim
         if self.kind == "attention":  # q, k, v and output projections; q.k^T and attention.v
@@ -70,6 +73,7 @@ class LayerShape:
         return 0
 
     def params(self, in_dim: int, out_dim: int) -> float:
+        """Parameters of the layer at these widths (a float, as ``macs``)."""
         if self.kind in ("conv", "depthwise", "linear"):
             return self.kernel * in_dim * out_dim + (out_dim if self.has_bias else 0)
         if self.kind == "attention":
@@ -94,6 +98,7 @@ def out_width(module: nn.Module) -> int:
 
 
 def is_depthwise(module: nn.Module) -> bool:
+    """A conv whose every output channel sees one input channel of its own (groups == in == out channels)."""
     return (isinstance(module, CONV_TYPES) and module.groups > 1
             and module.groups == module.in_channels == module.out_channels)
 
@@ -105,6 +110,9 @@ def trace_layers(model: nn.Module, example_input: torch.Tensor, names: dict[nn.M
 
     The classifier is the last conv/linear executed whose output width equals the model's: its outputs are
     the classes, which must never be pruned. ``logits`` takes the model's output to its logits tensor.
+    ``example_input`` is one sample, shape (1, ...), as the model takes it. Returns the shapes by module name
+    (plus nothing for modules without parameters of their own) and the classifier module, or None where no
+    layer's width equals the logits' dimension 1. Raises ``UserError`` when the model does not run on it.
     """
     shapes: dict[str, LayerShape] = {}
     executed: list[nn.Module] = []
