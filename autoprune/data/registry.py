@@ -14,6 +14,7 @@ import torch
 
 from autoprune.data.bundle import DataBundle, make_bundle
 from autoprune.errors import UserError
+from autoprune.registry import Registry
 from autoprune.specs import call_with_supported, is_callable_spec, load_callable
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
@@ -22,8 +23,26 @@ FASHION_MNIST_HINT = "apt-get update && apt-get install -y dataset-fashion-mnist
 Arrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
 
+SOURCES: Registry[Callable[[str | None], Arrays]] = Registry(
+    "data", alternatives="or give package.module:factory / file.py:factory")
+
+
+def register_data(name: str, *, needs_arg: bool, augment: tuple[str, ...], help: str):
+    """Register a loader ``fn(arg) -> (x_train, y_train, x_test, y_test)`` under ``name``: ``arg`` is what
+    follows ``name:`` in the spec (None without it; ``needs_arg`` makes it required); ``augment`` names the
+    training augmentations that suit the images (``crop``, ``flip``)."""
+    return SOURCES.register(name, help, needs_arg=needs_arg, augment=augment)
+
+
+def list_data_sources() -> list[str]:
+    """The registered source names, sorted."""
+    return SOURCES.names()
+
+
 @dataclass(frozen=True)
 class DataSource:
+    """A registered source as one record: its ``loader`` and the attributes it was registered with."""
+
     name: str
     loader: Callable[[str | None], Arrays]
     needs_arg: bool
@@ -31,45 +50,27 @@ class DataSource:
     help: str
 
 
-_SOURCES: dict[str, DataSource] = {}
-
-
-def register_data(name: str, *, needs_arg: bool, augment: tuple[str, ...], help: str):
-    def wrap(fn: Callable[[str | None], Arrays]) -> Callable[[str | None], Arrays]:
-        _SOURCES[name] = DataSource(name, fn, needs_arg, augment, help)
-        return fn
-
-    return wrap
-
-
-def list_data_sources() -> list[str]:
-    return sorted(_SOURCES)
-
-
 def get_data_source(name: str) -> DataSource:
-    if name not in _SOURCES:
-        raise UserError(
-            f"unknown data '{name}' (choose from {', '.join(list_data_sources())}, "
-            "or give package.module:factory / file.py:factory)"
-        )
-    return _SOURCES[name]
+    """The source registered as ``name``; an unknown name is a ``UserError`` that lists the sources."""
+    entry = SOURCES.get(name)
+    return DataSource(entry.name, entry.obj, entry.needs_arg, entry.augment, entry.help)
 
 
 def load_data(spec: str, *, holdout: int = 5000, seed: int = 0, limit_train: int | None = None,
               limit_test: int | None = None) -> DataBundle:
     """Parse a data spec and load it. ``holdout`` images of the training set are set apart for scoring;
-    ``limit_train`` / ``limit_test`` keep only the first N training / test images (quick runs)."""
+    ``limit_train`` / ``limit_test`` keep only the first N training / test images (quick runs).
+
+    An unknown source, a missing path, or files and factories that do not hold the four arrays are a
+    ``UserError``."""
     name, _, arg = spec.partition(":")
-    if name in _SOURCES:
-        source = get_data_source(name)
-        if source.needs_arg and not arg:
-            raise UserError(f"data '{spec}': '{name}' needs a path, as in '{name}:PATH'")
-        arrays, augment = source.loader(arg or None), source.augment
-    elif is_callable_spec(spec):
+    if name not in SOURCES and is_callable_spec(spec):
         arrays, augment = _from_factory(spec), ()
     else:
-        get_data_source(name)  # raises the "unknown data" error
-        raise AssertionError("unreachable")
+        source = SOURCES.get(name)  # an unknown name raises the "unknown data" error
+        if source.needs_arg and not arg:
+            raise UserError(f"data '{spec}': '{name}' needs a path, as in '{name}:PATH'")
+        arrays, augment = source.obj(arg or None), source.augment
     x_train = arrays[0]
     if holdout >= len(x_train):
         holdout = max(1, len(x_train) // 10)

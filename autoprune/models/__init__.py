@@ -16,7 +16,7 @@ from autoprune.models.contract import (
     logits_of,
     prepare_model,
 )
-from autoprune.models.registry import get_model_entry, list_models, register_model
+from autoprune.models.registry import MODELS, list_models, register_model
 from autoprune.specs import call_with_supported, is_callable_spec, load_callable
 
 __all__ = ["RunContract", "check_model", "contract_of", "create_model", "list_models", "load_weights", "logits_of",
@@ -26,10 +26,11 @@ __all__ = ["RunContract", "check_model", "contract_of", "create_model", "list_mo
 def create_model(spec: str, *, in_channels: int, num_classes: int) -> nn.Module:
     """Build a model from a zoo name, ``package.module:factory`` or ``path/file.py:factory``.
 
-    A factory receives ``in_channels=`` and ``num_classes=`` where its signature accepts them.
+    A factory receives ``in_channels=`` and ``num_classes=`` where its signature accepts them. An
+    unknown zoo name, a user factory that raises or one that returns no ``nn.Module`` is a ``UserError``.
     """
     if not is_callable_spec(spec):
-        return get_model_entry(spec).factory(in_channels=in_channels, num_classes=num_classes)
+        return MODELS.get(spec).obj(in_channels=in_channels, num_classes=num_classes)
     fn = load_callable(spec, "model")
     try:
         model = call_with_supported(fn, in_channels=in_channels, num_classes=num_classes)
@@ -41,8 +42,10 @@ def create_model(spec: str, *, in_channels: int, num_classes: int) -> nn.Module:
 
 
 def model_family(spec: str) -> str | None:
-    """The search-space family of a zoo model (``resnet``, ``vgg``, ...); None for user models."""
-    return None if is_callable_spec(spec) else get_model_entry(spec).family
+    """The search-space family of a zoo model (``resnet``, ``vgg``, ...); None for user models.
+
+    An unknown zoo name is a ``UserError``."""
+    return None if is_callable_spec(spec) else MODELS.get(spec).family
 
 
 def load_weights(model: nn.Module, path: str | Path) -> None:

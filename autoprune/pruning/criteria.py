@@ -29,6 +29,7 @@ from torch_pruning.pruner import function
 from autoprune.data.bundle import Split
 from autoprune.errors import UserError
 from autoprune.models.contract import contract_of, logits_of
+from autoprune.registry import Registry
 
 Criterion = Callable[[tp.dependency.group.Group], torch.Tensor]
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -51,58 +52,47 @@ class CriterionContext:
     seed: int = 0
 
 
-@dataclass(frozen=True)
-class _Entry:
-    factory: Callable[[CriterionContext], Criterion]
-    help: str
-    needs_data: bool
-
-
-_CRITERIA: dict[str, _Entry] = {}
+CRITERIA: Registry[Callable[[CriterionContext], Criterion]] = Registry("criterion")
 
 
 def register_criterion(name: str, help: str, *, needs_data: bool = False):
-    def wrap(factory: Callable[[CriterionContext], Criterion]) -> Callable[[CriterionContext], Criterion]:
-        _CRITERIA[name] = _Entry(factory, help, needs_data)
-        return factory
-
-    return wrap
+    """Register a criterion factory ``fn(context) -> Criterion`` under ``name``; ``needs_data``: it ranks
+    channels on ``context.batches`` of training images."""
+    return CRITERIA.register(name, help, needs_data=needs_data)
 
 
 def list_criteria() -> list[str]:
-    return sorted(_CRITERIA)
+    """The registered criterion names, sorted."""
+    return CRITERIA.names()
 
 
 def describe_criteria() -> dict[str, str]:
-    return {name: _CRITERIA[name].help for name in list_criteria()}
+    """``{name: help}`` of every criterion, sorted by name: the ``--criterion`` choices."""
+    return CRITERIA.describe()
 
 
 def needs_data(name: str) -> bool:
     """Whether criterion ``name`` ranks channels on training batches (an unknown name is a UserError)."""
-    return _entry(name).needs_data
+    return CRITERIA.get(name).needs_data
 
 
 def get_criterion(name: str, context: CriterionContext) -> Criterion:
-    """A callable mapping a group to one importance score per channel (higher = keep).
+    """A callable mapping a group to one importance score per channel (higher = keep), a tensor of
+    shape (channels,).
 
-    A data-driven criterion makes its one pass over ``context.batches`` here, before returning.
+    A data-driven criterion makes its one pass over ``context.batches`` here, before returning. An
+    unknown name, or a data-driven criterion without batches, is a ``UserError``.
     """
-    entry = _entry(name)
+    entry = CRITERIA.get(name)
     if entry.needs_data and not context.batches:
         raise UserError(f"criterion '{name}' ranks channels on training batches, and none were given")
-    return entry.factory(context)
+    return entry.obj(context)
 
 
 def criterion_batches(train: Split, count: int, batch_size: int, seed: int) -> list[Batch]:
     """``count`` batches of training images drawn once with ``seed``: what the data-driven criteria see."""
     index = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[: count * batch_size]
     return list(train.subset(index).batches(batch_size))
-
-
-def _entry(name: str) -> _Entry:
-    if name not in _CRITERIA:
-        raise UserError(f"unknown criterion '{name}' (choose from {', '.join(list_criteria())})")
-    return _CRITERIA[name]
 
 
 # --- weights -----------------------------------------------------------------------------------

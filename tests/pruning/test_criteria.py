@@ -7,7 +7,14 @@ from torch import nn
 from autoprune.data import Split
 from autoprune.errors import UserError
 from autoprune.models import create_model
-from autoprune.pruning.criteria import criterion_batches, list_criteria, needs_data
+from autoprune.pruning.criteria import (
+    CriterionContext,
+    criterion_batches,
+    describe_criteria,
+    get_criterion,
+    list_criteria,
+    needs_data,
+)
 from autoprune.pruning.space import PruningSpace
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -79,6 +86,21 @@ def _unread(model, group):
 
 PLANTS = {"l1": _weak, "l2": _weak, "fpgm": _median, "bn_scale": _small_gamma, "apoz": _dead, "entropy": _constant,
           "taylor": _unread, "pfp": _unread}
+
+
+def test_the_registry_lists_every_criterion_with_its_help():
+    assert list_criteria() == ["apoz", "bn_scale", "entropy", "fpgm", "l1", "l2", "pfp", "random", "taylor"]
+    assert list(describe_criteria()) == list_criteria()
+    assert describe_criteria()["l1"] == "sum of absolute weights over the group (Li et al. 2017)"
+
+
+def test_an_unknown_criterion_lists_the_criteria():
+    choices = "apoz, bn_scale, entropy, fpgm, l1, l2, pfp, random, taylor"
+    with pytest.raises(UserError) as err:
+        needs_data("l3")
+    assert str(err.value) == f"unknown criterion 'l3' (choose from {choices})"
+    with pytest.raises(UserError, match="unknown criterion 'l3'"):
+        get_criterion("l3", CriterionContext(_chain()))
 
 
 def test_every_criterion_has_a_planted_channel():
