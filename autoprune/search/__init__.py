@@ -1,7 +1,8 @@
-"""Search strategies on one ask/tell interface, listed in one registry."""
+"""Search strategies on one ask/tell interface, listed in one registry; the budget allocations in ``allocation``."""
 
 from autoprune.search import _binary, _nsga2, _pfp, _random, _tpe  # noqa: F401  (fill the registry)
 from autoprune.search.base import (
+    STRATEGIES,
     SearchContext,
     Strategy,
     describe_strategies,
@@ -11,6 +12,7 @@ from autoprune.search.base import (
 )
 
 __all__ = [
+    "STRATEGIES",
     "SearchContext",
     "Strategy",
     "describe_strategies",

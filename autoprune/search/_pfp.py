@@ -18,18 +18,13 @@ import numpy as np
 import optuna
 import torch
 
-from autoprune.search.base import (
-    SearchContext,
-    Strategy,
-    ask_fixed,
-    register_strategy,
-    snap,
-    study_has_attr,
-)
+from autoprune.search.allocation import bisect_budget, neighbourhood, snap
+from autoprune.search.base import SearchContext, Strategy, ask_fixed, register_strategy, study_has_attr
 
 SAMPLE_CONSTANT = 3.0  # K of the sample-size bound
 DELTA = 0.1  # failure probability of the bound over all groups
 _EPS_RANGE = (1e-4, 1e6)  # where the bisection for the budget looks
+EPS_STEPS = 60  # bisection steps on log eps: the bound to 2**-60 of its log range
 
 
 def pfp_kept(sensitivity: Sequence[float], eps: float, groups: int, delta: float = DELTA) -> int:
@@ -59,24 +54,20 @@ def pfp_ratios(context: SearchContext, eps: Mapping[str, float]) -> dict[str, fl
 def allocate_at_budget(context: SearchContext, factors: Mapping[str, float]) -> tuple[dict[str, float], float] | None:
     """The ratios at ``eps * factors[name]`` per group for the smallest ``eps`` within budget, and that eps.
 
-    A larger bound keeps fewer channels, so cost falls as eps grows: a bisection on log eps finds
-    the allocation that uses the most of the budget. None when even the largest eps does not fit.
+    A larger bound keeps fewer channels, so cost falls as eps grows: a bisection on log eps
+    (``allocation.bisect_budget``, ``EPS_STEPS`` steps over ``_EPS_RANGE``) finds the allocation that
+    uses the most of the budget. Returns ``({group: ratio}, eps)``, or None when even the largest eps
+    does not fit.
     """
     space, budget, base = context.space, context.budget, context.space.base_cost
 
-    def ratios_at(eps: float) -> dict[str, float]:
-        return pfp_ratios(context, {name: eps * f for name, f in factors.items()})
+    def ratios_at(log_eps: float) -> dict[str, float]:
+        return pfp_ratios(context, {name: math.exp(log_eps) * f for name, f in factors.items()})
 
     low, high = (math.log(e) for e in _EPS_RANGE)
-    if not budget.feasible(space.cost(ratios_at(math.exp(high))), base):
-        return None
-    for _ in range(60):
-        mid = (low + high) / 2
-        if budget.feasible(space.cost(ratios_at(math.exp(mid))), base):
-            high = mid
-        else:
-            low = mid
-    return ratios_at(math.exp(high)), math.exp(high)
+    found = bisect_budget(ratios_at, lambda ratios: budget.feasible(space.cost(ratios), base), low, high,
+                          iterations=EPS_STEPS)
+    return None if found is None else (found[1], math.exp(found[0]))
 
 
 @register_strategy("pfp", "provable filter pruning's allocation (needs --criterion pfp): every group keeps what its "
@@ -91,23 +82,24 @@ class PFPStrategy(Strategy):
     _allocated: bool | None = None  # the first allocation was proposed (looked up once per run)
 
     def sampler(self) -> optuna.samplers.BaseSampler:
+        """Optuna's random sampler, seeded (the candidates themselves are enqueued, not sampled)."""
         return optuna.samplers.RandomSampler(seed=self.context.seed)
 
     def propose(self, study: optuna.Study) -> tuple[optuna.Trial, dict[str, float]]:
+        """The allocation first (trial attribute ``allocation`` true), then its neighbours; each trial
+        records its ``pfp_eps``. Raises RuntimeError when no neighbour meets the budget."""
         ctx = self.context
         first = self._allocated is None and not study_has_attr(study, "allocation")
         self._allocated = True
         rng = np.random.default_rng([ctx.seed, len(study.trials)])
-        for _ in range(100):
-            factors = {name: 1.0 if first else float(rng.uniform(0.5, 1.5)) for name in ctx.space.group_names}
-            if ctx.pfp_eps is not None:
-                eps = ctx.pfp_eps
-                ratios = pfp_ratios(ctx, {name: eps * f for name, f in factors.items()})
-            else:
-                found = allocate_at_budget(ctx, factors)
-                if found is None:
-                    first = False
-                    continue
-                ratios, eps = found
-            return ask_fixed(study, ctx.space, ratios, {"allocation": first, "pfp_eps": round(eps, 6)})
-        raise RuntimeError("no PFP allocation meets the budget")
+
+        def allocate(factors: dict[str, float]) -> tuple[dict[str, float], float] | None:
+            if ctx.pfp_eps is None:
+                return allocate_at_budget(ctx, factors)
+            return pfp_ratios(ctx, {name: ctx.pfp_eps * f for name, f in factors.items()}), ctx.pfp_eps
+
+        found = neighbourhood(rng, ctx.space.group_names, allocate, first=first)
+        if found is None:
+            raise RuntimeError("no PFP allocation meets the budget")
+        (ratios, eps), first = found
+        return ask_fixed(study, ctx.space, ratios, {"allocation": first, "pfp_eps": round(eps, 6)})

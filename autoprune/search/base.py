@@ -13,12 +13,17 @@ from dataclasses import dataclass
 import optuna
 
 from autoprune.budget import Budget
-from autoprune.errors import UserError
 from autoprune.pruning.space import Cost, PruningSpace
+from autoprune.registry import Registry
+from autoprune.search.allocation import grid_top, uniform_at_budget
 
 
 @dataclass
 class SearchContext:
+    """What a strategy proposes in: the ``space`` and its ``budget``, the run's ``seed``, ``tolerance`` (a
+    fraction: random's band below the budget), the study's planned ``trials``, and the options of some
+    strategies (``warm_start``: the uniform ratios first; ``safe_ratios`` for binary; ``pfp_eps`` for pfp)."""
+
     space: PruningSpace
     budget: Budget
     seed: int
@@ -46,6 +51,7 @@ class Strategy(ABC):
         """The Optuna sampler of the run's study."""
 
     def objectives(self, proxy_acc: float, cost: Cost) -> list[float]:
+        """The values told to the study, one per entry of ``directions``: here the proxy accuracy alone."""
         return [proxy_acc]
 
     def ask(self, study: optuna.Study) -> tuple[optuna.Trial, dict[str, float]]:
@@ -53,12 +59,13 @@ class Strategy(ABC):
         if not self._warm_started:
             self._warm_started = True
             if not study_has_attr(study, "warm_start"):
-                ratios = scale_to_budget(self.context, dict.fromkeys(self.context.space.group_names, 1.0))
+                ratios = uniform_at_budget(self.context.space, self.context.budget)
                 if ratios is not None:
                     return ask_fixed(study, self.context.space, ratios, {"warm_start": True})
         return self.propose(study)
 
     def propose(self, study: optuna.Study) -> tuple[optuna.Trial, dict[str, float]]:
+        """The next candidate after the warm start: here the sampler's, on the ratio grid."""
         trial = study.ask()
         return trial, suggest_ratios(trial, self.context.space)
 
@@ -78,78 +85,39 @@ def ask_fixed(
 
 
 def suggest_ratios(trial: optuna.Trial, space: PruningSpace) -> dict[str, float]:
-    """One ratio per group, on the space's grid; the parameter name is the group name."""
+    """One ratio per group from the trial's sampler, on the group's grid (``allocation.grid_top``); the
+    parameter name is the group name. A group whose grid has one point gets it without a parameter."""
     step = space.config.step
     ratios = {}
     for g in space.groups:
-        low, high = ratio_grid(g.low, g.high, step)
-        ratios[g.name] = round(trial.suggest_float(g.name, low, high, step=step), 6) if high > low else low
+        high = grid_top(g.low, g.high, step)
+        ratios[g.name] = round(trial.suggest_float(g.name, g.low, high, step=step), 6) if high > g.low else g.low
     return ratios
 
 
-def ratio_grid(low: float, high: float, step: float) -> tuple[float, float]:
-    """Snap ``high`` down onto the grid that starts at ``low``."""
-    n = int((high - low) / step + 1e-9)
-    return low, round(low + n * step, 6)
+STRATEGIES: Registry[type[Strategy]] = Registry("strategy")
 
 
-def snap(value: float, low: float, high: float, step: float) -> float:
-    low, high = ratio_grid(low, high, step)
-    value = min(max(value, low), high)
-    return round(low + round((value - low) / step) * step, 6)
+def register_strategy(name: str, help: str) -> Callable[[type[Strategy]], type[Strategy]]:
+    """Register a ``Strategy`` subclass under ``name`` (also set as its ``name``) with its ``--strategy`` help."""
 
-
-def scale_to_budget(context: SearchContext, direction: dict[str, float]) -> dict[str, float] | None:
-    """Ratios ``s * direction`` (snapped to the grid) for the smallest scale ``s`` within budget.
-
-    Cost falls as ``s`` grows, so a bisection finds the candidate that uses the most of the budget
-    along this direction: a random direction gives EagleEye-style candidates that land in the
-    budget band by construction, the all-ones direction gives uniform pruning. None when even
-    the largest ratios of the direction do not fit.
-    """
-    space, budget, base = context.space, context.budget, context.space.base_cost
-    step = space.config.step
-    groups = [g for g in space.groups if direction.get(g.name, 0.0) > 0]
-
-    def ratios_at(scale: float) -> dict[str, float]:
-        return {g.name: snap(scale * direction.get(g.name, 0.0), g.low, g.high, step) for g in space.groups}
-
-    high = max(g.high / direction[g.name] for g in groups) if groups else 0.0
-    if not groups or not budget.feasible(space.cost(ratios_at(high)), base):
-        return None
-    low = 0.0
-    if budget.feasible(space.cost(ratios_at(low)), base):
-        return ratios_at(low)
-    for _ in range(40):
-        mid = (low + high) / 2
-        if budget.feasible(space.cost(ratios_at(mid)), base):
-            high = mid
-        else:
-            low = mid
-    return ratios_at(high)
-
-
-_STRATEGIES: dict[str, tuple[Callable[[SearchContext], Strategy], str]] = {}
-
-
-def register_strategy(name: str, help: str):
     def wrap(cls: type[Strategy]) -> type[Strategy]:
         cls.name = name
-        _STRATEGIES[name] = (cls, help)
-        return cls
+        return STRATEGIES.register(name, help)(cls)
 
     return wrap
 
 
 def list_strategies() -> list[str]:
-    return sorted(_STRATEGIES)
+    """The registered strategy names, sorted."""
+    return STRATEGIES.names()
 
 
 def describe_strategies() -> dict[str, str]:
-    return {name: _STRATEGIES[name][1] for name in list_strategies()}
+    """``{name: help}`` of every strategy, sorted by name: the ``--strategy`` choices."""
+    return STRATEGIES.describe()
 
 
 def get_strategy(name: str, context: SearchContext) -> Strategy:
-    if name not in _STRATEGIES:
-        raise UserError(f"unknown strategy '{name}' (choose from {', '.join(list_strategies())})")
-    return _STRATEGIES[name][0](context)
+    """A new strategy ``name`` over ``context``; an unknown name is a ``UserError`` that lists the strategies."""
+    return STRATEGIES.get(name).obj(context)

@@ -22,7 +22,8 @@ from torch import nn
 from autoprune.measure import AdaptiveBNEvaluator
 from autoprune.progress import progress_bar
 from autoprune.pruning.space import PruningSpace
-from autoprune.search.base import SearchContext, scale_to_budget
+from autoprune.search.allocation import along_safe_ratios, ratio_grid
+from autoprune.search.base import SearchContext
 
 DAMAGES = ("proxy", "recon")
 
@@ -44,9 +45,13 @@ def measure_sensitivity(
     damage: str = "proxy",
     quiet: bool = False,
 ) -> list[GroupSensitivity]:
+    """Each group's largest ratio on its grid (``allocation.ratio_grid``) whose ``damage`` alone stays
+    within ``tolerance`` (a proxy-accuracy drop, or a relative reconstruction error), by binary search:
+    about log2(grid points) + 1 evaluations per group. One result per group, in the space's order.
+    An unknown ``damage`` raises ValueError."""
     damage_of = _damage_function(space, evaluator, damage)
     results = []
-    grids = {g.name: _grid(g.low, g.high, space.config.step) for g in space.groups}
+    grids = {g.name: ratio_grid(g.low, g.high, space.config.step) for g in space.groups}
     total = sum(int(np.ceil(np.log2(len(grid)))) + 1 for grid in grids.values())
     with progress_bar(f"sensitivity ({damage})", total, quiet=quiet) as bar:
         for g in space.groups:
@@ -79,19 +84,9 @@ def measure_sensitivity(
 def allocate_budget(
     context: SearchContext, safe: dict[str, float], factors: dict[str, float] | None = None
 ) -> dict[str, float] | None:
-    """Scale the safe ratios (times optional per-group factors) together until the budget is met.
-
-    Groups that tolerate pruning give most; a group with no safe margin still gets half a grid
-    step of direction, so an over-tight budget is spread rather than impossible.
-    """
-    floor = context.space.config.step / 2
-    direction = {name: (ratio + floor) * (factors or {}).get(name, 1.0) for name, ratio in safe.items()}
-    return scale_to_budget(context, direction)
-
-
-def _grid(low: float, high: float, step: float) -> list[float]:
-    n = int((high - low) / step + 1e-9)
-    return [round(low + i * step, 6) for i in range(n + 1)]
+    """``allocation.along_safe_ratios`` in ``context``'s space and budget: the safe ratios (times optional
+    per-group factors) scaled together until the budget is met; None when they cannot meet it."""
+    return along_safe_ratios(context.space, context.budget, safe, factors)
 
 
 def _damage_function(

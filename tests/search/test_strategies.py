@@ -8,11 +8,13 @@ import pytest
 import torch
 
 from autoprune.budget import parse_budget
+from autoprune.errors import UserError
 from autoprune.models import create_model
+from autoprune.pruning.config import SpaceConfig
 from autoprune.pruning.space import PruningSpace
 from autoprune.runners.trial import close_left_behind, finished_count
-from autoprune.search import SearchContext, get_strategy, list_strategies
-from autoprune.search.base import scale_to_budget
+from autoprune.search import SearchContext, describe_strategies, get_strategy, list_strategies
+from autoprune.search.allocation import along_safe_ratios, draw_in_budget, ratio_grid, uniform_at_budget
 from autoprune.selection import choose_for_finetune
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -28,39 +30,20 @@ def _context(space, budget="50%flops", **kw):
 
 
 def test_registry_lists_every_strategy():
-    assert {"nsga2", "random", "tpe"} <= set(list_strategies())
+    assert list_strategies() == ["binary", "nsga2", "pfp", "random", "tpe"]
+    assert list(describe_strategies()) == list_strategies()
+    assert describe_strategies()["tpe"] == "Optuna TPE (multivariate), the budget as a constraint"
 
 
-@pytest.mark.parametrize("budget", ["50%flops", "30%flops", "40%params"])
-def test_scaled_random_directions_land_in_budget(space, budget):
-    ctx = _context(space, budget)
-    limit = ctx.budget.primary.limit(space.base_cost)
-    rng = np.random.default_rng(0)
-    uses = []
-    for _ in range(30):
-        direction = {g.name: float(rng.uniform(0.01, 1.0)) for g in space.groups}
-        ratios = scale_to_budget(ctx, direction)
-        cost = space.cost(ratios)
-        assert ctx.budget.feasible(cost, space.base_cost)
-        uses.append(getattr(cost, ctx.budget.primary.metric) / limit)
-    # the ratio grid is coarse (0.05), yet most draws use nearly all of the budget
-    assert np.median(uses) > 0.95, uses
+def test_a_strategy_is_built_by_name_and_knows_its_name(space):
+    strategy = get_strategy("random", _context(space))
+    assert type(strategy).__name__ == "RandomStrategy" and strategy.name == "random"
 
 
-def test_uniform_direction_is_the_smallest_uniform_ratio_within_budget(space):
-    ctx = _context(space)
-    ratios = scale_to_budget(ctx, dict.fromkeys(space.group_names, 1.0))
-    values = set(ratios.values())
-    assert len(values) == 1
-    (ratio,) = values
-    assert ctx.budget.feasible(space.cost(ratios), space.base_cost)
-    one_step_less = space.uniform_ratios(round(ratio - space.config.step, 6))
-    assert not ctx.budget.feasible(space.cost(one_step_less), space.base_cost)
-
-
-def test_unreachable_direction_gives_none(space):
-    ctx = _context(space, "5%flops")
-    assert scale_to_budget(ctx, {space.group_names[0]: 1.0}) is None
+def test_unknown_strategy_lists_the_strategies(space):
+    with pytest.raises(UserError) as err:
+        get_strategy("grid", _context(space))
+    assert str(err.value) == "unknown strategy 'grid' (choose from binary, nsga2, pfp, random, tpe)"
 
 
 @pytest.mark.parametrize("name", ["tpe", "random", "nsga2"])
@@ -68,11 +51,55 @@ def test_warm_start_comes_first_then_never_again(space, name):
     strategy = get_strategy(name, _context(space, warm_start=True))
     study = optuna.create_study(directions=list(strategy.directions), sampler=strategy.sampler())
     first, ratios = strategy.ask(study)
-    assert len(set(ratios.values())) == 1 and first.user_attrs.get("warm_start")
+    assert ratios == uniform_at_budget(space, parse_budget("50%flops")) and first.user_attrs.get("warm_start")
     study.tell(first, strategy.objectives(0.5, space.cost(ratios)))
     second, ratios2 = strategy.ask(study)
     assert not second.user_attrs.get("warm_start")
     assert ratios2 != ratios
+
+
+def test_random_proposes_eagleeye_draws_seeded_by_the_trial_number(space):
+    ctx = _context(space)
+    strategy = get_strategy("random", ctx)
+    study = optuna.create_study(sampler=strategy.sampler())
+    for number in range(2):
+        trial, ratios = strategy.ask(study)
+        expected, draws, use = draw_in_budget(space, ctx.budget, 0.02, np.random.default_rng([0, number]))
+        assert ratios == expected and trial.user_attrs == {"draws": draws, "budget_use": round(use, 4)}
+        study.tell(trial, 0.5)
+
+
+def test_binary_proposes_its_allocation_then_its_neighbours(space):
+    safe = {name: 0.05 * (i % 5) for i, name in enumerate(space.group_names)}
+    ctx = _context(space, "40%flops", safe_ratios=safe)
+    strategy = get_strategy("binary", ctx)
+    study = optuna.create_study(sampler=strategy.sampler())
+    trial, ratios = strategy.ask(study)
+    assert trial.user_attrs == {"allocation": True} and ratios == along_safe_ratios(space, ctx.budget, safe)
+    study.tell(trial, 0.5)
+    trial, neighbour = strategy.ask(study)
+    rng = np.random.default_rng([0, 1])
+    factors = {name: float(rng.uniform(0.5, 1.5)) for name in safe}
+    assert trial.user_attrs == {"allocation": False}
+    assert neighbour == along_safe_ratios(space, ctx.budget, safe, factors) != ratios
+
+
+def test_sampled_ratios_stay_on_each_groups_grid():
+    torch.manual_seed(0)
+    config = SpaceConfig(ratio_min=0.1, ratio_max=0.83, step=0.07, overrides=[{"match": "layer3.*", "max": 0.3},
+                                                                              {"match": "conv1", "min": 0.3, "max": 0.33}])
+    odd = PruningSpace(create_model("resnet20", in_channels=1, num_classes=10), torch.randn(1, 1, 28, 28), config)
+    strategy = get_strategy("tpe", _context(odd, "70%flops"))
+    study = optuna.create_study(sampler=strategy.sampler())
+    seen = set()
+    for _ in range(12):
+        trial, ratios = strategy.ask(study)
+        for g in odd.groups:
+            assert ratios[g.name] in ratio_grid(g.low, g.high, 0.07), (g.name, ratios[g.name])
+        assert ratios["conv1"] == 0.3 and "conv1" not in trial.params  # a grid of one point is not sampled
+        seen |= set(ratios.values())
+        study.tell(trial, float(np.mean(list(ratios.values()))))
+    assert 0.8 in seen and 0.24 in seen and 0.83 not in seen  # the grid's top, not the bound
 
 
 def _scored_study(points):
@@ -145,6 +172,17 @@ def test_pfp_allocation_is_the_smallest_error_bound_within_budget(pfp_space):
     trial, neighbour = strategy.ask(study)
     assert trial.user_attrs["allocation"] is False and neighbour != ratios
     assert ctx.budget.feasible(pfp_space.cost(neighbour), pfp_space.base_cost)
+
+
+def test_pfp_bisects_its_error_bound_sixty_times(pfp_space, monkeypatch):
+    from autoprune.search._pfp import allocate_at_budget
+
+    calls = []
+    cost = pfp_space.cost
+    monkeypatch.setattr(pfp_space, "cost", lambda ratios: calls.append(ratios) or cost(ratios))
+    ratios, eps = allocate_at_budget(_context(pfp_space), dict.fromkeys(pfp_space.group_names, 1.0))
+    assert len(calls) == 1 + 60  # the largest bound, then the bisection on log eps
+    assert ratios in calls and 1e-4 < eps < 1e6
 
 
 def test_pfp_at_a_given_error_bound(pfp_space):
