@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from autoprune.budget import parse_budget
+from autoprune.config import SearchConfig
 from autoprune.errors import UserError
 from autoprune.export import ExportCheck
 from autoprune.pruning.space import Cost
@@ -52,8 +53,6 @@ class _Run:
     def read(path: Path) -> _Run:
         run = RunDir.existing(path)
         subnets = [json.loads(p.read_text()) for p in sorted(path.glob("subnets/*/spec.json"))]
-        from autoprune.pipeline import SearchConfig  # here: the pipeline imports this module
-
         config = {**asdict(SearchConfig()), **run.read_config()}  # older runs lack newer options
         return _Run(run, config, run.read_status(), run.read_trials(), run.read_baseline(), subnets,
                     read_sensitivity(path))

@@ -33,16 +33,16 @@ class Inspection:
 def inspect_model(config) -> Inspection:
     """Load ``config``'s model and data (``SearchConfig``; weights optional: structure and costs do not depend
     on them) and build its pruning space."""
-    from autoprune.pipeline import SHIPPED_WEIGHTS, load_workbench
+    from autoprune.config import shipped_weights
+    from autoprune.workbench import load_workbench
 
-    shipped = SHIPPED_WEIGHTS.get((config.model, config.data.partition(":")[0]))
-    untrained = config.weights is None and (shipped is None or not shipped.is_file())
+    untrained = config.weights is None and shipped_weights(config) is None
     _, model, space = load_workbench(config, untrained=untrained)
     contract = contract_of(model)
     notes = list(contract.notes)
     if untrained:
         notes.append("no --weights given: the structure and costs below do not depend on the weights")
-    return Inspection(config.model, config.data, config.weights, contract.layout, notes, space.describe(),
+    return Inspection(config.model, config.data, config.weights or shipped_weights(config), contract.layout, notes, space.describe(),
                       dict(space.unprunable), space.cost_check)
 
 

@@ -22,6 +22,8 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -89,6 +91,22 @@ class RunDir:
                 shutil.rmtree(child, ignore_errors=True)
             else:
                 child.unlink(missing_ok=True)
+
+    @contextmanager
+    def discarded_on_failure(self, *, fresh: bool) -> Iterator[None]:
+        """Remove what a new run wrote if the block fails before the run has a trial or sensitivity results
+        (``discard``): so the same command can simply be run again. A run with results that stops on an error
+        (every candidate failed, say) is kept, marked ``failed`` with the error in run.json; a resumed run that
+        fails before its next trial is left as it was."""
+        try:
+            yield
+        except BaseException as exc:
+            if fresh and not self.has_results:
+                self.discard()
+            elif isinstance(exc, UserError) and self.has_results:
+                self.write_status(status="failed", error=str(exc).splitlines()[0],
+                                  failed=time.strftime("%Y-%m-%dT%H:%M:%S"))
+            raise
 
     @property
     def is_run(self) -> bool:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
@@ -27,13 +26,41 @@ from autoprune.errors import UserError
 from autoprune.models import load_weights
 from autoprune.pruning.space import PruningSpace
 from autoprune.pruning.weights import apply_masks, weight_masks
-from autoprune.train import TrainResult
+from autoprune.settings import BENCH, SEARCH, setting
+from autoprune.train import TrainResult, rewind_weights_path
 
 if TYPE_CHECKING:
-    from autoprune.pipeline import SearchConfig
+    from autoprune.config import SearchConfig
 
 REWINDS = ("none", "lottery", "scratch-e", "scratch-b")
 SCHEDULES = ("oneshot", "iterative")
+
+
+@dataclass(frozen=True)
+class RetrainSettings:
+    """How the ``finetune_top`` best candidates are trained: ``finetune_epochs`` (fractions allowed) of SGD at
+    ``finetune_lr``, from their trained weights or rewound (``rewind``, ``rewind_epoch``), in one shot or
+    ``steps`` iterative steps (``schedule``), distilled from the unpruned model or not. All of them may change
+    when a run is resumed."""
+
+    finetune_top: int = setting(3, "fine-tune the best K feasible candidates")
+    finetune_epochs: float = setting(0.5, "epochs of each fine-tune; fractions allowed, e.g. 0.1")
+    finetune_lr: float = setting(0.01, "learning rate of the fine-tune (SGD)", commands=(SEARCH, BENCH))
+    rewind: str = setting(
+        "none", "what the chosen subnets train from: none, their trained weights (fine-tune); lottery, the kept "
+        "weights at initialisation (Frankle & Carbin 2019; needs `autoprune train --save-init`); scratch-e / "
+        "scratch-b, a fresh random initialisation trained for --finetune-epochs / for the compute of "
+        "--finetune-epochs of the unpruned model (Liu et al. 2019)", choices=lambda: REWINDS)
+    rewind_epoch: int | None = setting(
+        None, "lottery: rewind to the weights after epoch K (`autoprune train --save-init-epoch K`)", metavar="K")
+    schedule: str = setting(
+        "oneshot", "oneshot: prune to the ratios at once; iterative: in --steps steps, fine-tuning between them",
+        choices=lambda: SCHEDULES)
+    steps: int = setting(3, "steps of --schedule iterative, each fine-tuned for --finetune-epochs / steps")
+    distill: bool = setting(False, "distil from the unpruned model while training the subnets (Hinton et al. 2015)")
+    distill_temperature: float = setting(4.0, "temperature T of the distillation loss", metavar="T")
+    distill_weight: float = setting(0.9, "loss = (1 - W) * cross-entropy + W * T^2 * KL(teacher || student)",
+                                    metavar="W")
 
 Fit = Callable[[nn.Module, float], TrainResult]  # recalibrate BN, then train the subnet in place for the epochs
 
@@ -46,14 +73,10 @@ class Retrained:
     seconds: float
 
 
-def rewind_weights_path(weights: str | Path, epoch: int | None = None) -> Path:
-    """Where ``autoprune train --save-init`` leaves the weights a lottery ticket rewinds to: ``X.init.pt``
-    next to ``X.pt`` (the initialisation), or with ``--save-init-epoch K`` ``X.epoch<K>.pt`` (after epoch K)."""
-    return Path(weights).with_suffix(".init.pt" if epoch is None else f".epoch{epoch}.pt")
-
-
 def check_retrain(config: SearchConfig) -> None:
     """The retraining options' checks that need no model: a bad one stops the run before any work."""
+    if config.finetune_top < 0 or config.finetune_epochs < 0:
+        raise UserError("--finetune-top and --finetune-epochs must not be negative")
     if config.rewind not in REWINDS:
         raise UserError(f"--rewind must be one of {', '.join(REWINDS)}")
     if config.schedule not in SCHEDULES:
@@ -172,7 +195,7 @@ def _prune_iteratively(space: PruningSpace, ratios: Mapping[str, float], steps: 
     subnet, current = space.prune({})
     trained = seconds = 0.0
     for step in schedule_ratios(ratios, steps):
-        kept = space.kept_indices(step)
+        kept = space.kept(step)
         space.prune_further(subnet, current, kept)
         result = fit(subnet, epochs / steps)
         trained, seconds, current = trained + result.epochs, seconds + result.seconds, kept

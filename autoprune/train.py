@@ -6,21 +6,26 @@ with knowledge distillation from a teacher (the unpruned network).
 
 from __future__ import annotations
 
+import argparse
+import json
 import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from autoprune.data import DataBundle
+from autoprune.data import DataBundle, load_data
 from autoprune.data.bundle import augment_batch
+from autoprune.device import resolve_device
 from autoprune.errors import UserError
-from autoprune.measure import to_device
+from autoprune.measure import accuracy, to_device
+from autoprune.models import create_model, prepare_model
 from autoprune.models.contract import contract_of, input_to, logits_of
-from autoprune.progress import progress_bar
+from autoprune.progress import console, progress_bar
 
 
 @dataclass
@@ -182,3 +187,73 @@ def distillation_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, y: tor
 def _batch_to(x: torch.Tensor, y: torch.Tensor, device: str, model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
     """A batch on ``device`` in ``model``'s layout (``autoprune.models.contract``)."""
     return input_to(x, model, device, non_blocking=True), y.to(device, non_blocking=True)
+
+
+def rewind_weights_path(weights: str | Path, epoch: int | None = None) -> Path:
+    """Where ``autoprune train --save-init`` leaves the weights a lottery ticket rewinds to: ``X.init.pt``
+    next to ``X.pt`` (the initialisation), or with ``--save-init-epoch K`` ``X.epoch<K>.pt`` (after epoch K)."""
+    return Path(weights).with_suffix(".init.pt" if epoch is None else f".epoch{epoch}.pt")
+
+
+def train_command(args: argparse.Namespace, command: str) -> int:
+    """``autoprune train``: train a baseline from ``args`` (the parsed options) and save its state dict with a
+    JSON of how it was trained (and, where asked, the weights a lottery ticket rewinds to); ``command`` is the
+    command line, recorded. Returns the exit code; raises ``UserError`` for bad options."""
+    if args.epochs <= 0:
+        raise UserError("--epochs must be positive")
+    if args.save_init_epoch is not None and not 1 <= args.save_init_epoch <= args.epochs:
+        raise UserError("--save-init-epoch must be an epoch the training completes: 1 to --epochs")
+    device = resolve_device(args.device)
+    out = Path(args.out)
+    torch.manual_seed(args.seed)
+    data = load_data(args.data, holdout=args.holdout, seed=args.seed, limit_train=args.limit_train)
+    model = create_model(args.model, in_channels=data.in_channels, num_classes=data.num_classes)
+    # unwrapped from torch.compile, lazy layers materialised, --init loaded, checked (autoprune.models.contract)
+    model = prepare_model(model, data.example_input(), output_key=args.output_key, num_classes=data.num_classes,
+                          weights=args.init)
+    if not args.quiet:
+        for note in contract_of(model).notes:
+            console.print(note, markup=False, soft_wrap=True)
+    prior_epochs: float | None = 0.0  # epochs the starting weights were trained for (None: not known)
+    if args.init is not None:
+        init_json = Path(args.init).with_suffix(".json")
+        init_meta = json.loads(init_json.read_text()) if init_json.is_file() else {}
+        prior_epochs = init_meta.get("epochs_total", init_meta.get("epochs"))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    rewind_points = []  # the weights saved for lottery rewinding
+
+    def save(path: Path) -> None:
+        torch.save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, path)
+
+    def save_rewind_point(epoch: int | None = None) -> None:
+        path = rewind_weights_path(out, epoch)
+        save(path)
+        rewind_points.append(str(path))
+
+    def after_epoch(epoch: int) -> None:
+        if epoch == args.save_init_epoch:
+            save_rewind_point(epoch)
+
+    if args.save_init:
+        save_rewind_point()
+    result = train(
+        model, data, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
+        device=device, seed=args.seed, quiet=args.quiet, after_epoch=after_epoch, amp=args.amp,
+    )
+    test_acc = accuracy(model, data.test, device=device)
+    holdout_acc = accuracy(model, data.holdout, device=device)
+    save(out)
+    meta = {
+        "model": args.model, "data": args.data, "epochs": args.epochs, "lr": args.lr,
+        "batch_size": args.batch_size, "seed": args.seed, "holdout": args.holdout,
+        "test_acc": test_acc, "holdout_acc": holdout_acc, "seconds": round(result.seconds, 1),
+        "init": args.init, "epochs_total": None if prior_epochs is None else prior_epochs + args.epochs,
+        "rewind_points": rewind_points, "command": command, "layout": contract_of(model).layout,
+        **({"output_key": args.output_key} if args.output_key is not None else {}),
+    }
+    out.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
+    console.print(
+        f"trained {args.model} on {args.data} for {args.epochs} epochs in {result.seconds:.0f} s: "
+        f"test accuracy {test_acc:.2%}, holdout {holdout_acc:.2%} -> {out}"
+    )
+    return 0

@@ -17,10 +17,12 @@ import pandas as pd
 import torch
 from torch import nn
 
+from autoprune.config import SearchConfig
 from autoprune.errors import UserError
+from autoprune.finetuning import finetune
 from autoprune.measure import accuracy
 from autoprune.measure.latency import measure_latency
-from autoprune.pipeline import SearchConfig, finetune, search
+from autoprune.pipeline import search
 from autoprune.progress import console
 from autoprune.pruning.space import PruningSpace
 

@@ -18,16 +18,13 @@ import pandas as pd
 
 from autoprune.bench.common import BenchDir, best_searched, figure, finetuned_accuracy
 from autoprune.budget import parse_budget
+from autoprune.config import SearchConfig
 from autoprune.errors import UserError
-from autoprune.pipeline import (
-    SearchConfig,
-    load_workbench,
-    make_evaluator,
-    ranking_batches,
-)
 from autoprune.pruning.criteria import list_criteria
 from autoprune.pruning.space import PruningSpace
-from autoprune.search.allocation import uniform_at_budget
+from autoprune.search import SearchContext
+from autoprune.search.base import scale_to_budget
+from autoprune.workbench import load_workbench, make_evaluator, ranking_batches
 
 
 def check(*, budget: str, criteria: list[str], trials: int, finetune_seeds: int, **_) -> None:
@@ -46,7 +43,8 @@ def run(config: SearchConfig, bench: BenchDir, *, budget: str, criteria: list[st
     data, model, space = load_workbench(config)
     evaluator = make_evaluator(config, data)
     seeds = [config.seed + 1 + j for j in range(finetune_seeds)]
-    ratio_sets = {"uniform": uniform_at_budget(space, parse_budget(budget))}
+    ratio_sets = {"uniform": scale_to_budget(SearchContext(space, parse_budget(budget), config.seed, config.tolerance),
+                                             dict.fromkeys(space.group_names, 1.0))}
     best = best_searched(config, bench, space, budget, quiet=quiet, strategy="random", trials=trials)
     ratio_sets["searched"] = None if best is None else best[0]
     ratio_sets = {kind: ratios for kind, ratios in ratio_sets.items() if ratios is not None}

@@ -20,6 +20,7 @@ import torch
 
 from autoprune.bench.common import BenchDir, figure
 from autoprune.budget import parse_budget
+from autoprune.config import SearchConfig
 from autoprune.errors import UserError
 from autoprune.export import (
     CHECK_BATCH,
@@ -30,9 +31,10 @@ from autoprune.export import (
     time_export,
     write_export,
 )
-from autoprune.pipeline import SearchConfig, load_workbench, make_evaluator
 from autoprune.pruning.space import PruningSpace
-from autoprune.search.allocation import uniform_at_budget
+from autoprune.search import SearchContext
+from autoprune.search.base import scale_to_budget
+from autoprune.workbench import load_workbench, make_evaluator
 
 # runtime -> (the export it runs, None for the model itself; whether it runs in channels_last)
 RUNTIMES = {"pytorch": (None, True), "torch-export": ("torch-export", True), "torch-export NCHW": ("torch-export", False),
@@ -59,7 +61,8 @@ def run(config: SearchConfig, bench: BenchDir, *, budgets: list[str], latency_ba
     arms = {"unpruned": ("", 1, space.model, base)}
     for text in budgets:
         for step, s in ((space.config.round_to, space), (round_to, rounded)):
-            ratios = uniform_at_budget(s, parse_budget(text))
+            ratios = scale_to_budget(SearchContext(s, parse_budget(text), config.seed, config.tolerance),
+                                     dict.fromkeys(s.group_names, 1.0))
             if ratios is None:
                 bench.log(f"{text}, round_to {step}: no uniform ratio fits; skipped")
                 continue

@@ -17,9 +17,11 @@ import pandas as pd
 
 from autoprune.bench.common import BenchDir, figure
 from autoprune.budget import parse_budget
+from autoprune.config import SearchConfig
 from autoprune.errors import UserError
-from autoprune.pipeline import SearchConfig, load_workbench, make_evaluator, search, sensitivity
+from autoprune.pipeline import search, sensitivity
 from autoprune.search import list_strategies
+from autoprune.workbench import load_workbench, make_evaluator
 
 BOUNDED = "tpe-bounded"
 _PARTS = ("ask", "cost", "prune", "recalibrate", "evaluate", "bookkeeping")

@@ -13,10 +13,12 @@ import pandas as pd
 
 from autoprune.bench.common import BenchDir, figure, measure_latencies
 from autoprune.budget import parse_budget
+from autoprune.config import SearchConfig
 from autoprune.errors import UserError
-from autoprune.pipeline import SearchConfig, load_workbench, make_evaluator
 from autoprune.pruning.weights import GLOBAL, WeightSpace
-from autoprune.search.allocation import uniform_at_budget
+from autoprune.search import SearchContext
+from autoprune.search.base import scale_to_budget
+from autoprune.workbench import load_workbench, make_evaluator
 
 
 def check(*, budgets: list[str], latency_batches: list[int], **_) -> None:
@@ -37,7 +39,8 @@ def run(config: SearchConfig, bench: BenchDir, *, budgets: list[str], latency_ba
     base = filters.base_cost
     arms = {"unpruned": ("", "unpruned", filters.model, base, base.macs)}
     for text in budgets:
-        ratios = uniform_at_budget(filters, parse_budget(text))
+        ratios = scale_to_budget(SearchContext(filters, parse_budget(text), config.seed, config.tolerance),
+                                 dict.fromkeys(filters.group_names, 1.0))
         if ratios is None:
             bench.log(f"{text}: no uniform ratio fits; skipped")
             continue

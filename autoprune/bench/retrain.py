@@ -19,11 +19,14 @@ import pandas as pd
 
 from autoprune.bench.common import BenchDir, figure
 from autoprune.budget import parse_budget
+from autoprune.config import SearchConfig
 from autoprune.errors import UserError
+from autoprune.finetuning import finetune_candidate
 from autoprune.measure import accuracy
-from autoprune.pipeline import SearchConfig, finetune_candidate, load_workbench, make_evaluator
 from autoprune.retrain import rewind_weights_path
-from autoprune.search.allocation import uniform_at_budget
+from autoprune.search import SearchContext
+from autoprune.search.base import scale_to_budget
+from autoprune.workbench import load_workbench, make_evaluator
 
 
 def check(*, budget: str, base_epochs: float, rewind_epoch: int, finetune_seeds: int, **_) -> None:
@@ -39,7 +42,8 @@ def run(config: SearchConfig, bench: BenchDir, *, budget: str, base_epochs: floa
                                                                               rewind_epoch, quiet))
     data, model, space = load_workbench(config)
     evaluator = make_evaluator(config, data)
-    ratios = uniform_at_budget(space, parse_budget(budget))
+    ratios = scale_to_budget(SearchContext(space, parse_budget(budget), config.seed, config.tolerance),
+                             dict.fromkeys(space.group_names, 1.0))
     if ratios is None:
         raise UserError(f"no uniform ratio meets {budget}")
     base = bench.done("unpruned") or bench.record("unpruned", {"test_acc": accuracy(model, data.test,

@@ -7,11 +7,12 @@ import importlib
 from pathlib import Path
 
 from autoprune.bench.common import BenchDir
+from autoprune.config import SearchConfig, settings_for, validate
 from autoprune.errors import UserError
-from autoprune.pipeline import SearchConfig, check_options, resolve_paths
+from autoprune.settings import BENCH
 
-_SHARED = ("model", "data", "weights", "criterion", "criterion_batches", "space", "calib_batches", "score_images",
-           "tolerance", "finetune_lr", "limit_train", "holdout", "batch_size", "seed", "device", "amp", "output_key")
+# the search settings every study takes (declared with the bench command), in the order bench.json records them
+_SHARED = tuple(d.name for found in settings_for(BENCH).values() for d in found)
 _RECORDED_WHEN_SET = ("amp", "output_key")  # in bench.json only when given, so studies recorded before them resume
 _OWN = {
     "fidelity": ("budget", "candidates", "finetune_epochs", "finetune_seeds", "calib_sweep"),
@@ -30,8 +31,7 @@ def run_bench(study: str, config: SearchConfig, *, out: str | None = None, resum
     """Run one study (the Python face of ``autoprune bench``); returns its output directory."""
     if study not in _OWN:
         raise UserError(f"unknown study '{study}' (choose from {', '.join(_OWN)})")
-    resolve_paths(config)
-    check_options(config)
+    config, _ = validate(config)
     for key, value in options.items():
         if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
             raise UserError(f"--{key.replace('_', '-')} must not be negative")
@@ -48,7 +48,7 @@ def run_bench(study: str, config: SearchConfig, *, out: str | None = None, resum
 
 
 def run_from_args(args: argparse.Namespace, command: str) -> int:
-    config = SearchConfig(**{k: getattr(args, k) for k in _SHARED})
+    config = SearchConfig(**{k: getattr(args, k) for k in _SHARED})  # parsed with their defaults
     run_bench(args.study, config, out=args.out, resume=args.resume, quiet=args.quiet, command=command,
               **{k: getattr(args, k) for k in _OWN[args.study]})
     return 0

@@ -20,7 +20,6 @@ candidate's own short latency measurement is taken on its worker, beside the tri
 from __future__ import annotations
 
 import os
-import socket
 import sys
 from dataclasses import dataclass
 
@@ -35,6 +34,7 @@ from autoprune.pruning.config import SpaceConfig
 from autoprune.pruning.space import PruningSpace
 from autoprune.pruning.weights import WeightSpace
 from autoprune.results import RunDir
+from autoprune.runners.settings import RaySettings
 from autoprune.runners.trial import (
     PendingTrial,
     all_failing,
@@ -48,47 +48,7 @@ from autoprune.search import Strategy
 LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": a local Ray listens on 127.0.0.1 only
 
 
-@dataclass
-class RaySettings:
-    address: str | None = None  # an existing cluster ("auto" or host:port)
-    local_workers: int | None = None  # or start a local Ray with this many CPUs
-    workers: int = 1  # concurrent trials
-    cpus_per_trial: float = 1.0
-    gpus_per_trial: float = 0.0
-
-
-def parse_resources(text: str) -> tuple[float, float]:
-    """``cpu=1,gpu=0.25`` -> (1.0, 0.25)."""
-    values = {"cpu": 1.0, "gpu": 0.0}
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        key, _, value = part.partition("=")
-        if key not in values:
-            raise UserError(f"--trial-resources: unknown resource {key!r} (use cpu=N,gpu=F)")
-        try:
-            values[key] = float(value)
-        except ValueError:
-            raise UserError(f"--trial-resources: {part!r} is not resource=number") from None
-        if values[key] < 0:
-            raise UserError(f"--trial-resources: {key} must not be negative")
-    if values["cpu"] <= 0:
-        raise UserError("--trial-resources: a trial needs some cpu")
-    return values["cpu"], values["gpu"]
-
-
 _started_here = False  # whether this process started the Ray it is connected to (--ray-local)
-
-
-def check_reachable(address: str, timeout: float = 5.0) -> None:
-    """One line instead of minutes of Ray's reconnect warnings where nothing listens at ``host:port``."""
-    host, sep, port = address.rpartition(":")
-    if address == "auto" or "://" in address or not sep or not port.isdigit():
-        return
-    try:
-        with socket.create_connection((host, int(port)), timeout=timeout):
-            pass
-    except OSError as exc:
-        raise UserError(f"--ray-address {address}: no Ray cluster answers there ({exc.strerror or exc}); start one "
-                        "with `ray start --head` or check the address") from None
 
 
 def connect(settings: RaySettings) -> None:
@@ -103,7 +63,7 @@ def connect(settings: RaySettings) -> None:
         if settings.local_workers is not None and not _started_here:
             raise UserError("--ray-local: this process is already connected to a Ray cluster; use --ray-address")
         return
-    if settings.address is not None:  # pipeline.check_options has checked it answers (check_reachable)
+    if settings.address is not None:  # autoprune.config.validate has checked it answers (check_reachable)
         ray.init(address=settings.address, log_to_driver=False)
     else:
         # "local": a new Ray for this run, even where this machine already runs a cluster
@@ -123,7 +83,7 @@ def stop_local() -> None:
 
 
 @dataclass
-class Workbench:
+class WorkerBench:
     """What every worker needs, shipped once: the trained model and the scorer's data."""
 
     model: nn.Module
@@ -146,23 +106,23 @@ class Workbench:
 
 @dataclass(frozen=True)
 class Shipped:
-    """A run's ``Workbench`` in the object store, behind a key: a worker reads it out of the store
+    """A run's ``WorkerBench`` in the object store, behind a key: a worker reads it out of the store
     only the first time it meets the key, so later trials cost no deserialisation."""
 
     key: str
-    ref: object  # ray.ObjectRef of the Workbench
+    ref: object  # ray.ObjectRef of the WorkerBench
 
 
-_WORKER_STATE: dict[str, tuple[Workbench, PruningSpace, AdaptiveBNEvaluator]] = {}
+_WORKER_STATE: dict[str, tuple[WorkerBench, PruningSpace, AdaptiveBNEvaluator]] = {}
 
 
-def ship(workbench: Workbench) -> Shipped:
+def ship(workbench: WorkerBench) -> Shipped:
     import ray
 
     return Shipped(workbench.key, ray.put(workbench))
 
 
-def _worker_state(shipped: Shipped) -> tuple[Workbench, PruningSpace, AdaptiveBNEvaluator]:
+def _worker_state(shipped: Shipped) -> tuple[WorkerBench, PruningSpace, AdaptiveBNEvaluator]:
     """The workbench of this run, and its pruning space and scorer, built once per worker process."""
     if shipped.key not in _WORKER_STATE:
         import ray
@@ -277,7 +237,7 @@ def ship_model_code(model: nn.Module) -> None:
 
 
 def run_trials(settings: RaySettings, study: optuna.Study, strategy: Strategy, space: PruningSpace, budget: Budget,
-               run: RunDir, workbench: Workbench, remaining: int, on_finish) -> None:
+               run: RunDir, workbench: WorkerBench, remaining: int, on_finish) -> None:
     """Run ``remaining`` trials as Tune trials, ``settings.workers`` at a time."""
     from ray import tune
 
@@ -300,13 +260,13 @@ def run_trials(settings: RaySettings, study: optuna.Study, strategy: Strategy, s
 
 
 def _finetune_job(shipped: Shipped, data, config, ratios: dict[str, float], seed: int):
-    from autoprune.pipeline import finetune_candidate
+    from autoprune.finetuning import finetune_candidate
 
     _, space, evaluator = _worker_state(shipped)
     return finetune_candidate(space, evaluator, config, data, ratios, seed=seed)
 
 
-def finetune_on_ray(settings: RaySettings, workbench: Workbench, data, config, jobs: list[tuple[dict[str, float], int]]):
+def finetune_on_ray(settings: RaySettings, workbench: WorkerBench, data, config, jobs: list[tuple[dict[str, float], int]]):
     """Fine-tune every (ratios, seed) of ``jobs`` as parallel Ray tasks; yields the results in order,
     each as soon as it and those before it are done."""
     import ray
@@ -319,3 +279,35 @@ def finetune_on_ray(settings: RaySettings, workbench: Workbench, data, config, j
     refs = [task.remote(shipped, data_ref, config, ratios, seed) for ratios, seed in jobs]
     for ref in refs:
         yield ray.get(ref)
+
+
+class RayRunner:
+    """Trials as Tune trials and fine-tunes as Ray tasks, on the cluster the run's settings name (the local
+    runner's interface: ``autoprune.runners.local.LocalRunner``)."""
+
+    shows_finetune_progress = False  # the workers train without bars: the caller counts the subnets done
+
+    def __init__(self, bench) -> None:  # bench: autoprune.workbench.Workbench
+        self.bench = bench
+        self.settings = bench.config.ray_settings()
+        space = bench.space
+        self.worker_bench = WorkerBench(space.model, space.example_input, space.config, space.orders, bench.evaluator,
+                                        threads=max(1, int(self.settings.cpus_per_trial)),
+                                        key=str(bench.run.path.resolve()),
+                                        mask_scope=space.scope if isinstance(space, WeightSpace) else None,
+                                        latency_batch=bench.config.latency_batch)
+
+    def run_trials(self, study: optuna.Study, strategy: Strategy, remaining: int, on_finish) -> None:
+        """Run ``remaining`` trials, ``workers`` at a time; ``on_finish(frozen_trial)`` after each."""
+        bench = self.bench
+        run_trials(self.settings, study, strategy, bench.space, bench.budget, bench.run, self.worker_bench,
+                   remaining, on_finish)
+
+    def finetune(self, jobs):
+        """Fine-tune every job as a parallel Ray task; yields the results in order."""
+        return finetune_on_ray(self.settings, self.worker_bench, self.bench.data, self.bench.config,
+                               [(job.ratios, job.seed) for job in jobs])
+
+    def close(self) -> None:
+        """Stop the private Ray that ``--ray-local`` started for the run."""
+        stop_local()

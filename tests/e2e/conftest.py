@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from autoprune.cli import main
+from autoprune.config import SHIPPED_WEIGHTS
 from autoprune.data.registry import get_data_source
-from autoprune.pipeline import SHIPPED_WEIGHTS
 
 
 def _images(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

@@ -25,9 +25,9 @@ import pytest
 import yaml
 
 import autoprune
+from autoprune.config import SHIPPED_WEIGHTS
 from autoprune.data import load_data
 from autoprune.measure import accuracy
-from autoprune.pipeline import SHIPPED_WEIGHTS
 
 AUTOPRUNE = Path(sys.executable).with_name("autoprune")  # the console script pip installed
 LIMIT_TRAIN, LIMIT_TEST, HOLDOUT, BATCH = 1000, 500, 300, 128  # BATCH: the default --batch-size

@@ -10,11 +10,14 @@ import pytest
 import torch
 from torch import nn
 
-from autoprune import pipeline
+from autoprune import workbench
 from autoprune.cli import main
+from autoprune.config import SearchConfig
 from autoprune.data import load_data
+from autoprune.finetuning import finetune, finetune_candidate
 from autoprune.models import create_model, load_weights
 from autoprune.train import train
+from autoprune.workbench import load_workbench, make_evaluator
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -57,7 +60,7 @@ def test_search_after_sparsity_training(tmp_path, tiny_search_args, tiny_weights
     l1 = {name: sum(float(g.abs().sum()) for g in _scales(m).values()) for name, m in (("base", base), ("slim", slim))}
     assert l1["slim"] < 0.9 * l1["base"], l1
     # a resumed run reads the trained weights back instead of training again
-    monkeypatch.setattr(pipeline, "train", lambda *a, **k: pytest.fail("sparsity training ran again"))
+    monkeypatch.setattr(workbench, "train", lambda *a, **k: pytest.fail("sparsity training ran again"))
     assert main(_with(args, "--trials", "3") + ["--resume"]) == 0
     assert len(pd.read_csv(run / "trials.csv")) == 3
 
@@ -82,11 +85,11 @@ def test_search_with_pfp_allocation(tmp_path, tiny_search_args):
 
 @pytest.fixture(scope="module")
 def weight_bench(tiny_npz, tiny_weights):
-    config = pipeline.SearchConfig(model="resnet20", data=tiny_npz, weights=tiny_weights, holdout=120, batch_size=64,
+    config = SearchConfig(model="resnet20", data=tiny_npz, weights=tiny_weights, holdout=120, batch_size=64,
                                    calib_batches=2, score_images=120, finetune_epochs=0.3, granularity="weight",
                                    mask_scope="global")
-    data, _, space = pipeline.load_workbench(config)
-    return config, data, space, pipeline.make_evaluator(config, data)
+    data, _, space = load_workbench(config)
+    return config, data, space, make_evaluator(config, data)
 
 
 def test_fine_tuning_keeps_the_zeros_of_a_weight_pruned_subnet(weight_bench):
@@ -97,7 +100,7 @@ def test_fine_tuning_keeps_the_zeros_of_a_weight_pruned_subnet(weight_bench):
     masks = weight_masks(subnet)
     before = {k: v.clone() for k, v in subnet.state_dict().items()}
     unmasked = copy.deepcopy(subnet)
-    pipeline.finetune(subnet, config, data, evaluator, seed=1, quiet=True)
+    finetune(subnet, config, data, evaluator, seed=1, quiet=True)
     for name, mask in masks.items():
         weight = subnet.state_dict()[name]
         assert torch.equal(weight != 0, mask), name  # not one zero moved, not one kept weight became zero
@@ -113,7 +116,7 @@ def test_scratch_training_of_a_weight_pruned_subnet_keeps_its_mask(weight_bench)
 
     config, data, space, evaluator = weight_bench
     ratios = space.uniform_ratios(0.5)
-    done = pipeline.finetune_candidate(space, evaluator, replace(config, rewind="scratch-e"), data, ratios, seed=4)
+    done = finetune_candidate(space, evaluator, replace(config, rewind="scratch-e"), data, ratios, seed=4)
     pruned, _ = space.prune(ratios)
     expected = weight_masks(pruned)
     got = weight_masks(done.subnet)

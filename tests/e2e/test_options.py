@@ -19,12 +19,13 @@ from torch import nn
 
 import autoprune
 from autoprune.cli import main
+from autoprune.config import SHIPPED_WEIGHTS, SearchConfig
 from autoprune.measure import AdaptiveBNEvaluator, accuracy
 from autoprune.models import create_model
-from autoprune.pipeline import SHIPPED_WEIGHTS, SearchConfig, load_workbench, make_evaluator
 from autoprune.pruning.space import apply_kept
 from autoprune.results import STUDY_NAME
 from autoprune.selection import trial_ratios
+from autoprune.workbench import load_workbench, make_evaluator
 
 SHIPPED = str(SHIPPED_WEIGHTS[("resnet20", "fashion-mnist")])
 

@@ -35,7 +35,7 @@ from autoprune.cli import main
 from autoprune.models import create_model
 from autoprune.pipeline import search
 from autoprune.pruning.space import PruningSpace
-from autoprune.runners.ray_tune import Shipped, Workbench, _worker_state
+from autoprune.runners.ray_tune import Shipped, WorkerBench, _worker_state
 
 RAY = Path(sys.executable).with_name("ray")
 CUSTOM_MODELS = Path(__file__).with_name("custom_models.py")
@@ -112,7 +112,7 @@ def test_a_worker_rebuilds_the_drivers_space_from_its_rankings_once_per_run(monk
     model, x = create_model("resnet20", in_channels=1, num_classes=10).eval(), torch.randn(1, 1, 28, 28)
     batches = [(torch.randn(16, 1, 28, 28), torch.randint(0, 10, (16,)))]
     driver = PruningSpace(model, x, criterion="taylor", batches=batches)
-    bench = Workbench(driver.model, driver.example_input, driver.config, driver.orders, evaluator=None, threads=1, key="a")
+    bench = WorkerBench(driver.model, driver.example_input, driver.config, driver.orders, evaluator=None, threads=1, key="a")
     reads = []
 
     def read(ref):  # the object store's part, as a pickle: what a worker reads is what the driver put

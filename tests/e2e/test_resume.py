@@ -14,8 +14,8 @@ import pandas as pd
 import pytest
 from run_checks import ScoreCount, best_by_proxy, subnet_specs, trial_records
 
-from autoprune import pipeline
 from autoprune.cli import main
+from autoprune.runners import local
 
 
 @pytest.mark.slow
@@ -42,7 +42,7 @@ def test_resume_after_a_killed_run(tmp_path, search_args, monkeypatch):
     records = trial_records(run, done_before)
 
     scores = ScoreCount(monkeypatch)
-    assert main(args + ["--resume"]) == 0
+    assert main(["search", "--out", str(run), "--resume"]) == 0  # bare: the run goes on as recorded
     after = pd.read_csv(run / "trials.csv")
     finished = after[after["state"].isin(["complete", "infeasible"])]
     assert len(finished) == 8
@@ -66,8 +66,8 @@ def test_resume_keeps_fine_tuned_subnets_and_fine_tunes_only_the_new(tmp_path, s
 
     saved = files(first["id"])
     finetuned = []
-    finetune_candidate = pipeline.finetune_candidate
-    monkeypatch.setattr(pipeline, "finetune_candidate",
+    finetune_candidate = local.finetune_candidate
+    monkeypatch.setattr(local, "finetune_candidate",
                         lambda *a, **k: finetuned.append(k["seed"]) or finetune_candidate(*a, **k))
     scores = ScoreCount(monkeypatch)
     assert main(args + ["--finetune-top", "2", "--resume"]) == 0
@@ -76,6 +76,25 @@ def test_resume_keeps_fine_tuned_subnets_and_fine_tunes_only_the_new(tmp_path, s
     subnets = subnet_specs(run)
     assert [s["trial"] for s in subnets] == sorted(best_by_proxy(pd.read_csv(run / "trials.csv"), 2))
     assert first in subnets
+
+
+def test_a_bare_resume_keeps_the_runs_settings_and_an_option_given_overrides_where_allowed(tmp_path, tiny_search_args,
+                                                                                           capsys):
+    run = tmp_path / "run"
+    args = tiny_search_args + ["--strategy", "random", "--trials", "3", "--finetune-top", "0", "--out", str(run)]
+    assert main(args) == 0
+    recorded = (run / "config.yaml").read_text()
+    assert main(["search", "--out", str(run), "--resume", "--quiet"]) == 0
+    assert len(pd.read_csv(run / "trials.csv")) == 3  # not the default 40
+    assert (run / "config.yaml").read_text() == recorded
+    assert not list((run / "subnets").iterdir())  # --finetune-top stays 0
+    capsys.readouterr()
+    assert main(["search", "--out", str(run), "--resume", "--quiet", "--trials", "4"]) == 0
+    assert "--resume: --trials 3 -> 4" in capsys.readouterr().err
+    assert len(pd.read_csv(run / "trials.csv")) == 4
+    # a setting that fixes what the run searches may not change, even to its default
+    assert main(["search", "--out", str(run), "--resume", "--quiet", "--strategy", "tpe"]) == 2
+    assert "--strategy 'tpe' differs from the run's 'random'" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -15,9 +15,10 @@ import torch_pruning as tp
 from torch import nn
 
 from autoprune.cli import main
+from autoprune.config import SearchConfig
 from autoprune.data import load_data
+from autoprune.finetuning import finetune_candidate
 from autoprune.models import create_model
-from autoprune.pipeline import SearchConfig, finetune_candidate, load_workbench, make_evaluator
 from autoprune.retrain import (
     retrain,
     retrain_epochs,
@@ -26,6 +27,7 @@ from autoprune.retrain import (
     starting_subnet,
 )
 from autoprune.train import TrainResult, distillation_loss, train
+from autoprune.workbench import load_workbench, make_evaluator
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -15,13 +15,14 @@ import yaml
 from run_checks import best_by_proxy, non_dominated, subnet_specs
 
 import autoprune
-from autoprune import pipeline
+from autoprune import finetuning
 from autoprune.cli import main
+from autoprune.config import SHIPPED_WEIGHTS, SearchConfig
 from autoprune.data import load_data
 from autoprune.export import export_subnet
 from autoprune.measure import accuracy
 from autoprune.models import create_model, load_weights
-from autoprune.pipeline import SHIPPED_WEIGHTS
+from autoprune.workbench import load_workbench, make_evaluator
 
 SHIPPED = SHIPPED_WEIGHTS[("resnet20", "fashion-mnist")]
 
@@ -215,10 +216,10 @@ def test_every_constraint_of_a_budget_holds(tmp_path, search_args, budget, limit
 
 
 def test_fine_tuning_starts_from_recalibrated_batchnorm(fmnist_npz, monkeypatch):
-    config = pipeline.SearchConfig(data=fmnist_npz, weights=str(SHIPPED), holdout=200, batch_size=64,
+    config = SearchConfig(data=fmnist_npz, weights=str(SHIPPED), holdout=200, batch_size=64,
                                    calib_batches=2, score_images=200)
-    data, _, space = pipeline.load_workbench(config)
-    evaluator = pipeline.make_evaluator(config, data)
+    data, _, space = load_workbench(config)
+    evaluator = make_evaluator(config, data)
     ratios = space.uniform_ratios(0.5)
     pruned, _ = space.prune(ratios)
     recalibrated, _ = space.prune(ratios)
@@ -232,9 +233,9 @@ def test_fine_tuning_starts_from_recalibrated_batchnorm(fmnist_npz, monkeypatch)
         handed.update({name: value.clone() for name, value in model.state_dict().items()})
         raise Started
 
-    monkeypatch.setattr(pipeline, "train", train)
+    monkeypatch.setattr(finetuning, "train", train)
     with pytest.raises(Started):
-        pipeline.finetune(space.prune(ratios)[0], config, data, evaluator, seed=0)
+        finetuning.finetune(space.prune(ratios)[0], config, data, evaluator, seed=0)
     stats = [name for name in handed if name.endswith(("running_mean", "running_var"))]
     assert stats and all(torch.equal(handed[n], recalibrated.state_dict()[n]) for n in stats)
     assert not all(torch.equal(handed[n], pruned.state_dict()[n]) for n in stats)

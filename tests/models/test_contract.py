@@ -352,7 +352,7 @@ def test_a_search_failing_before_its_first_trial_can_be_run_again(tmp_path, monk
     def broken(*args, **kwargs):
         raise RuntimeError("broken before the first trial")
 
-    monkeypatch.setattr(pipeline, "_search_phase", broken)
+    monkeypatch.setattr(pipeline, "run_search", broken)
     out = tmp_path / "run"
     options = {"model": f"{USER_MODELS / 'dict_output.py'}:build", "data": f"npz:{data}", "weights": str(weights),
                "holdout": 20, "score_images": 20, "calib_batches": 1, "batch_size": 20, "trials": 2, "out": str(out),

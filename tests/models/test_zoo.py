@@ -176,7 +176,7 @@ def test_load_weights_of_something_else(tmp_path):
 
 @pytest.mark.parametrize("name", ["resnet20", "resnet56"])
 def test_shipped_baselines_fit_their_model(name):
-    from autoprune.pipeline import SHIPPED_WEIGHTS
+    from autoprune.config import SHIPPED_WEIGHTS
 
     path = SHIPPED_WEIGHTS[(name, "fashion-mnist")]
     model = create_model(name, in_channels=1, num_classes=10)

@@ -129,10 +129,10 @@ def test_global_scope_is_one_unit_and_skips_apply():
 
 
 def test_a_ray_worker_rebuilds_the_same_weight_space():
-    from autoprune.runners.ray_tune import Workbench
+    from autoprune.runners.ray_tune import WorkerBench
 
     driver = WeightSpace(_model(), _example(), scope="global")
-    bench = Workbench(driver.model, driver.example_input, driver.config, driver.orders, evaluator=None, threads=1,
+    bench = WorkerBench(driver.model, driver.example_input, driver.config, driver.orders, evaluator=None, threads=1,
                       key="w", mask_scope="global")
     worker, _ = bench.build()
     assert isinstance(worker, WeightSpace) and worker.scope == "global"

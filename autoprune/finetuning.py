@@ -1,0 +1,134 @@
+"""The fine-tune step: the best candidates within the budget are trained (fine-tuned, rewound or from
+scratch, as ``RetrainSettings`` say), measured on the test split and saved with their specs."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import optuna
+from torch import nn
+
+from autoprune.config import PYTHON_OBJECT, SearchConfig
+from autoprune.data import DataBundle
+from autoprune.measure import AdaptiveBNEvaluator, accuracy
+from autoprune.measure.latency import measure_latency
+from autoprune.progress import progress_bar
+from autoprune.pruning.space import PruningSpace
+from autoprune.pruning.weights import weight_masks
+from autoprune.results import SubnetRecord, save_subnet
+from autoprune.retrain import retrain, retrain_record
+from autoprune.runs import record_from_spec
+from autoprune.search import Strategy
+from autoprune.selection import choose_for_finetune, trial_ratios
+from autoprune.train import TrainResult, train
+from autoprune.workbench import Workbench
+
+
+@dataclass(frozen=True)
+class FinetuneJob:
+    """One subnet to train: the candidate's ``ratios`` (group name -> fraction of channels removed), the
+    training ``seed`` and the progress bar's ``description``."""
+
+    ratios: dict[str, float]
+    seed: int
+    description: str = "fine-tune"
+
+
+@dataclass
+class Finetuned:
+    """A trained subnet (on the CPU), its kept channel indices per group, seconds of training, and its test and
+    held-out accuracy (fractions)."""
+
+    subnet: nn.Module
+    kept: dict
+    seconds: float
+    test_acc: float
+    holdout_acc: float
+    epochs: float  # epochs trained, every step of an iterative schedule together
+
+
+def finetune_phase(bench: Workbench, study: optuna.Study, strategy: Strategy, runner, *,
+                   quiet: bool) -> list[SubnetRecord]:
+    """Fine-tune the ``finetune_top`` best feasible candidates of ``study`` through ``runner`` and save each
+    (subnets/t<NNNN>/); a subnet already saved by an earlier invocation of a resumed run is read back, not
+    trained again. Returns the records in rank order."""
+    config, space = bench.config, bench.space
+    metric = bench.budget.primary.metric
+    chosen = choose_for_finetune(study, config.finetune_top,
+                                 lambda t: getattr(space.cost(trial_ratios(t, space)), metric),
+                                 spread=strategy.spread_finetune)
+    records: dict[int, SubnetRecord] = {}
+    todo = []
+    for rank, t in enumerate(chosen, 1):
+        directory = bench.run.subnet_dir(f"t{t.number:04d}")
+        if (directory / "spec.json").exists():  # fine-tuned before a resume
+            records[rank] = record_from_spec(directory)
+        else:
+            todo.append((rank, t))
+    jobs = [FinetuneJob(trial_ratios(t, space), config.seed + rank,
+                        f"fine-tune t{t.number:04d} ({rank}/{len(chosen)})") for rank, t in todo]
+    bar_here = not (quiet or runner.shows_finetune_progress)  # a runner whose workers draw no bars of their own
+    with progress_bar("fine-tune on Ray", len(jobs), quiet=not bar_here or not jobs) as bar:
+        for (rank, t), job, done in zip(todo, jobs, runner.finetune(jobs) if jobs else ()):
+            records[rank] = save_finetuned(bench, t, job.ratios, done)
+            bar.advance()
+    return [records[rank] for rank in sorted(records)]
+
+
+def finetune(subnet: nn.Module, config: SearchConfig, data: DataBundle, evaluator: AdaptiveBNEvaluator, *,
+             seed: int, epochs: float | None = None, teacher: nn.Module | None = None, description: str = "fine-tune",
+             quiet: bool = False) -> TrainResult:
+    """Recalibrate BN, then fine-tune ``subnet`` in place with the run's settings (distilling from
+    ``teacher`` where given, at the run's temperature and weight; keeping a weight-pruned subnet's zeros)."""
+    masks = weight_masks(subnet) if config.granularity == "weight" else None
+    evaluator.recalibrate(subnet.to(config.device))
+    return train(subnet, data, epochs=config.finetune_epochs if epochs is None else epochs, lr=config.finetune_lr,
+                 batch_size=config.batch_size, device=config.device, seed=seed, description=description, quiet=quiet,
+                 teacher=teacher, temperature=config.distill_temperature, distill_weight=config.distill_weight,
+                 masks=masks, amp=config.amp)
+
+
+def finetune_candidate(space: PruningSpace, evaluator: AdaptiveBNEvaluator, config: SearchConfig, data: DataBundle,
+                       ratios: dict[str, float], *, seed: int, description: str = "fine-tune",
+                       quiet: bool = True) -> Finetuned:
+    """Prune to ``ratios``, train the subnet as ``config`` asks (fine-tune, lottery rewind, from scratch,
+    iteratively; distilled from the unpruned model or not), and measure test and held-out accuracy."""
+    teacher = copy.deepcopy(space.model) if config.distill else None  # a copy: training moves it to the device
+
+    def fit(subnet: nn.Module, epochs: float) -> TrainResult:
+        return finetune(subnet, config, data, evaluator, seed=seed, epochs=epochs, teacher=teacher,
+                        description=description, quiet=quiet)
+
+    done = retrain(space, ratios, config, fit, seed=seed)
+    test_acc = accuracy(done.subnet, data.test, device=config.device)
+    holdout_acc = accuracy(done.subnet, data.holdout, device=config.device)
+    return Finetuned(done.subnet.cpu(), done.kept, done.seconds, test_acc, holdout_acc, done.epochs)
+
+
+def save_finetuned(bench: Workbench, t: optuna.trial.FrozenTrial, ratios: dict[str, float],
+                   done: Finetuned) -> SubnetRecord:
+    """Measure a fine-tuned subnet's latency here, on the run's device, and save it with its spec."""
+    config, space, data = bench.config, bench.space, bench.data
+    subnet_id = f"t{t.number:04d}"
+    cost = space.cost(ratios)
+    latency = measure_latency(done.subnet, data.input_shape, device=config.device, batch=config.latency_batch)
+    spec = {
+        "id": subnet_id, "trial": t.number, "model": None if config.model == PYTHON_OBJECT else config.model,
+        "data": config.data, "in_channels": data.in_channels, "num_classes": data.num_classes,
+        "input_shape": list(data.input_shape), "granularity": config.granularity, "seed": config.seed,
+        "criterion": "magnitude" if config.granularity == "weight" else config.criterion,
+        "mask_scope": config.mask_scope if config.granularity == "weight" else None,
+        "base_weights": config.weights, "ratios": ratios,
+        "channels": {g.name: g.channels for g in space.groups}, "kept": done.kept,
+        "macs": cost.macs, "params": cost.params, "proxy_acc": t.user_attrs["proxy_acc"],
+        "test_acc": done.test_acc, "holdout_acc": done.holdout_acc, "finetune_epochs": config.finetune_epochs,
+        "finetune_seconds": round(done.seconds, 2), "retrain": retrain_record(config, done.epochs),
+        "latency_ms": latency,
+        "predicted_latency_ms": cost.latency_ms, "latency_batch": config.latency_batch,
+        "device": config.device,
+    }
+    directory = bench.run.subnet_dir(subnet_id)
+    masks = weight_masks(done.subnet) if config.granularity == "weight" else None
+    save_subnet(directory, done.subnet.cpu(), spec, masks=masks)
+    return record_from_spec(directory)

@@ -1,0 +1,60 @@
+"""The search step: the run's Optuna study, filled by a runner until it holds the asked trials."""
+
+from __future__ import annotations
+
+import logging
+
+import optuna
+import pandas as pd
+
+from autoprune.progress import progress_bar
+from autoprune.results import STUDY_NAME, trials_frame
+from autoprune.runners.trial import close_left_behind, finished_count, none_scored
+from autoprune.search import Strategy
+from autoprune.workbench import Workbench
+
+
+def open_study(bench: Workbench, strategy: Strategy) -> optuna.Study:
+    """The run's study in its ``study.db`` (created, or reopened on resume with the trials a killed run left
+    running closed as failed), with what optuna-dashboard shows of the run as study attributes."""
+    config, space = bench.config, bench.space
+    optuna.logging.set_verbosity(logging.WARNING)
+    study = optuna.create_study(storage=bench.run.storage_url, study_name=STUDY_NAME,
+                                directions=list(strategy.directions), sampler=strategy.sampler(),
+                                load_if_exists=True)
+    close_left_behind(study)
+    for key, value in {"model": config.model, "data": config.data, "budget": config.budget,
+                       "strategy": config.strategy, "criterion": config.criterion, "base_macs": space.base_cost.macs,
+                       "base_params": space.base_cost.params, "base_latency_ms": bench.baseline["latency_ms"],
+                       "latency_batch": config.latency_batch, "device": config.device}.items():
+        study.set_user_attr(key, value)
+    return study
+
+
+def run_search(bench: Workbench, strategy: Strategy, runner, *,
+               quiet: bool) -> tuple[optuna.Study, pd.DataFrame]:
+    """Ask ``strategy`` for candidates through ``runner`` until ``config.trials`` trials are finished, with a
+    progress bar of the best proxy so far; returns the study and its trials (as trials.csv, which it writes).
+    Raises ``UserError`` when every candidate within the budget failed."""
+    study = open_study(bench, strategy)
+    names = bench.space.group_names
+    bench.run.write_table("trials.csv", trials_frame(study, names))
+    done = finished_count(study)
+    best = max((t.user_attrs.get("proxy_acc") or 0.0 for t in study.trials), default=0.0)
+    with progress_bar("search", bench.config.trials, quiet=quiet) as bar:
+        bar.advance(done)
+
+        def finished(frozen: optuna.trial.FrozenTrial) -> None:
+            nonlocal best
+            best = max(best, frozen.user_attrs.get("proxy_acc") or 0.0)
+            bar.advance()
+            bar.note(f"best proxy {best:.2%}")
+
+        if bench.config.trials > done:
+            runner.run_trials(study, strategy, bench.config.trials - done, finished)
+    fatal = none_scored(study)  # every candidate within the budget failed: an error, not "none met the budget"
+    if fatal is not None:
+        raise fatal
+    trials = trials_frame(study, names)
+    bench.run.write_table("trials.csv", trials)
+    return study, trials
