@@ -27,8 +27,8 @@ from autoprune.config import SearchConfig
 from autoprune.errors import UserError
 from autoprune.measure.count import count_cost
 from autoprune.pruning.space import PruningSpace
-from autoprune.search import SearchContext, list_strategies
-from autoprune.search.base import scale_to_budget
+from autoprune.search import list_strategies
+from autoprune.search.allocation import bisect_budget, uniform_at_budget
 from autoprune.workbench import load_workbench, make_evaluator
 
 METHODS = ("searched", "uniform", "global", "unpruned")
@@ -54,8 +54,7 @@ def run(config: SearchConfig, bench: BenchDir, *, budgets: list[str], strategy: 
     for text, budget in parsed.items():
         best = best_searched(config, bench, space, text, quiet=quiet, strategy=strategy, trials=trials)
         arms.append((text, "searched", None if best is None else space.prune(best[0])[0]))
-        uniform = scale_to_budget(SearchContext(space, budget, config.seed, config.tolerance),
-                                  dict.fromkeys(space.group_names, 1.0))
+        uniform = uniform_at_budget(space, budget)
         arms.append((text, "uniform", None if uniform is None else space.prune(uniform)[0]))
         arms.append((text, "global", _global_magnitude(space, budget)))
     skipped = [f"{text} {method}" for text, method, model in arms if model is None]
@@ -112,18 +111,8 @@ def _global_magnitude(space: PruningSpace, budget: Budget) -> nn.Module | None:
     def fits(model: nn.Module) -> bool:
         return budget.feasible(count_cost(model, space.example_input), base)
 
-    low, high = 0.0, cap
-    best = pruned(high)
-    if not fits(best):
-        return None
-    for _ in range(14):
-        mid = (low + high) / 2
-        model = pruned(mid)
-        if fits(model):
-            high, best = mid, model
-        else:
-            low = mid
-    return best
+    found = bisect_budget(pruned, fits, 0.0, cap, iterations=14)
+    return None if found is None else found[1]
 
 
 def _table(runs: pd.DataFrame) -> pd.DataFrame:

@@ -22,8 +22,7 @@ from autoprune.config import SearchConfig
 from autoprune.errors import UserError
 from autoprune.pruning.criteria import list_criteria
 from autoprune.pruning.space import PruningSpace
-from autoprune.search import SearchContext
-from autoprune.search.base import scale_to_budget
+from autoprune.search.allocation import uniform_at_budget
 from autoprune.workbench import load_workbench, make_evaluator, ranking_batches
 
 
@@ -43,8 +42,7 @@ def run(config: SearchConfig, bench: BenchDir, *, budget: str, criteria: list[st
     data, model, space = load_workbench(config)
     evaluator = make_evaluator(config, data)
     seeds = [config.seed + 1 + j for j in range(finetune_seeds)]
-    ratio_sets = {"uniform": scale_to_budget(SearchContext(space, parse_budget(budget), config.seed, config.tolerance),
-                                             dict.fromkeys(space.group_names, 1.0))}
+    ratio_sets = {"uniform": uniform_at_budget(space, parse_budget(budget))}
     best = best_searched(config, bench, space, budget, quiet=quiet, strategy="random", trials=trials)
     ratio_sets["searched"] = None if best is None else best[0]
     ratio_sets = {kind: ratios for kind, ratios in ratio_sets.items() if ratios is not None}

@@ -32,8 +32,7 @@ from autoprune.export import (
     write_export,
 )
 from autoprune.pruning.space import PruningSpace
-from autoprune.search import SearchContext
-from autoprune.search.base import scale_to_budget
+from autoprune.search.allocation import uniform_at_budget
 from autoprune.workbench import load_workbench, make_evaluator
 
 # runtime -> (the export it runs, None for the model itself; whether it runs in channels_last)
@@ -61,8 +60,7 @@ def run(config: SearchConfig, bench: BenchDir, *, budgets: list[str], latency_ba
     arms = {"unpruned": ("", 1, space.model, base)}
     for text in budgets:
         for step, s in ((space.config.round_to, space), (round_to, rounded)):
-            ratios = scale_to_budget(SearchContext(s, parse_budget(text), config.seed, config.tolerance),
-                                     dict.fromkeys(s.group_names, 1.0))
+            ratios = uniform_at_budget(s, parse_budget(text))
             if ratios is None:
                 bench.log(f"{text}, round_to {step}: no uniform ratio fits; skipped")
                 continue

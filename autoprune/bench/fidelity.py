@@ -21,8 +21,7 @@ from autoprune.config import SearchConfig
 from autoprune.errors import UserError
 from autoprune.finetuning import finetune
 from autoprune.measure import accuracy
-from autoprune.search import SearchContext
-from autoprune.search._random import draw_in_budget
+from autoprune.search.allocation import draw_in_budget
 from autoprune.workbench import load_workbench, make_evaluator
 
 
@@ -36,12 +35,11 @@ def run(config: SearchConfig, bench: BenchDir, *, budget: str, candidates: int, 
         finetune_seeds: int, calib_sweep: list[int], quiet: bool = False) -> pd.DataFrame:
     config = replace(config, finetune_epochs=finetune_epochs)
     data, _, space = load_workbench(config)
-    context = SearchContext(space, parse_budget(budget), config.seed, config.tolerance)
     sweep = sorted(set(calib_sweep) | {config.calib_batches})
     scorer = make_evaluator(config, data, calib_batches=max(sweep), adaptive=True)
     recalibrator = make_evaluator(config, data, adaptive=True)  # what fine-tuning starts from, as in a search
     rng = np.random.default_rng([config.seed, 2020])
-    drawn = [draw_in_budget(context, rng)[0] for _ in range(candidates)]
+    drawn = [draw_in_budget(space, parse_budget(budget), config.tolerance, rng)[0] for _ in range(candidates)]
     seeds = [config.seed + 1 + j for j in range(finetune_seeds)]
     tic, measured, rows = time.perf_counter(), 0, []
     for i, ratios in enumerate(drawn):

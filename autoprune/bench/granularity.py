@@ -16,8 +16,7 @@ from autoprune.budget import parse_budget
 from autoprune.config import SearchConfig
 from autoprune.errors import UserError
 from autoprune.pruning.weights import GLOBAL, WeightSpace
-from autoprune.search import SearchContext
-from autoprune.search.base import scale_to_budget
+from autoprune.search.allocation import uniform_at_budget
 from autoprune.workbench import load_workbench, make_evaluator
 
 
@@ -39,8 +38,7 @@ def run(config: SearchConfig, bench: BenchDir, *, budgets: list[str], latency_ba
     base = filters.base_cost
     arms = {"unpruned": ("", "unpruned", filters.model, base, base.macs)}
     for text in budgets:
-        ratios = scale_to_budget(SearchContext(filters, parse_budget(text), config.seed, config.tolerance),
-                                 dict.fromkeys(filters.group_names, 1.0))
+        ratios = uniform_at_budget(filters, parse_budget(text))
         if ratios is None:
             bench.log(f"{text}: no uniform ratio fits; skipped")
             continue

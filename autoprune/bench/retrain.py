@@ -24,8 +24,7 @@ from autoprune.errors import UserError
 from autoprune.finetuning import finetune_candidate
 from autoprune.measure import accuracy
 from autoprune.retrain import rewind_weights_path
-from autoprune.search import SearchContext
-from autoprune.search.base import scale_to_budget
+from autoprune.search.allocation import uniform_at_budget
 from autoprune.workbench import load_workbench, make_evaluator
 
 
@@ -42,8 +41,7 @@ def run(config: SearchConfig, bench: BenchDir, *, budget: str, base_epochs: floa
                                                                               rewind_epoch, quiet))
     data, model, space = load_workbench(config)
     evaluator = make_evaluator(config, data)
-    ratios = scale_to_budget(SearchContext(space, parse_budget(budget), config.seed, config.tolerance),
-                             dict.fromkeys(space.group_names, 1.0))
+    ratios = uniform_at_budget(space, parse_budget(budget))
     if ratios is None:
         raise UserError(f"no uniform ratio meets {budget}")
     base = bench.done("unpruned") or bench.record("unpruned", {"test_acc": accuracy(model, data.test,

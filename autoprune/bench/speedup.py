@@ -18,8 +18,7 @@ from autoprune.bench.common import BenchDir, best_searched, figure, measure_late
 from autoprune.budget import parse_budget
 from autoprune.config import SearchConfig
 from autoprune.errors import UserError
-from autoprune.search import SearchContext
-from autoprune.search.base import scale_to_budget
+from autoprune.search.allocation import uniform_at_budget
 from autoprune.workbench import load_workbench
 
 
@@ -42,8 +41,7 @@ def run(config: SearchConfig, bench: BenchDir, *, budgets: list[str], latency_bu
     predicted: dict[str, float] = {}
     searched_base = None  # the unpruned latency the latency search measured, its budget's reference
     for text in budgets:
-        uniform = scale_to_budget(SearchContext(space, parse_budget(text), config.seed, config.tolerance),
-                                  dict.fromkeys(space.group_names, 1.0))
+        uniform = uniform_at_budget(space, parse_budget(text))
         if uniform is not None:
             models[f"{text} uniform"] = (text, "uniform", uniform)
         best = best_searched(config, bench, space, text, quiet=quiet, strategy="random", trials=trials)
