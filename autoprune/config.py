@@ -168,7 +168,9 @@ def resumed(saved: dict[str, Any], given: dict[str, Any]) -> tuple[SearchConfig,
     asked = resolve_paths(SearchConfig(**given))  # compared as they would be saved
     values, changes = {}, []
     for d in all_settings():
-        if d.name not in saved:
+        if d.name not in saved:  # a setting the run predates: its default, or what is given now
+            if d.name in given:
+                values[d.name] = getattr(asked, d.name)
             continue
         values[d.name] = saved[d.name]
         if d.name not in given or d.name == "out":

@@ -137,10 +137,12 @@ def test_a_resume_compares_paths_as_saved(tmp_path, monkeypatch):
         resumed(saved, {"out": "/runs/a", "weights": "other.pt"})
 
 
-def test_a_run_saved_before_a_setting_existed_resumes_with_its_default():
-    saved = {k: v for k, v in SAVED.items() if k != "mask_scope"}
+def test_a_run_saved_before_a_setting_existed_resumes_with_its_default_or_the_value_given():
+    saved = {k: v for k, v in SAVED.items() if k not in ("mask_scope", "export")}
     config, _ = resumed(saved, {"out": "/runs/a"})
-    assert config.mask_scope == SearchConfig.mask_scope and config.trials == 100
+    assert config.mask_scope == SearchConfig.mask_scope and config.trials == 100 and config.export is None
+    config, _ = resumed(saved, {"out": "/runs/a", "export": "onnx"})
+    assert config.export == "onnx"
 
 
 def test_resolve_paths_makes_file_specs_absolute(tmp_path, monkeypatch):
