@@ -33,6 +33,9 @@ class Constraint:
     text: str
 
     def limit(self, base: Cost) -> float:
+        """The ceiling in the metric's unit (MACs, parameters or ms) for the unpruned model's cost ``base``:
+        ``fraction`` times its value, or the absolute value. A ``50%latency`` needs ``base.latency_ms``
+        (``TypeError`` where it is None)."""
         if self.fraction is not None:
             return self.fraction * getattr(base, self.metric)
         return float(self.absolute)  # type: ignore[arg-type]
@@ -44,17 +47,25 @@ class Constraint:
 
 @dataclass(frozen=True)
 class Budget:
+    """A parsed budget (``parse_budget``): its ``constraints``, one per metric in the order given, all of which a
+    candidate must meet, and its ``text``, the parts joined by commas."""
+
     constraints: tuple[Constraint, ...]
     text: str
 
     @property
     def primary(self) -> Constraint:
+        """The first constraint given: the one the budget allocations (``autoprune.search.allocation``) fill and
+        NSGA-II minimises."""
         return self.constraints[0]
 
     def violations(self, cost: Cost, base: Cost) -> dict[str, float]:
+        """``Constraint.violation`` of ``cost`` against ``base`` (the unpruned model's cost), keyed by each
+        constraint's text: <= 0 means within it."""
         return {c.text: c.violation(cost, base) for c in self.constraints}
 
     def feasible(self, cost: Cost, base: Cost) -> bool:
+        """Whether ``cost`` meets every constraint (``base``: the unpruned model's cost), to within 1e-12."""
         return all(v <= 1e-12 for v in self.violations(cost, base).values())
 
     def loose(self, base: Cost) -> list[Constraint]:
@@ -63,9 +74,12 @@ class Budget:
 
     @property
     def needs_latency(self) -> bool:
+        """Whether a constraint is on latency, so that the search needs a latency table."""
         return any(c.metric == "latency_ms" for c in self.constraints)
 
     def describe(self, base: Cost) -> str:
+        """Each constraint with its limit for ``base``, e.g. ``50%flops (<= 20.407M MACs, 50.0% of baseline)``;
+        latency limits in ms."""
         parts = []
         for c in self.constraints:
             limit = c.limit(base)

@@ -172,6 +172,10 @@ def _add_bench(sub, fmt) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run ``autoprune`` with ``argv`` (``sys.argv[1:]`` where None) and return the exit code: 0 on success, 1
+    where ``export`` or ``report --screenshot`` finds a problem, 2 for a ``UserError`` (printed on stderr as
+    ``autoprune: error: ...``), 130 when interrupted. A bad option exits the parser with ``SystemExit(2)``,
+    ``--help`` with ``SystemExit(0)``."""
     args = _parser().parse_args(argv)
     command = "autoprune " + shlex.join(sys.argv[1:] if argv is None else argv)  # as typed, for the records
     try:

@@ -8,6 +8,8 @@ from autoprune.errors import UserError
 
 
 def resolve_device(name: str) -> str:
+    """``name`` (``--device``) checked and returned as given: ``cpu``, ``cuda`` or ``cuda:N`` where that GPU
+    exists, or ``mps`` where it is available. Raises ``UserError`` for any other name or a missing GPU."""
     if name == "cpu":
         return "cpu"
     if name.startswith("cuda"):

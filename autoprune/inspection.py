@@ -17,6 +17,11 @@ from autoprune.report import describe_cost_check, space_tables
 
 @dataclass
 class Inspection:
+    """What ``autoprune inspect`` reports (``inspect_model``): the model and data names, the weights file (None
+    where the model was inspected untrained), the memory ``layout`` it runs in, the set-up's ``notes``, the
+    searched ``groups`` (``Space.describe``), the layers never pruned with the reason, and ``cost_check``
+    (the analytic MACs and params against the traced ones)."""
+
     model: str
     data: str
     weights: str | None
@@ -27,12 +32,14 @@ class Inspection:
     cost_check: dict
 
     def to_dict(self) -> dict:
+        """Its fields as a dict, as ``autoprune inspect --json`` prints them."""
         return dict(self.__dict__)
 
 
 def inspect_model(config) -> Inspection:
     """Load ``config``'s model and data (``SearchConfig``; weights optional: structure and costs do not depend
-    on them) and build its pruning space."""
+    on them) and build its pruning space. Raises ``UserError`` for a model, data or space that cannot be
+    loaded."""
     from autoprune.config import shipped_weights
     from autoprune.workbench import load_workbench
 
@@ -47,6 +54,9 @@ def inspect_model(config) -> Inspection:
 
 
 def print_inspection(result: Inspection, as_json: bool = False) -> None:
+    """Print ``result`` to stdout: the model, layout and notes, the unpruned network's MACs (FLOPs = 2 x MACs) and
+    params traced and analytic, the cost check, and tables of the groups and of the layers never pruned;
+    with ``as_json``, the JSON of ``to_dict`` instead."""
     from rich.console import Console
     from rich.table import Table
 

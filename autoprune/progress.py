@@ -46,13 +46,17 @@ def progress_bar(description: str, total: int, *, quiet: bool = False) -> Iterat
 
 
 class Bar:
+    """What ``progress_bar`` yields: ``advance`` and ``note`` update its rich bar, and do nothing when quiet."""
+
     def __init__(self, progress: Progress | None, task) -> None:
         self._progress, self._task = progress, task
 
     def advance(self, n: int = 1) -> None:
+        """Count ``n`` more steps done."""
         if self._progress is not None:
             self._progress.advance(self._task, n)
 
     def note(self, text: str) -> None:
+        """Show ``text`` after the bar (e.g. the running loss), in place of the previous note."""
         if self._progress is not None:
             self._progress.update(self._task, note=text)

@@ -67,6 +67,10 @@ Fit = Callable[[nn.Module, float], TrainResult]  # recalibrate BN, then train th
 
 @dataclass
 class Retrained:
+    """A subnet trained by ``retrain``: the ``subnet`` itself (trained in place), what it ``kept`` of each group as
+    the space records it (``Space.kept``: in a channel space, the channel indices of the unpruned model), the
+    ``epochs`` trained (every step of a schedule together) and the ``seconds`` its ``fit`` calls took."""
+
     subnet: nn.Module
     kept: dict[str, list[int]]  # channel indices of the unpruned model, per group
     epochs: float  # epochs trained, every step of a schedule together
@@ -74,7 +78,8 @@ class Retrained:
 
 
 def check_retrain(config: SearchConfig) -> None:
-    """The retraining options' checks that need no model: a bad one stops the run before any work."""
+    """The retraining options' checks that need no model: a bad one stops the run before any work, as a
+    ``UserError`` (also where ``--rewind lottery`` lacks its saved initialisation file)."""
     if config.finetune_top < 0 or config.finetune_epochs < 0:
         raise UserError("--finetune-top and --finetune-epochs must not be negative")
     if config.rewind not in REWINDS:
@@ -102,7 +107,8 @@ def check_retrain(config: SearchConfig) -> None:
 
 
 def check_retrain_model(config: SearchConfig, model: nn.Module) -> None:
-    """The checks that need the model: the rewind weights fit it, and a from-scratch run can re-initialise it."""
+    """The checks that need the model: the rewind weights fit it, and a from-scratch run can re-initialise it.
+    Raises ``UserError`` otherwise."""
     if config.rewind == "lottery":
         load_rewind_state(model, config.weights, config.rewind_epoch)
     if config.rewind in ("scratch-e", "scratch-b"):

@@ -32,6 +32,12 @@ def absolute_spec(spec: str) -> str:
 
 
 def load_callable(spec: str, what: str) -> Callable[..., Any]:
+    """The callable a ``package.module:name`` or ``path/to/file.py:name`` spec names; ``what`` (``model``,
+    ``data``) begins each error message. A file is executed as a new module on every call.
+
+    Raises ``UserError`` where the file is missing or raises on import, the module cannot be imported
+    (``ImportError``), or it has no callable of that name.
+    """
     target, _, attr = spec.rpartition(":")
     if target.endswith(".py"):
         path = Path(target).expanduser()

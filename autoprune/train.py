@@ -30,6 +30,10 @@ from autoprune.progress import console, progress_bar
 
 @dataclass
 class TrainResult:
+    """What ``train`` did: the optimiser ``steps`` taken, the ``epochs`` they make (fractional), ``final_loss``,
+    the moving average of the training loss (decay 0.98; NaN where nothing was trained), and the wall-clock
+    ``seconds``."""
+
     steps: int
     epochs: float
     final_loss: float
@@ -70,6 +74,10 @@ def train(
     ``after_epoch(k)`` is called once epoch ``k`` (1, 2, ...) is complete, with the model still in
     train mode: a snapshot there is the state after k epochs. ``amp`` (CUDA only) runs the forward
     passes in float16 under autocast, with a gradient scaler so that small gradients do not vanish.
+
+    ``lr`` is the first step's learning rate, which follows a cosine down to 0 at the end. Returns a
+    ``TrainResult``; the model is left on ``device`` in eval mode, and ``epochs`` <= 0 trains nothing.
+    Raises ``UserError`` where ``amp`` is set on a device other than CUDA.
     """
     if epochs <= 0:
         return TrainResult(0, 0.0, float("nan"), 0.0)
@@ -141,6 +149,7 @@ def train(
 
 
 def check_amp(amp: bool, device: str) -> None:
+    """Raise ``UserError`` where ``amp`` (float16 mixed precision) is asked for on a device that is not CUDA."""
     if amp and torch.device(device).type != "cuda":
         raise UserError("--amp (float16 mixed precision) needs --device cuda")
 
@@ -174,6 +183,7 @@ def distillation_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, y: tor
                       weight: float) -> torch.Tensor:
     """Hinton et al. (2015): ``(1 - weight) * CE(logits, y) + weight * T^2 * KL(p_teacher || p_student)``.
 
+    ``logits`` and ``teacher_logits`` are ``(N, classes)``, ``y`` is ``(N,)`` class indices; returns a scalar.
     Both distributions are softened by the temperature T; the KL divergence is summed over classes
     and averaged over the batch. The T^2 keeps the soft term's gradients on the scale of the hard
     term's whatever T is, so ``weight`` means the same at every temperature.

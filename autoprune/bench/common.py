@@ -45,7 +45,12 @@ def machine() -> str:
 
 class BenchDir:
     """``results/bench/<study>/``: bench.json (settings, command, machine), journal.jsonl (every
-    finished unit of work, so an interrupted study resumes where it stopped), CSV, PNG, summary.md."""
+    finished unit of work, so an interrupted study resumes where it stopped), CSV, PNG, summary.md.
+
+    Raises ``UserError`` where ``path`` already holds a benchmark and ``resume`` is off, where ``resume``
+    finds no benchmark there or one of another study or other settings, or where ``path`` is a directory
+    that is not empty.
+    """
 
     def __init__(self, path: str | Path, study: str, settings: dict[str, Any], *, resume: bool, command: str) -> None:
         self.path = Path(path).expanduser()
@@ -86,6 +91,8 @@ class BenchDir:
         return self._done.get(key)
 
     def record(self, key: str, value: dict) -> dict:
+        """Append ``value`` (JSON-serialisable) under ``key`` to journal.jsonl, flushed to disk, so that a resumed
+        study finds it with ``done``; the seconds spent so far go to bench.json. Returns ``value``."""
         with open(self._journal, "a") as fh:
             fh.write(json.dumps({"key": key, "value": value}) + "\n")
             fh.flush()
@@ -103,14 +110,17 @@ class BenchDir:
         return self._meta["seconds"]
 
     def log(self, text: str) -> None:
+        """Print ``text`` on stderr with the time of day and the study's name."""
         console.print(f"[dim]{time.strftime('%H:%M:%S')}[/] {self.study}: {text}")
 
     def write_csv(self, name: str, frame: pd.DataFrame) -> Path:
+        """Write ``frame`` as ``name`` in the study's directory (no index, 6 significant digits); returns the path."""
         path = self.path / name
         frame.to_csv(path, index=False, float_format="%.6g")
         return path
 
     def save_figure(self, fig, name: str) -> Path:
+        """Save the matplotlib figure ``fig`` as ``name`` in the study's directory and close it; returns the path."""
         import matplotlib.pyplot as plt
 
         path = self.path / name
@@ -120,6 +130,8 @@ class BenchDir:
         return path
 
     def write_summary(self, title: str, body: str) -> Path:
+        """Write summary.md: ``title``, the command, the machine, when the study started and the minutes it took over
+        every invocation, then ``body`` (Markdown). Returns its path."""
         seconds, meta = self._save_seconds(), self._meta
         header = (f"# {title}\n\n"
                   f"Command: `{meta['command']}`\n\n"
@@ -131,6 +143,8 @@ class BenchDir:
 
 
 def figure(ncols: int = 1, width: float = 6.0, height: float = 4.5):
+    """``(fig, axes)`` of ``ncols`` plots side by side, each ``width`` x ``height`` inches at 110 dpi, on the
+    file-only Agg backend; ``axes`` is 2-D (``axes[0][i]``)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -143,7 +157,7 @@ def best_searched(config: SearchConfig, bench: BenchDir, space: PruningSpace, bu
                   **options: Any) -> tuple[dict[str, float], pd.Series, Path] | None:
     """Ratios and trials.csv row of the best-proxy candidate of a real search at ``budget``, and
     the search's run directory (``autoprune search`` with fine-tuning off, in
-    ``runs/search-<budget>``; resumed if cut short)."""
+    ``runs/search-<budget>``; resumed if cut short). None where the search scored no candidate."""
     run_dir = bench.path / "runs" / ("search-" + "".join(c if c.isalnum() else "_" for c in budget.replace("%", "pct")))
     settings = {k: v for k, v in asdict(config).items() if k not in ("model", "data", "budget", "out")}
     settings.update(finetune_top=0, **options)
@@ -163,7 +177,8 @@ def best_searched(config: SearchConfig, bench: BenchDir, space: PruningSpace, bu
 def finetuned_accuracy(bench: BenchDir, key: str, model: nn.Module, config: SearchConfig, data, evaluator, *,
                        seed: int) -> tuple[dict, bool]:
     """Test accuracy of a copy of ``model`` fine-tuned with the run's settings and ``seed``, recorded in
-    the journal under ``key`` (read back if it is there); and whether it was trained just now."""
+    the journal under ``key`` (read back if it is there); and whether it was trained just now. The record
+    holds ``test_acc`` (a fraction in [0, 1]) and ``finetune_seconds``."""
     result = bench.done(key)
     if result is not None:
         return result, False

@@ -27,6 +27,8 @@ from autoprune.workbench import load_workbench, make_evaluator, ranking_batches
 
 
 def check(*, budget: str, criteria: list[str], trials: int, finetune_seeds: int, **_) -> None:
+    """Check the study's own options before anything is written; raises ``UserError`` for a malformed
+    or latency budget, unknown or no criteria, or fewer than 1 trial or fine-tune seed."""
     if parse_budget(budget).needs_latency:
         raise UserError("--budget: give a flops or params budget (the ratio sets are fixed on the exact cost model)")
     unknown = sorted(set(criteria) - set(list_criteria()))
@@ -38,6 +40,14 @@ def check(*, budget: str, criteria: list[str], trials: int, finetune_seeds: int,
 
 def run(config: SearchConfig, bench: BenchDir, *, budget: str, criteria: list[str], trials: int,
         finetune_epochs: float, finetune_seeds: int, quiet: bool = False) -> pd.DataFrame:
+    """Prune with each of ``criteria`` to the uniform and the searched ratios (``trials`` random trials) at
+    ``budget``, score and fine-tune alike; returns the table of criteria.csv.
+
+    Per criterion and ratio set: MACs as % of the unpruned model, the seconds of the ranking, the
+    adaptive-BN proxy accuracy and the test accuracy's mean, min and max over ``finetune_seeds`` seeds
+    (fractions in [0, 1]). Raises ``UserError`` where neither ratio set meets the budget. Also writes
+    runs.csv, criteria.png and summary.md.
+    """
     config = replace(config, finetune_epochs=finetune_epochs)
     data, model, space = load_workbench(config)
     evaluator = make_evaluator(config, data)

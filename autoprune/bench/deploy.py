@@ -41,6 +41,9 @@ RUNTIMES = {"pytorch": (None, True), "torch-export": ("torch-export", True), "to
 
 
 def check(*, budgets: list[str], latency_batches: list[int], round_to: int, **_) -> None:
+    """Check the study's own options before anything is written; raises ``UserError`` for no latency
+    batch sizes or one below 1, no budgets or a malformed or latency budget, or ``round_to`` below 2; also
+    where ONNX export is not installed (``check_formats``)."""
     if not latency_batches or min(latency_batches) < 1:
         raise UserError("--latency-batches must name batch sizes of at least 1")
     if not budgets or any(parse_budget(text).needs_latency for text in budgets):
@@ -52,6 +55,15 @@ def check(*, budgets: list[str], latency_batches: list[int], round_to: int, **_)
 
 def run(config: SearchConfig, bench: BenchDir, *, budgets: list[str], latency_batches: list[int], round_to: int,
         quiet: bool = False, rounds: int = 3) -> pd.DataFrame:
+    """Export the uniform subnet at each budget, with widths as the space leaves them and rounded to
+    ``round_to``, and the unpruned model; time every runtime of ``RUNTIMES`` at each batch (the median of
+    ``rounds`` interleaved rounds). Returns the table of deploy.csv.
+
+    Per model: MACs and params as % of the unpruned model, the adaptive-BN proxy accuracy (a fraction), the
+    conv widths, the exports' largest absolute difference from PyTorch, and per runtime and batch the
+    latency in ms and the speedup over the unpruned model. Raises ``RuntimeError`` where an export differs
+    from PyTorch beyond its tolerance. Also writes the plots and summary.md.
+    """
     data, model, space = load_workbench(config)
     rounded = PruningSpace(model, data.example_input(), dataclasses.replace(space.config, round_to=round_to),
                            orders=space.orders)  # the same channel ranking, widths rounded

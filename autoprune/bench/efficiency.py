@@ -28,6 +28,8 @@ _PARTS = ("ask", "cost", "prune", "recalibrate", "evaluate", "bookkeeping")
 
 
 def check(*, budget: str, strategies: list[str], trials: int, seeds: int, **_) -> None:
+    """Check the study's own options before anything is written; raises ``UserError`` for a malformed
+    budget, unknown or no strategies, or fewer than 1 trial or seed."""
     parse_budget(budget)
     unknown = [s for s in strategies if s not in (*list_strategies(), BOUNDED)]
     if unknown or not strategies:
@@ -39,6 +41,15 @@ def check(*, budget: str, strategies: list[str], trials: int, seeds: int, **_) -
 
 def run(config: SearchConfig, bench: BenchDir, *, budget: str, strategies: list[str], trials: int, seeds: int,
         overhead_candidates: int, quiet: bool = False) -> pd.DataFrame:
+    """Search ``seeds`` times with each of ``strategies`` for ``trials`` trials at ``budget``; returns the table of
+    throughput.csv.
+
+    Per strategy, over every seed: trials, scored and infeasible trials, the searches' seconds, scored
+    candidates per minute, and the seconds per scored candidate with their split (ask, cost, prune,
+    recalibrate, evaluate, bookkeeping). Also writes trials.csv, curves.csv (the best proxy accuracy so far
+    per trial), efficiency.png and summary.md, with the scoring overhead timed on ``overhead_candidates``
+    candidates (none where 0).
+    """
     runs = bench.path / "runs"
     base = {k: v for k, v in asdict(config).items() if k not in ("model", "data", "budget", "out")}
     base.update(finetune_top=0, trials=trials)

@@ -26,6 +26,8 @@ from autoprune.workbench import load_workbench, make_evaluator
 
 
 def check(*, budget: str, candidates: int, finetune_seeds: int, calib_sweep: list[int], **_) -> None:
+    """Check the study's own options before anything is written; raises ``UserError`` for a malformed
+    budget, fewer than 3 candidates or 1 fine-tune seed, or calibration-batch counts missing or below 1."""
     parse_budget(budget)
     if candidates < 3 or finetune_seeds < 1 or not calib_sweep or min(calib_sweep) < 1:
         raise UserError("fidelity needs at least 3 candidates, 1 fine-tune seed and calibration batch counts of 1 or more")
@@ -33,6 +35,14 @@ def check(*, budget: str, candidates: int, finetune_seeds: int, calib_sweep: lis
 
 def run(config: SearchConfig, bench: BenchDir, *, budget: str, candidates: int, finetune_epochs: float,
         finetune_seeds: int, calib_sweep: list[int], quiet: bool = False) -> pd.DataFrame:
+    """Score ``candidates`` random candidates at ``budget`` without recalibration and by adaptive BN (EagleEye,
+    Li et al. 2020) at each count of ``calib_sweep`` calibration batches, fine-tune each with
+    ``finetune_seeds`` seeds; returns the table of correlations.csv.
+
+    Per score (the seed-to-seed ceiling, vanilla, adaptive BN at each count): its Spearman and Pearson
+    correlation with the mean fine-tuned test accuracy, each as a share of the ceiling, and the median
+    seconds of one score. Also writes candidates.csv, the plots and summary.md.
+    """
     config = replace(config, finetune_epochs=finetune_epochs)
     data, _, space = load_workbench(config)
     sweep = sorted(set(calib_sweep) | {config.calib_batches})

@@ -21,6 +21,8 @@ from autoprune.workbench import load_workbench, make_evaluator
 
 
 def check(*, budgets: list[str], latency_batches: list[int], **_) -> None:
+    """Check the study's own options before anything is written; raises ``UserError`` for no latency
+    batch sizes or one below 1, no budgets, or a latency budget among them."""
     if not latency_batches or min(latency_batches) < 1:
         raise UserError("--latency-batches must name batch sizes of at least 1")
     if not budgets:
@@ -32,6 +34,14 @@ def check(*, budgets: list[str], latency_batches: list[int], **_) -> None:
 
 def run(config: SearchConfig, bench: BenchDir, *, budgets: list[str], latency_batches: list[int],
         quiet: bool = False) -> pd.DataFrame:
+    """At each budget, the uniform filter-pruned subnet and a global-magnitude weight-pruned model with as many
+    parameters, scored by adaptive BN and timed beside the unpruned model; returns the table of
+    granularity.csv.
+
+    Per model: params, params and MACs as % of the unpruned model (and the MACs a dense kernel still runs),
+    the proxy accuracy (a fraction), and at each of ``latency_batches`` the latency in ms and the speedup.
+    A budget no uniform ratio meets is skipped. Also writes granularity.png and summary.md.
+    """
     data, model, filters = load_workbench(config)
     weights = WeightSpace(model, data.example_input(), scope="global")
     evaluator = make_evaluator(config, data)

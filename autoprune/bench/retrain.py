@@ -29,6 +29,9 @@ from autoprune.workbench import load_workbench, make_evaluator
 
 
 def check(*, budget: str, base_epochs: float, rewind_epoch: int, finetune_seeds: int, **_) -> None:
+    """Check the study's own options before anything is written; raises ``UserError`` for a malformed
+    or latency budget, ``base_epochs`` not positive, ``rewind_epoch`` outside 1..``base_epochs``, or fewer
+    than 1 fine-tune seed."""
     if parse_budget(budget).needs_latency:
         raise UserError("--budget: give a flops or params budget")
     if base_epochs <= 0 or not 1 <= rewind_epoch <= base_epochs or finetune_seeds < 1:
@@ -37,6 +40,16 @@ def check(*, budget: str, base_epochs: float, rewind_epoch: int, finetune_seeds:
 
 def run(config: SearchConfig, bench: BenchDir, *, budget: str, base_epochs: float, base_lr: float, rewind_epoch: int,
         finetune_epochs: float, finetune_seeds: int, quiet: bool = False) -> pd.DataFrame:
+    """Train the uniform subnet at ``budget`` by fine-tuning, lottery rewinding to the initialisation and to
+    epoch ``rewind_epoch`` (Frankle & Carbin 2019; Frankle et al. 2020), Scratch-E and Scratch-B (Liu et al.
+    2019), each with ``finetune_seeds`` seeds; returns the table of retrain.csv.
+
+    Per method: epochs trained, mean seconds, and the test accuracy's mean, min and max over the seeds
+    (fractions in [0, 1]). The baseline is ``--weights`` (its rewind points must lie next to it) or, where
+    none is given, one trained here for ``base_epochs`` at ``base_lr``. Raises ``UserError`` where no
+    uniform ratio meets the budget, ``--weights`` lacks its rewind points, or training the baseline fails.
+    Also writes runs.csv, the plot and summary.md.
+    """
     config = replace(config, finetune_epochs=finetune_epochs, weights=_ticket(config, bench, base_epochs, base_lr,
                                                                               rewind_epoch, quiet))
     data, model, space = load_workbench(config)

@@ -28,7 +28,9 @@ _OWN = {
 
 def run_bench(study: str, config: SearchConfig, *, out: str | None = None, resume: bool = False,
               quiet: bool = False, command: str | None = None, **options) -> Path:
-    """Run one study (the Python face of ``autoprune bench``); returns its output directory."""
+    """Run one study (the Python face of ``autoprune bench``); returns its output directory. Raises
+    ``UserError`` for an unknown study, invalid settings, a negative option or one the study's ``check``
+    refuses (all before anything is written), and where ``BenchDir`` does."""
     if study not in _OWN:
         raise UserError(f"unknown study '{study}' (choose from {', '.join(_OWN)})")
     config, _ = validate(config)
@@ -48,6 +50,9 @@ def run_bench(study: str, config: SearchConfig, *, out: str | None = None, resum
 
 
 def run_from_args(args: argparse.Namespace, command: str) -> int:
+    """``autoprune bench STUDY`` from the parsed ``args``: the shared search options make the ``SearchConfig``,
+    the study's own are passed as parsed, and ``command`` (the command line) is recorded. Returns 0; raises
+    ``UserError`` for bad options (``run_bench``)."""
     config = SearchConfig(**{k: getattr(args, k) for k in _SHARED})  # parsed with their defaults
     run_bench(args.study, config, out=args.out, resume=args.resume, quiet=args.quiet, command=command,
               **{k: getattr(args, k) for k in _OWN[args.study]})

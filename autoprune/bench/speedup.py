@@ -23,6 +23,9 @@ from autoprune.workbench import load_workbench
 
 
 def check(*, budgets: list[str], latency_budget: str, trials: int, latency_batches: list[int], **_) -> None:
+    """Check the study's own options before anything is written; raises ``UserError`` for fewer than 1
+    trial, no latency batch sizes or one below 1, a latency budget in ``budgets``, or a ``latency_budget``
+    without a latency constraint."""
     if trials < 1:
         raise UserError("--trials must be at least 1")
     if not latency_batches or min(latency_batches) < 1:
@@ -36,6 +39,14 @@ def check(*, budgets: list[str], latency_budget: str, trials: int, latency_batch
 
 def run(config: SearchConfig, bench: BenchDir, *, budgets: list[str], latency_budget: str, trials: int,
         latency_batches: list[int], quiet: bool = False) -> pd.DataFrame:
+    """Time the uniform subnet and the best of ``trials`` random trials at each budget, and the best under
+    ``latency_budget`` (predicted at the largest batch), beside the unpruned model; returns the table of
+    speedup.csv.
+
+    Per model: MACs of one sample, MACs as % of the unpruned model, params, the MAC reduction (unpruned /
+    subnet), and at each of ``latency_batches`` the latency in ms, the speedup and the speedup per MAC
+    reduction; the latency search's predicted ms too. Also writes speedup.png and summary.md.
+    """
     data, _, space = load_workbench(config)
     models = {"unpruned": (None, "unpruned", {})}
     predicted: dict[str, float] = {}

@@ -21,10 +21,13 @@ class Split:
         return int(self.y.shape[0])
 
     def subset(self, index: np.ndarray | torch.Tensor) -> Split:
+        """The samples at ``index`` (integer positions, shape ``(K,)``) as a new ``Split``."""
         index = torch.as_tensor(index, dtype=torch.long)
         return Split(self.x[index], self.y[index])
 
     def batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """``(x, y)`` in order, ``batch_size`` samples at a time (the last may be fewer): ``x`` ``(B, C, H, W)``
+        (``(B, C, D, H, W)`` for volumes), ``y`` ``(B,)``; views of the split, not copies."""
         for start in range(0, len(self), batch_size):
             yield self.x[start : start + batch_size], self.y[start : start + batch_size]
 
@@ -47,16 +50,21 @@ class DataBundle:
 
     @property
     def in_channels(self) -> int:
+        """C, the images' channel count (dimension 1 of ``train.x``)."""
         return int(self.train.x.shape[1])
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
+        """One sample's shape without the batch: ``(C, H, W)``, or ``(C, D, H, W)`` for volumes."""
         return tuple(int(s) for s in self.train.x.shape[1:])  # type: ignore[return-value]
 
     def example_input(self, batch: int = 1) -> torch.Tensor:
+        """A copy of the first ``batch`` normalised training images, ``(batch, C, H, W)``."""
         return self.train.x[:batch].clone()
 
     def summary(self) -> dict:
+        """Name, the sizes of the three splits (samples), input shape, class count and augmentations, as a
+        JSON-ready dict."""
         return {
             "name": self.name,
             "train": len(self.train),
@@ -86,6 +94,12 @@ def make_bundle(
     Images may be (N, H, W), (N, H, W, C) or (N, C, H, W), integer 0..255 or float; arrays of 5 or more
     dimensions are taken as (N, C, D, H, W...) volumes as they are. ``limit_train`` keeps the first N
     training images left after the holdout; ``limit_test`` the first N test images.
+
+    Returns float32 images in (N, C, H, W) (or volumes), each channel at mean 0 and standard deviation 1
+    over all the training images (the holdout's included), labels (N,) int64, and ``num_classes`` = the
+    largest label + 1.
+    Raises ``ValueError`` where images and labels differ in count, train and test images differ in shape, or
+    ``holdout`` leaves no training image.
     """
     xtr, xte = _to_nchw(x_train), _to_nchw(x_test)
     ytr, yte = _labels(y_train), _labels(y_test)
@@ -142,7 +156,9 @@ def _to_nchw(x: np.ndarray | torch.Tensor) -> torch.Tensor:
 
 
 def augment_batch(x: torch.Tensor, augment: tuple[str, ...], generator: torch.Generator) -> torch.Tensor:
-    """Random crop with 4-pixel zero padding and horizontal flip, per sample, vectorised."""
+    """Random crop with 4-pixel zero padding and horizontal flip, per sample, vectorised: ``x`` (N, C, H, W)
+    -> (N, C, H, W). ``augment`` names those to apply (``crop``, ``flip``); ``generator``, on the CPU, draws
+    the offsets and flips."""
     n, _, h, w = x.shape
     if "crop" in augment:
         pad = 4

@@ -84,6 +84,8 @@ class CostModel(ABC):
 
     @property
     def mode(self) -> str:
+        """``analytic`` (MACs and params summed over the layers), or ``traced`` where set-up found that sum wrong
+        and every candidate is counted by tracing it."""
         return self.check["mode"]
 
     def cost(self, kept: Widths) -> Cost:
@@ -132,6 +134,9 @@ class LayerCosts(CostModel):
         self.trace = trace
 
     def layer_dims(self, kept: Widths) -> LayerDims:
+        """Every layer's (input, output) width in the subnet whose groups keep ``kept`` channels: each group's removed
+        channels, times the share of each layer it reaches, cut from that layer and rounded; a depthwise conv's
+        input is 1. Raises ``KeyError`` for a group it does not know."""
         in_cut: dict[str, float] = {}
         out_cut: dict[str, float] = {}
         for name, width in kept.items():
@@ -193,9 +198,13 @@ class SparseCosts(CostModel):
         self.dense = sum_layers(shapes, self.layer_dims({}))
 
     def layer_dims(self, kept: Widths) -> LayerDims:
+        """Every layer's dense (input, output) width, whatever ``kept``: weight pruning changes no width (a depthwise
+        conv's input is 1)."""
         return {name: (1 if s.kind == "depthwise" else s.in_dim, s.out_dim) for name, s in self.shapes.items()}
 
     def count(self, kept: Widths) -> Cost:
+        """MACs of one sample and params with the weights ``removed(kept)`` zeroes taken off the dense cost: one
+        parameter per zeroed weight, and one MAC per zeroed weight and output position of its layer."""
         removed = self.removed(kept)
         macs = self.dense.macs - sum(count * self.shapes[name].positions for name, count in removed.items())
         return Cost(macs, self.dense.params - sum(removed.values()))

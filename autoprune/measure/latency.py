@@ -27,7 +27,7 @@ def _sync(device: str) -> None:
 
 @torch.no_grad()
 def time_forward(fn: Callable[[], object], device: str, *, warmup: int = 5, repeats: int = 30) -> float:
-    """Median milliseconds of ``fn()`` after warm-up."""
+    """Median milliseconds of ``repeats`` calls of ``fn()`` after ``warmup`` calls, CUDA synchronised."""
     for _ in range(warmup):
         fn()
     _sync(device)
@@ -44,7 +44,9 @@ def measure_latency(
     model: nn.Module, input_shape: tuple[int, ...], *, device: str = "cpu", batch: int = 1, warmup: int = 5,
     repeats: int = 30,
 ) -> float:
-    """Median latency in ms of one forward pass of ``model`` (eval mode) at ``batch``, in the model's layout."""
+    """Median latency in ms of one forward pass of ``model`` (eval mode) at ``batch``, in the model's layout.
+    ``input_shape`` is one sample's, without the batch (``(C, H, W)``); the input is random. The model is
+    moved to ``device`` in place."""
     model = model_to(model, device).eval()
     x = input_to(torch.randn(batch, *input_shape, device=device), model)
     return time_forward(lambda: model(x), device, warmup=warmup, repeats=repeats)
@@ -79,6 +81,9 @@ class LatencyTable:
         self._dirty = False
 
     def layer_ms(self, name: str, in_dim: int, out_dim: int) -> float:
+        """Median ms of one forward pass of layer ``name`` built at widths ``(in_dim, out_dim)``, at the table's
+        batch and device; timed on first use (3 warm-up and 15 timed runs) and kept, keyed by device, batch,
+        layer type and shape. Raises ``KeyError`` for a layer the table has no builder of."""
         module, shape = self.layers[name](in_dim, out_dim)
         key = f"{self.device}|b{self.batch}|{_describe(module)}|{'x'.join(map(str, shape))}"
         if self.layout != "channels_last":
@@ -93,6 +98,8 @@ class LatencyTable:
         return self._entries[key]
 
     def raw_ms(self, dims: Mapping[str, tuple[int, int]]) -> float:
+        """Sum in ms of ``layer_ms`` over every layer of the table at its ``(in, out)`` widths in ``dims``, not
+        calibrated; new timings are saved to the cache. Raises ``KeyError`` where ``dims`` lacks one of the layers."""
         total = sum(self.layer_ms(name, *dims[name]) for name in self.layers)
         self.save()
         return total
@@ -102,9 +109,13 @@ class LatencyTable:
         self.scale = measured_ms / max(self.raw_ms(dims), 1e-9)
 
     def predict(self, dims: Mapping[str, tuple[int, int]]) -> float:
+        """Predicted ms of one forward pass at the table's batch of the subnet whose layers have the ``(in, out)``
+        widths ``dims``: ``raw_ms`` times the calibration's ``scale``."""
         return self.scale * self.raw_ms(dims)
 
     def save(self) -> None:
+        """Write the timings to the JSON cache (through a temporary file, replaced at once) where some are new and
+        the cache's directory exists; otherwise nothing."""
         if self.cache is not None and self._dirty and self.cache.parent.is_dir():
             tmp = self.cache.with_name(f".{self.cache.name}.tmp")
             tmp.write_text(json.dumps(self._entries, indent=0, sort_keys=True))

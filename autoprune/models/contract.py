@@ -65,6 +65,8 @@ class RunContract:
 
     @staticmethod
     def from_record(record: Mapping | None) -> RunContract:
+        """The contract a spec.json record (``to_record``) describes; None or a missing key gives the default
+        (channels_last, no output key). Raises ``ValueError`` for an unknown layout."""
         record = record or {}
         return RunContract(record.get("layout", CHANNELS_LAST), record.get("output_key"))
 
@@ -78,6 +80,7 @@ def contract_of(model: nn.Module) -> RunContract:
 
 
 def set_contract(model: nn.Module, contract: RunContract) -> nn.Module:
+    """Set ``contract`` on ``model`` (an attribute, not in its state dict) and return ``model``."""
     setattr(model, _ATTR, contract)
     return model
 
@@ -171,6 +174,7 @@ def unwrap_compiled(model: nn.Module) -> tuple[nn.Module, str | None]:
 
 
 def has_lazy(model: nn.Module) -> bool:
+    """Whether ``model`` holds lazy parameters or buffers not yet given a shape (``nn.LazyConv2d``, ...)."""
     return any(isinstance(p, nn.parameter.UninitializedParameter) for p in model.parameters()) or any(
         isinstance(b, nn.parameter.UninitializedBuffer) for b in model.buffers())
 

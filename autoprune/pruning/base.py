@@ -77,6 +77,7 @@ class Space(ABC):
 
     @property
     def group_names(self) -> list[str]:
+        """The searched groups' names, in the order of ``groups``."""
         return [g.name for g in self.groups]
 
     def kept_channels(self, ratios: Mapping[str, float]) -> dict[str, int]:
@@ -100,7 +101,8 @@ class Space(ABC):
         return {g.name: min(max(ratio, g.low), g.high) for g in self.groups}
 
     def narrow(self, highs: Mapping[str, float]) -> None:
-        """Lower the upper ratio bounds of the named groups (never below their lower bounds)."""
+        """Lower the upper ratio bounds of the named groups (never below their lower bounds). Raises
+        ``KeyError`` for a name that is not a group."""
         self._check_names(highs)
         for name, high in highs.items():
             group = self._by_name[name]
@@ -143,6 +145,8 @@ class Space(ABC):
 
     @property
     def cost_mode(self) -> str:
+        """How ``cost`` counts MACs and params: ``analytic`` (summed per layer), or ``traced`` (every candidate
+        traced) where set-up found the analytic sum wrong."""
         return self.costs.mode
 
     def attach_latency(self, table: LatencyTable, measured_base_ms: float) -> None:

@@ -32,6 +32,9 @@ class SpaceConfig:
     source: str = "built-in"
 
     def bounds_for(self, group: str) -> tuple[float, float]:
+        """``(low, high)``, the ratio bounds of the group named ``group``: ``ratio_min`` and ``ratio_max``, replaced by
+        the ``min``/``max`` of each override whose ``match`` glob matches the name (a later override over an
+        earlier one)."""
         low, high = self.ratio_min, self.ratio_max
         for rule in self.overrides:
             if fnmatch.fnmatchcase(group, str(rule.get("match", ""))):
@@ -40,6 +43,7 @@ class SpaceConfig:
         return low, high
 
     def to_dict(self) -> dict:
+        """Its fields as a plain dict (``dataclasses.asdict``)."""
         return asdict(self)
 
 
@@ -50,7 +54,9 @@ def shipped_spaces() -> list[str]:
 
 def load_space_config(path: str | Path | None, family: str | None) -> SpaceConfig:
     """Read ``path`` (a YAML file, or the name of a shipped space where no such file exists), or the
-    shipped YAML of the model family, or the shipped default. A missing file is a ``UserError``."""
+    shipped YAML of the model family, or the shipped default. Raises ``UserError`` for a missing file, invalid
+    YAML, an unknown key, or bounds outside 0 <= ratio.min <= ratio.max < 1, 0 < step <= 0.5,
+    round_to >= 1, min_channels >= 1."""
     if path is not None:
         file = Path(path).expanduser()
         if file.is_file():

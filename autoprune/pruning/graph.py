@@ -38,6 +38,9 @@ class PerChannelPruner(tp.pruner.function.BasePruningFunc):
     """Cuts a module's per-channel tensors (every 1-D parameter and buffer as long as its channel count)."""
 
     def prune_out_channels(self, layer: nn.Module, idxs: Sequence[int]) -> nn.Module:
+        """Remove channels ``idxs`` of ``layer`` in place and return it: every 1-D parameter and buffer of its own
+        as long as its channel count keeps only the other channels (a parameter keeps its ``requires_grad``), and
+        an int ``num_features``, ``num_channels`` or ``channels`` becomes the new count. Input channels alike."""
         width = self.get_out_channels(layer)
         drop = {int(i) for i in idxs}
         keep = torch.tensor([i for i in range(width) if i not in drop], dtype=torch.long)
@@ -56,6 +59,7 @@ class PerChannelPruner(tp.pruner.function.BasePruningFunc):
     prune_in_channels = prune_out_channels
 
     def get_out_channels(self, layer: nn.Module) -> int | None:
+        """``layer``'s channel count (``per_channel_width``), in and out alike; None for any other module."""
         return per_channel_width(layer)
 
     get_in_channels = get_out_channels
@@ -85,6 +89,11 @@ def _shape(grad_fn) -> tuple[int, ...] | None:
 
 
 class TracedGraph(NamedTuple):
+    """What ``build_graph`` returns: Torch-Pruning's dependency ``graph`` (DepGraph, Fang et al. 2023) with the
+    edges that carry no channel cut; ``changes``, the ops that change a channel count in a way the graph
+    cannot map (node -> description), whose groups the space refuses; and ``outputs``, the nodes whose results
+    the model returns."""
+
     graph: tp.DependencyGraph
     changes: dict[object, str]  # node -> how it changes the channel count ("PixelShuffleBackward0 (32 -> 8 channels)")
     outputs: set  # the nodes whose results the model returns (every output: logits, auxiliary heads, ...)

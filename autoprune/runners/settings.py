@@ -11,6 +11,10 @@ from autoprune.settings import setting
 
 @dataclass
 class RaySettings:
+    """The Ray settings parsed (``RunnerSettings.ray_settings``): the ``address`` of an existing cluster
+    (``auto`` or host:port) or ``local_workers`` CPUs of a new local Ray, ``workers`` concurrent trials, and
+    the CPUs and GPUs each trial reserves (fractions allowed)."""
+
     address: str | None = None  # an existing cluster ("auto" or host:port)
     local_workers: int | None = None  # or start a local Ray with this many CPUs
     workers: int = 1  # concurrent trials
@@ -19,7 +23,8 @@ class RaySettings:
 
 
 def parse_resources(text: str) -> tuple[float, float]:
-    """``cpu=1,gpu=0.25`` -> (1.0, 0.25)."""
+    """``cpu=1,gpu=0.25`` -> (1.0, 0.25): CPUs and GPUs of one trial (defaults 1 and 0). Raises ``UserError``
+    for an unknown resource, a value that is not a number or is negative, or no CPU."""
     values = {"cpu": 1.0, "gpu": 0.0}
     for part in filter(None, (p.strip() for p in text.split(","))):
         key, _, value = part.partition("=")
@@ -37,7 +42,8 @@ def parse_resources(text: str) -> tuple[float, float]:
 
 
 def check_reachable(address: str, timeout: float = 5.0) -> None:
-    """One line instead of minutes of Ray's reconnect warnings where nothing listens at ``host:port``."""
+    """One line instead of minutes of Ray's reconnect warnings where nothing listens at ``host:port``: a
+    ``UserError`` where a TCP connection fails within ``timeout`` seconds. ``auto`` and URLs are not tried."""
     host, sep, port = address.rpartition(":")
     if address == "auto" or "://" in address or not sep or not port.isdigit():
         return
