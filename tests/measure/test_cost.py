@@ -3,7 +3,8 @@ each layer gets, the MACs and params at them, the set-up comparison with a trace
 
 The model below: conv 3 -> 8 (3x3, 16 output positions, bias), a depthwise 3x3 conv on its 8 channels
 (16 positions, no bias), then a linear layer reading 2 features per channel (16 -> 5, bias). One group,
-"conv", cuts the conv's and the depthwise conv's outputs and two of the linear layer's inputs a channel.
+"conv", cuts the conv's outputs, the depthwise conv's inputs and outputs and two of the linear layer's inputs
+a channel.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ def _shapes() -> dict[str, LayerShape]:
     }
 
 
-EFFECTS = {"conv": [("conv", "out", 1.0), ("dw", "out", 1.0), ("fc", "in", 2.0)]}
+# the depthwise conv is listed as cut on both sides: its input width must stay 1 all the same
+EFFECTS = {"conv": [("conv", "out", 1.0), ("dw", "in", 1.0), ("dw", "out", 1.0), ("fc", "in", 2.0)]}
 
 
 def _written_out(conv: int) -> Cost:

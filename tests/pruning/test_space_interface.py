@@ -80,6 +80,10 @@ def test_the_base_sets_up_both_spaces(space):
     assert space.classifier == ("fc" if isinstance(space, PruningSpace) else None)
     assert isinstance(space.costs, LayerCosts if isinstance(space, PruningSpace) else SparseCosts)
     assert space.cost_check["mode"] == space.cost_mode == "analytic"
+    if isinstance(space, PruningSpace):  # compared with the traced count: baseline, probed, 2 random subnets
+        assert space.cost_check == {"mode": "analytic", "subnets": 4, "max_relative_error": 0.0,
+                                    "base": {"analytic_macs": MACS, "traced_macs": MACS,
+                                             "analytic_params": PARAMS, "traced_params": PARAMS}}
 
 
 def test_the_groups_are_the_units_of_each_space(space):
@@ -180,7 +184,7 @@ def test_latency_attaches_to_both_spaces(kind):
     space = _space(kind)
     ratios = _ratios(space)
     assert set(space.latency_layers()) == {"c1", "c2", "fc"}
-    assert space.cost(ratios).latency_ms is None
+    assert space.cost(ratios).latency_ms is None and space.base_cost.latency_ms is None
     space.attach_latency(RawTable(space.latency_layers(), device="cpu", batch=1), 7.0)
     assert space.base_cost.latency_ms == pytest.approx(7.0)  # raw: 1 x 6 + 6 x 4 + 16 x 3 = 78
     assert (space.base_cost.macs, space.base_cost.params) == (MACS, PARAMS)
