@@ -165,12 +165,16 @@ class Space(ABC):
 
     @abstractmethod
     def kept_indices(self, ratios: Mapping[str, float]) -> dict[str, list[int]]:
-        """Per group, the indices of the units the ranking keeps at ``ratios``, ascending."""
+        """Per group, the indices of the units the ranking keeps at ``ratios``, ascending: output channels of
+        the group's root layer (``PruningSpace``), or flat indices of the unit's weights (``WeightSpace``).
+        Raises ``KeyError`` for a name that is not a group."""
 
     @abstractmethod
     def kept(self, ratios: Mapping[str, float]) -> dict:
         """What the subnet at ``ratios`` keeps of each group, as ``prune`` returns it, ``prune_further`` takes
-        it and a subnet's spec.json records it."""
+        it and a subnet's spec.json records it: the channel indices (``PruningSpace``, = ``kept_indices``),
+        or the count of weights each unit keeps (``WeightSpace``, = ``kept_channels``: the mask is the
+        subnet's zeros). Raises ``KeyError`` for a name that is not a group."""
 
     @abstractmethod
     def prune(self, ratios: Mapping[str, float],
@@ -186,7 +190,8 @@ class Space(ABC):
 
     @abstractmethod
     def readers(self, name: str) -> set[str]:
-        """Layers that read group ``name``'s units as their inputs."""
+        """Layers that read group ``name``'s channels as their inputs (the 'next layers' of ``--damage
+        recon``). A ``WeightSpace`` raises ``ValueError``: a unit of weights has none of its own."""
 
     @abstractmethod
     def rerank(self, model: nn.Module, batches: Sequence[Batch] | None = None) -> None:
@@ -195,4 +200,6 @@ class Space(ABC):
     @property
     @abstractmethod
     def orders(self) -> dict[str, list[int]]:
-        """What another process needs to rebuild this space's ranking without redoing it."""
+        """What another process needs to rebuild this space's ranking without redoing it: each group's
+        channel ranking, least important first (``PruningSpace(..., orders=)``), or ``{}`` for a
+        ``WeightSpace``, whose magnitude ranking is redone from the weights."""
