@@ -26,7 +26,7 @@ from torch import nn
 from autoprune.errors import UserError
 from autoprune.measure.latency import time_forward
 from autoprune.models.contract import CHANNELS_LAST, contract_of, logits_of
-from autoprune.results import RunDir, atomic_write, load_subnet
+from autoprune.results import RunDir, SubnetSpec, atomic_write, load_subnet
 
 FORMATS = {"onnx": "subnet.onnx", "torch-export": "subnet.pt2", "state-dict": "subnet.pt"}
 CHECK_BATCH = 8  # outputs are compared on this many random inputs; exports keep the batch dimension dynamic
@@ -83,13 +83,13 @@ def export_subnet(run_dir: str | Path, subnet_id: str, fmt: str, out: str | Path
     if not (directory / "spec.json").is_file():
         found = sorted(p.parent.name for p in run.path.glob("subnets/*/spec.json"))
         raise UserError(f"{directory} holds no subnet; this run has: {', '.join(found) or 'none'}")
-    spec = json.loads((directory / "spec.json").read_text())
-    if spec.get("model") is None and base_model is None:
+    spec = SubnetSpec.load(directory)
+    if spec.model is None and base_model is None:
         raise UserError("this subnet was searched from a Python model object: export it from Python with "
                         "autoprune.export.export_subnet(run_dir, subnet_id, fmt, base_model=model)")
     model = load_subnet(directory, base_model)
-    check = export_model(model, tuple(spec["input_shape"]), fmt, Path(out) if out else directory / FORMATS[fmt],
-                         batch=batch or spec.get("latency_batch", 1))
+    check = export_model(model, tuple(spec.input_shape), fmt, Path(out) if out else directory / FORMATS[fmt],
+                         batch=batch or spec.latency_batch or 1)
     atomic_write(directory / "exports.json", json.dumps({**run.read_exports(subnet_id), fmt: asdict(check)}, indent=2)
                  + "\n")
     return check

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import optuna
 from torch import nn
 
+from autoprune.candidate import Candidate, candidates
 from autoprune.config import PYTHON_OBJECT, SearchConfig
 from autoprune.data import DataBundle
 from autoprune.measure import AdaptiveBNEvaluator, accuracy
@@ -16,11 +17,10 @@ from autoprune.measure.latency import measure_latency
 from autoprune.progress import progress_bar
 from autoprune.pruning.space import PruningSpace
 from autoprune.pruning.weights import weight_masks
-from autoprune.results import SubnetRecord, save_subnet
+from autoprune.results import SubnetSpec
 from autoprune.retrain import retrain, retrain_record
-from autoprune.runs import record_from_spec
 from autoprune.search import Strategy
-from autoprune.selection import choose_for_finetune, trial_ratios
+from autoprune.selection import choose_for_finetune
 from autoprune.train import TrainResult, train
 from autoprune.workbench import Workbench
 
@@ -49,31 +49,32 @@ class Finetuned:
 
 
 def finetune_phase(bench: Workbench, study: optuna.Study, strategy: Strategy, runner, *,
-                   quiet: bool) -> list[SubnetRecord]:
+                   quiet: bool) -> list[SubnetSpec]:
     """Fine-tune the ``finetune_top`` best feasible candidates of ``study`` through ``runner`` and save each
     (subnets/t<NNNN>/); a subnet already saved by an earlier invocation of a resumed run is read back, not
-    trained again. Returns the records in rank order."""
+    trained again. Returns their specs in rank order."""
     config, space = bench.config, bench.space
     metric = bench.budget.primary.metric
-    chosen = choose_for_finetune(study, config.finetune_top,
-                                 lambda t: getattr(space.cost(trial_ratios(t, space)), metric),
+    scored = candidates(study, space.group_names, states=(optuna.trial.TrialState.COMPLETE,))
+    chosen = choose_for_finetune(scored, config.finetune_top,
+                                 lambda c: getattr(space.cost(c.ratios_to_prune(space.groups)), metric),
                                  spread=strategy.spread_finetune)
-    records: dict[int, SubnetRecord] = {}
+    specs: dict[int, SubnetSpec] = {}
     todo = []
-    for rank, t in enumerate(chosen, 1):
-        directory = bench.run.subnet_dir(f"t{t.number:04d}")
+    for rank, c in enumerate(chosen, 1):
+        directory = bench.run.subnet_dir(c.id)
         if (directory / "spec.json").exists():  # fine-tuned before a resume
-            records[rank] = record_from_spec(directory)
+            specs[rank] = SubnetSpec.load(directory)
         else:
-            todo.append((rank, t))
-    jobs = [FinetuneJob(trial_ratios(t, space), config.seed + rank,
-                        f"fine-tune t{t.number:04d} ({rank}/{len(chosen)})") for rank, t in todo]
+            todo.append((rank, c))
+    jobs = [FinetuneJob(c.ratios_to_prune(space.groups), config.seed + rank,
+                        f"fine-tune {c.id} ({rank}/{len(chosen)})") for rank, c in todo]
     bar_here = not (quiet or runner.shows_finetune_progress)  # a runner whose workers draw no bars of their own
     with progress_bar("fine-tune on Ray", len(jobs), quiet=not bar_here or not jobs) as bar:
-        for (rank, t), job, done in zip(todo, jobs, runner.finetune(jobs) if jobs else ()):
-            records[rank] = save_finetuned(bench, t, job.ratios, done)
+        for (rank, c), job, done in zip(todo, jobs, runner.finetune(jobs) if jobs else ()):
+            specs[rank] = save_finetuned(bench, c, job.ratios, done)
             bar.advance()
-    return [records[rank] for rank in sorted(records)]
+    return [specs[rank] for rank in sorted(specs)]
 
 
 def finetune(subnet: nn.Module, config: SearchConfig, data: DataBundle, evaluator: AdaptiveBNEvaluator, *,
@@ -106,29 +107,24 @@ def finetune_candidate(space: PruningSpace, evaluator: AdaptiveBNEvaluator, conf
     return Finetuned(done.subnet.cpu(), done.kept, done.seconds, test_acc, holdout_acc, done.epochs)
 
 
-def save_finetuned(bench: Workbench, t: optuna.trial.FrozenTrial, ratios: dict[str, float],
-                   done: Finetuned) -> SubnetRecord:
-    """Measure a fine-tuned subnet's latency here, on the run's device, and save it with its spec."""
+def save_finetuned(bench: Workbench, candidate: Candidate, ratios: dict[str, float], done: Finetuned) -> SubnetSpec:
+    """Measure a fine-tuned subnet's latency here, on the run's device, and save it with its spec
+    (subnets/<id>/); returns the spec. ``ratios``: every group's, as it was pruned."""
     config, space, data = bench.config, bench.space, bench.data
-    subnet_id = f"t{t.number:04d}"
     cost = space.cost(ratios)
     latency = measure_latency(done.subnet, data.input_shape, device=config.device, batch=config.latency_batch)
-    spec = {
-        "id": subnet_id, "trial": t.number, "model": None if config.model == PYTHON_OBJECT else config.model,
-        "data": config.data, "in_channels": data.in_channels, "num_classes": data.num_classes,
-        "input_shape": list(data.input_shape), "granularity": config.granularity, "seed": config.seed,
-        "criterion": "magnitude" if config.granularity == "weight" else config.criterion,
-        "mask_scope": config.mask_scope if config.granularity == "weight" else None,
-        "base_weights": config.weights, "ratios": ratios,
-        "channels": {g.name: g.channels for g in space.groups}, "kept": done.kept,
-        "macs": cost.macs, "params": cost.params, "proxy_acc": t.user_attrs["proxy_acc"],
-        "test_acc": done.test_acc, "holdout_acc": done.holdout_acc, "finetune_epochs": config.finetune_epochs,
-        "finetune_seconds": round(done.seconds, 2), "retrain": retrain_record(config, done.epochs),
-        "latency_ms": latency,
-        "predicted_latency_ms": cost.latency_ms, "latency_batch": config.latency_batch,
-        "device": config.device,
-    }
-    directory = bench.run.subnet_dir(subnet_id)
-    masks = weight_masks(done.subnet) if config.granularity == "weight" else None
-    save_subnet(directory, done.subnet.cpu(), spec, masks=masks)
-    return record_from_spec(directory)
+    weight = config.granularity == "weight"
+    spec = SubnetSpec(
+        id=candidate.id, trial=candidate.number, model=None if config.model == PYTHON_OBJECT else config.model,
+        data=config.data, in_channels=data.in_channels, num_classes=data.num_classes,
+        input_shape=list(data.input_shape), granularity=config.granularity, seed=config.seed,
+        criterion="magnitude" if weight else config.criterion, mask_scope=config.mask_scope if weight else None,
+        base_weights=config.weights, ratios=ratios, channels={g.name: g.channels for g in space.groups},
+        kept=done.kept, macs=cost.macs, params=cost.params, proxy_acc=candidate.proxy_acc, test_acc=done.test_acc,
+        holdout_acc=done.holdout_acc, finetune_epochs=config.finetune_epochs,
+        finetune_seconds=round(done.seconds, 2), retrain=retrain_record(config, done.epochs), latency_ms=latency,
+        predicted_latency_ms=cost.latency_ms, latency_batch=config.latency_batch, device=config.device,
+    )
+    directory = bench.run.subnet_dir(candidate.id)
+    masks = weight_masks(done.subnet) if weight else None
+    return spec.save(directory, done.subnet.cpu(), masks=masks)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -25,8 +24,8 @@ from autoprune.errors import UserError
 from autoprune.export import ExportCheck
 from autoprune.pruning.space import Cost
 from autoprune.report import as_number, draw_front, pareto_subnets, space_tables
-from autoprune.results import RunDir, atomic_write
-from autoprune.retrain import describe_retrain
+from autoprune.results import RunDir, SubnetSpec, atomic_write
+from autoprune.runs import read_subnets
 from autoprune.search.sensitivity import GroupSensitivity, plot_sensitivity, read_sensitivity
 
 if TYPE_CHECKING:
@@ -46,15 +45,14 @@ class _Run:
     status: dict
     trials: pd.DataFrame  # empty (with the known columns) before the first trial
     baseline: dict | None  # from pareto.json, written when the search ends
-    subnets: list[dict]  # spec.json of every fine-tuned subnet
+    subnets: list[SubnetSpec]  # every fine-tuned subnet
     sensitivity: list[GroupSensitivity] | None
 
     @staticmethod
     def read(path: Path) -> _Run:
         run = RunDir.existing(path)
-        subnets = [json.loads(p.read_text()) for p in sorted(path.glob("subnets/*/spec.json"))]
         config = {**asdict(SearchConfig()), **run.read_config()}  # older runs lack newer options
-        return _Run(run, config, run.read_status(), run.read_trials(), run.read_baseline(), subnets,
+        return _Run(run, config, run.read_status(), run.read_trials(), run.read_baseline(), read_subnets(path),
                     read_sensitivity(path))
 
     @property
@@ -170,7 +168,7 @@ def _notes(run: _Run) -> str:
 
 
 def _table(run: _Run) -> str:
-    b, front = run.baseline, {s["id"] for s in pareto_subnets(run.subnets, "macs")}
+    b, front = run.baseline, {s.id for s in pareto_subnets(run.subnets, "macs")}
     head = ("subnet", "MACs (M)", "MACs %", "params (M)", "latency (ms)", "proxy acc", "test acc",
             "delta vs baseline", "Pareto", "trained after pruning")
 
@@ -183,9 +181,8 @@ def _table(run: _Run) -> str:
                 *extra]
 
     rows = [(' class="baseline"', row("baseline", b)[:7] + ["", "", ""])] if b else []
-    rows += [("", row(s["id"], s, "yes" if s["id"] in front else "no",
-                      describe_retrain(s.get("retrain"))))
-             for s in sorted(run.subnets, key=lambda s: -s["test_acc"])]
+    rows += [("", row(s.id, s.front_record(), "yes" if s.id in front else "no", s.retrain_text))
+             for s in sorted(run.subnets, key=lambda s: -s.test_acc)]
     if not rows:
         return ""
     body = "".join(f"<tr{cls}>" + "".join(f"<td>{_e(v)}</td>" for v in cells) + "</tr>"
@@ -232,11 +229,11 @@ def _widths(run: _Run) -> str:
     front = pareto_subnets(run.subnets, "macs")
     if not front:
         return head + "<p>No fine-tuned subnet, so no widths to draw.</p>"
-    groups = list(front[0]["channels"])
+    groups = list(front[0].channels)
     fig, ax = _figure(7.6, 0.9 + len(groups) * (0.1 * (len(front) + 1) + 0.12))
     height = 0.8 / (len(front) + 1)
-    bars = [("baseline", [front[0]["channels"][g] for g in groups], "lightgray")]
-    bars += [(s["id"], [len(s["kept"][g]) for g in groups], None) for s in front]
+    bars = [("baseline", [front[0].channels[g] for g in groups], "lightgray")]
+    bars += [(s.id, [len(s.kept[g]) for g in groups], None) for s in front]
     for i, (name, widths, color) in enumerate(bars):
         drawn = ax.barh([k - 0.4 + height * (i + 0.5) for k in range(len(groups))], widths, height,
                         label=name, color=color)
@@ -246,7 +243,7 @@ def _widths(run: _Run) -> str:
     ax.set_xlabel("output channels kept (baseline: all)")
     ax.grid(axis="x", alpha=0.3)
     ax.legend(fontsize=8, loc="lower left", bbox_to_anchor=(0, 1), ncol=len(bars), frameon=False)
-    alt = f"Channels kept per group, baseline vs Pareto subnets {', '.join(s['id'] for s in front)}"
+    alt = f"Channels kept per group, baseline vs Pareto subnets {', '.join(s.id for s in front)}"
     return head + _img(fig, "widths", alt)
 
 
@@ -275,7 +272,7 @@ def _progress(run: _Run) -> str:
 
     fig, ax = _figure(7.6, 3.6)
     scored = trials[trials["proxy_acc"].notna()]
-    tuned = scored[scored["number"].isin([s["trial"] for s in run.subnets])]
+    tuned = scored[scored["number"].isin([s.trial for s in run.subnets])]
     if len(scored):
         ax.scatter(scored["number"], scored["proxy_acc"] * 100, s=16, color="tab:blue",
                    label="scored within budget (proxy)")
@@ -314,7 +311,7 @@ def _sensitivity(run: _Run) -> str:
 
 def _deploy(run: _Run) -> str:
     front = pareto_subnets(run.subnets, "macs")
-    best = max(front, key=lambda s: s["test_acc"])["id"] if front else "ID"
+    best = max(front, key=lambda s: s.test_acc).id if front else "ID"
     where = (f"The most accurate Pareto subnet, {best}, as ONNX and in Python (any subnet id "
              "from the table works):" if front else "Once a subnet is fine-tuned, with its ID:")
     return (f"<h2>Deploy</h2><p>{_e(where)}</p>"
@@ -327,8 +324,8 @@ def _exports(run: _Run) -> str:
     """The exports made so far (subnets/<id>/exports.json): their check and latency next to PyTorch's."""
     rows = []
     for s in run.subnets:
-        for c in (ExportCheck(**fields) for fields in run.dir.read_exports(s["id"]).values()):
-            rows.append([s["id"], c.format, Path(c.path).name, c.runtime, f"{c.max_abs_diff:.1e}",
+        for c in (ExportCheck(**fields) for fields in run.dir.read_exports(s.id).values()):
+            rows.append([s.id, c.format, Path(c.path).name, c.runtime, f"{c.max_abs_diff:.1e}",
                          "yes" if c.ok else "NO", str(c.batch), f"{c.latency_ms:.3f}",
                          f"{c.pytorch_latency_ms:.3f}"])
     if not rows:

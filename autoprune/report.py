@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -14,7 +13,7 @@ import pandas as pd
 from autoprune.budget import Budget
 from autoprune.pareto import non_dominated
 from autoprune.pruning.space import Cost
-from autoprune.results import SubnetRecord, atomic_write
+from autoprune.results import SubnetSpec, atomic_write
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -33,13 +32,14 @@ def export_run(
     base: Cost,
     baseline: dict,
     trials: pd.DataFrame,
-    subnets: Sequence[SubnetRecord],
+    subnets: Sequence[SubnetSpec],
     timings: dict[str, float],
-) -> list[SubnetRecord]:
-    """Write pareto.csv/.json, pareto.png and report.md; return the front."""
+) -> list[SubnetSpec]:
+    """Write pareto.csv/.json, pareto.png and report.md; return the front. ``baseline``: the unpruned model's
+    ``macs``, ``params``, ``latency_ms``, ``proxy_acc`` and ``test_acc`` (fractions)."""
     front = pareto_front(subnets)
     pd.DataFrame([s.row() for s in front]).to_csv(run_dir / "pareto.csv", index=False)
-    payload = {"budget": config["budget"], "baseline": baseline, "front": [asdict(s) for s in front]}
+    payload = {"budget": config["budget"], "baseline": baseline, "front": [s.front_record() for s in front]}
     atomic_write(run_dir / "pareto.json", json.dumps(payload, indent=2) + "\n")
     macs = [c for c in budget.constraints if c.metric == "macs"]
     limit = (macs[0].limit(base), macs[0].text) if macs else None
@@ -78,48 +78,48 @@ def as_number(value: Any) -> float | None:
     return None if missing else float(value)
 
 
-def pareto_front(records: Sequence[SubnetRecord]) -> list[SubnetRecord]:
+def pareto_front(records: Sequence[SubnetSpec]) -> list[SubnetSpec]:
     """Fine-tuned subnets not beaten on both test accuracy and MACs, cheapest first."""
     return non_dominated(records, lambda r: r.test_acc, lambda r: r.macs)
 
 
-def plot_pareto(path: Path, trials: pd.DataFrame, subnets: Sequence[SubnetRecord], baseline: dict,
+def plot_pareto(path: Path, trials: pd.DataFrame, subnets: Sequence[SubnetSpec], baseline: dict,
                 limit: tuple[float, str] | None) -> None:
     """pareto.png: accuracy against MACs (``draw_front``)."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(7.5, 4.8), dpi=120, layout="tight")
     ax = fig.subplots()
-    draw_front(ax, "macs", trials[trials["proxy_acc"].notna()], [asdict(s) for s in subnets], baseline, limit)
+    draw_front(ax, "macs", trials[trials["proxy_acc"].notna()], subnets, baseline, limit)
     ax.set_title("accuracy vs cost")
     fig.savefig(path)
 
 
-def pareto_subnets(subnets: Sequence[Mapping], cost: str) -> list:
-    """Subnets not beaten on both test accuracy and ``cost`` (those without it left out), cheapest
-    first: on MACs, the front of pareto.json."""
-    return non_dominated([s for s in subnets if as_number(s.get(cost)) is not None],
-                         lambda s: s["test_acc"], lambda s: s[cost])
+def pareto_subnets(subnets: Sequence[SubnetSpec], cost: str) -> list[SubnetSpec]:
+    """Subnets not beaten on both test accuracy and ``cost`` (``macs`` or ``latency_ms``; those without it, NaN
+    or None, left out), cheapest first: on MACs, the front of pareto.json."""
+    return non_dominated([s for s in subnets if as_number(getattr(s, cost)) is not None],
+                         lambda s: s.test_acc, lambda s: getattr(s, cost))
 
 
-def draw_front(ax: Axes, cost: str, candidates: pd.DataFrame, subnets: Sequence[Mapping],
-               baseline: Mapping | None, limit: tuple[float, str] | None) -> list[Mapping]:
+def draw_front(ax: Axes, cost: str, candidates: pd.DataFrame, subnets: Sequence[SubnetSpec],
+               baseline: Mapping | None, limit: tuple[float, str] | None) -> list[SubnetSpec]:
     """Accuracy vs ``cost`` (a key of ``COSTS``) on ``ax``: candidates' proxy accuracy in grey,
     fine-tuned subnets' test accuracy, their Pareto front, the baseline star and the budget line
     (``limit``: ceiling and budget text). Returns the front, cheapest first."""
     label, scale = COSTS[cost]
-    subnets = [s for s in subnets if as_number(s.get(cost)) is not None]
+    subnets = [s for s in subnets if as_number(getattr(s, cost)) is not None]
     front = pareto_subnets(subnets, cost)
     if len(candidates):
         ax.scatter(candidates[cost] * scale, candidates["proxy_acc"] * 100, s=14, alpha=0.3,
                    color="tab:gray", label="candidates (adaptive-BN proxy, holdout)")
     if subnets:
-        ax.scatter([s[cost] * scale for s in subnets], [s["test_acc"] * 100 for s in subnets],
+        ax.scatter([getattr(s, cost) * scale for s in subnets], [s.test_acc * 100 for s in subnets],
                    s=40, color="tab:blue", label="fine-tuned subnets (test)")
-        ax.plot([s[cost] * scale for s in front], [s["test_acc"] * 100 for s in front], "-o",
+        ax.plot([getattr(s, cost) * scale for s in front], [s.test_acc * 100 for s in front], "-o",
                 color="tab:red", label="Pareto front (test)")
         for i, s in enumerate(front):  # ids below and above by turns: neighbours' do not collide
-            ax.annotate(s["id"], (s[cost] * scale, s["test_acc"] * 100), textcoords="offset points",
+            ax.annotate(s.id, (getattr(s, cost) * scale, s.test_acc * 100), textcoords="offset points",
                         xytext=(4, 5 if i % 2 else -11), fontsize=7, color="tab:red")
     if baseline and as_number(baseline.get(cost)) is not None:
         ax.scatter([baseline[cost] * scale], [baseline["test_acc"] * 100], marker="*", s=160,
@@ -141,8 +141,8 @@ def write_report(
     config: dict,
     budget_text: str,
     baseline: dict,
-    subnets: Sequence[SubnetRecord],
-    front: Sequence[SubnetRecord],
+    subnets: Sequence[SubnetSpec],
+    front: Sequence[SubnetSpec],
     trials: pd.DataFrame,
     timings: dict[str, float],
 ) -> None:
@@ -194,7 +194,7 @@ def write_report(
             f"| {s.id} | {s.macs / 1e6:.2f} | {100 * s.macs / base_macs:.1f} | {s.params / 1e6:.3f} | "
             f"{s.latency_ms:.2f} | {s.proxy_acc:.2%} | {s.test_acc:.2%} | "
             f"{100 * (s.test_acc - baseline['test_acc']):+.2f} pp | {'yes' if s.id in front_ids else ''} | "
-            f"{s.retrain} |"
+            f"{s.retrain_text} |"
         )
     predicted = [s for s in subnets if s.predicted_latency_ms is not None]
     if predicted:

@@ -19,22 +19,24 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-import optuna
 import pandas as pd
 import torch
 import yaml
 from torch import nn
 
+from autoprune.candidate import TRIAL_COLUMNS
 from autoprune.errors import UserError
+from autoprune.retrain import describe_retrain
 
 SPEC_FORMAT = "autoprune.subnet/1"
 STUDY_NAME = "autoprune"
@@ -173,70 +175,118 @@ class RunDir:
         return self.path / "subnets" / subnet_id
 
 
-TRIAL_COLUMNS = ["number", "state", "macs", "params", "proxy_acc", "seconds", "prune_seconds",
-                 "recalibrate_seconds", "evaluate_seconds", "latency_seconds", "draws", "predicted_latency_ms",
-                 "latency_ms", "error"]
+@dataclass(kw_only=True)
+class SubnetSpec:
+    """What a fine-tuned subnet is: ``subnets/<id>/spec.json``, in its order, with ``save`` and ``load``.
 
+    The base network (``model`` spec, null for a search given a Python model object; ``in_channels``,
+    ``num_classes`` and one input's ``input_shape``), how it was pruned (``granularity`` ``filter`` or
+    ``weight``, ``criterion``, ``mask_scope``, ``seed``; per group the ``ratios`` removed, 0 to 1, the
+    unpruned ``channels`` and the channel indices ``kept``), what it costs (``macs``, FLOPs = 2 x MACs, and
+    ``params``; a weight-pruned subnet's ``kept`` is a count of weights per unit, its ``channels`` the
+    unpruned counts), its accuracies as fractions (``proxy_acc``, the adaptive-BN score before fine-tuning;
+    ``test_acc`` and ``holdout_acc`` after), how it was trained (``finetune_epochs``, ``finetune_seconds``,
+    ``retrain``: ``autoprune.retrain.retrain_record``), its latency in ms (``latency_ms`` measured,
+    ``predicted_latency_ms`` from the latency table under a latency budget) at ``latency_batch`` on ``device``,
+    and the ``contract`` it runs by (``autoprune.models.contract``). docs/specs.md lists the fields.
 
-def trial_row(t: optuna.trial.FrozenTrial, group_names: list[str]) -> dict:
-    """One row of trials.csv: number, state, cost, proxy accuracy, seconds (all, and the scoring
-    split), random draws, latency (predicted where the budget has one; measured for every scored
-    candidate), one ratio per group."""
-    attrs = t.user_attrs
-    state = t.state.name.lower()
-    if t.state == optuna.trial.TrialState.COMPLETE and not attrs.get("feasible", True):
-        state = "infeasible"
-    row = {column: attrs.get(column) for column in TRIAL_COLUMNS}
-    row.update(number=t.number, state=state)
-    if row["error"]:
-        row["error"] = row["error"].strip().splitlines()[-1]  # the exception; the study keeps its traceback
-    for name in group_names:
-        ratio = t.params.get(name)
-        row[f"ratio:{name}"] = None if ratio is None else round(ratio, 6)
-    return row
+    Fields a spec predates load with defaults: ``granularity`` filter, ``latency_ms`` NaN, the others None.
+    ``path`` is the directory it was saved to or loaded from; spec.json does not hold it.
+    """
 
-
-def trials_frame(study: optuna.Study, group_names: list[str]) -> pd.DataFrame:
-    columns = TRIAL_COLUMNS + [f"ratio:{n}" for n in group_names]
-    return pd.DataFrame([trial_row(t, group_names) for t in study.trials], columns=columns)
-
-
-@dataclass
-class SubnetRecord:
     id: str
     trial: int
+    model: str | None
+    data: str
+    in_channels: int
+    num_classes: int
+    input_shape: list[int]
+    granularity: str = "filter"
+    seed: int
+    criterion: str
+    mask_scope: str | None = None
+    base_weights: str | None
+    ratios: dict[str, float]
+    channels: dict[str, int]
+    kept: dict[str, list[int] | int]
     macs: int
     params: int
     proxy_acc: float
     test_acc: float
     holdout_acc: float
+    finetune_epochs: float
     finetune_seconds: float
-    latency_ms: float  # measured on the run's device at its latency batch
-    predicted_latency_ms: float | None  # from the latency table, where the budget has a latency
-    ratios: dict[str, float]
-    path: str
-    retrain: str = "fine-tune"  # how it was trained after pruning, in a few words (spec.json has the record)
+    retrain: dict | None = None
+    latency_ms: float = math.nan
+    predicted_latency_ms: float | None = None
+    latency_batch: int | None = None
+    device: str | None = None
+    contract: dict | None = None
+    path: str | None = field(default=None, compare=False)
 
-    def row(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if k != "ratios"}
+    def to_json(self) -> dict[str, Any]:
+        """spec.json's content: ``format`` first, then every field but ``path``, in order."""
+        return {"format": SPEC_FORMAT, **{f.name: getattr(self, f.name) for f in fields(self) if f.name != "path"}}
+
+    def save(self, directory: str | Path, subnet: nn.Module,
+             masks: dict[str, torch.Tensor] | None = None) -> SubnetSpec:
+        """Write ``weights.pt`` (a plain state dict, on the CPU), ``masks.pt`` for a weight-pruned subnet
+        (parameter name -> boolean tensor of the weight's shape, true where a weight is kept), then spec.json:
+        the spec, written last and at once, marks the subnet complete. Returns the spec as written: its
+        ``path`` the directory, and a ``contract`` left None taken from ``subnet`` (its layout and output key).
+        This spec is left as it was."""
+        from autoprune.models.contract import contract_of
+
+        directory = Path(directory)
+        spec = replace(self, contract=self.contract or contract_of(subnet).to_record(), path=str(directory))
+        directory.mkdir(parents=True, exist_ok=True)
+        files = {"weights.pt": {k: v.detach().cpu().contiguous() for k, v in subnet.state_dict().items()}}
+        if masks is not None:
+            files["masks.pt"] = masks
+        for name, content in files.items():
+            tmp = directory / f".{name}.tmp"
+            torch.save(content, tmp)
+            os.replace(tmp, directory / name)
+        atomic_write(directory / "spec.json", json.dumps(spec.to_json(), indent=2) + "\n")
+        return spec
+
+    @classmethod
+    def load(cls, directory: str | Path) -> SubnetSpec:
+        """The spec of ``directory`` (a ``subnets/<id>`` directory, or its spec.json), its ``path`` that
+        directory. Fields it does not know are left out. Raises ``ValueError`` where spec.json is not an
+        autoprune subnet spec or lacks a field that every spec has, ``FileNotFoundError`` where there is none."""
+        path = Path(directory)
+        directory = path.parent if path.name == "spec.json" else path
+        record = json.loads((directory / "spec.json").read_text())
+        if not isinstance(record, dict) or record.get("format") != SPEC_FORMAT:
+            raise ValueError(f"{directory / 'spec.json'} is not an autoprune subnet spec")
+        known = {f.name for f in fields(cls)} - {"path"}
+        missing = [f.name for f in fields(cls) if f.name in known and f.name not in record
+                   and f.default is MISSING]
+        if missing:
+            raise ValueError(f"{directory / 'spec.json'} lacks {', '.join(missing)}")
+        return cls(**{k: v for k, v in record.items() if k in known}, path=str(directory))
+
+    @property
+    def retrain_text(self) -> str:
+        """How it was trained after pruning, in a few words (``autoprune.retrain.describe_retrain``)."""
+        return describe_retrain(self.retrain)
+
+    def front_record(self) -> dict[str, Any]:
+        """Its entry in pareto.json's ``front``: id, trial, cost, accuracies, seconds, latencies, ratios, path
+        and how it was retrained (in words)."""
+        return {key: self.retrain_text if key == "retrain" else getattr(self, key) for key in PARETO_FIELDS}
+
+    def row(self) -> dict[str, Any]:
+        """Its row of pareto.csv: ``front_record`` without the ratios."""
+        return {k: v for k, v in self.front_record().items() if k != "ratios"}
 
 
-def save_subnet(directory: Path, subnet: nn.Module, spec: dict, *, masks: dict[str, torch.Tensor] | None = None) -> None:
-    """Write ``weights.pt`` (a plain state dict), ``masks.pt`` for a weight-pruned subnet (parameter
-    name -> boolean tensor, true where a weight is kept), then ``spec.json``: the spec marks it complete.
-    The spec records how the subnet runs (its layout and output key, ``autoprune.models.contract``)."""
-    from autoprune.models.contract import contract_of
+# what pareto.json says of each subnet on the front, in order (pareto.csv: the same without the ratios)
+PARETO_FIELDS = ("id", "trial", "macs", "params", "proxy_acc", "test_acc", "holdout_acc", "finetune_seconds",
+                 "latency_ms", "predicted_latency_ms", "ratios", "path", "retrain")
 
-    spec = {**spec, "contract": spec.get("contract") or contract_of(subnet).to_record()}
-    directory.mkdir(parents=True, exist_ok=True)
-    files = {"weights.pt": {k: v.detach().cpu().contiguous() for k, v in subnet.state_dict().items()}}
-    if masks is not None:
-        files["masks.pt"] = masks
-    for name, content in files.items():
-        tmp = directory / f".{name}.tmp"
-        torch.save(content, tmp)
-        os.replace(tmp, directory / name)
-    atomic_write(directory / "spec.json", json.dumps({"format": SPEC_FORMAT, **spec}, indent=2) + "\n")
+SubnetRecord = SubnetSpec  # the name autoprune.pipeline still imports
 
 
 def load_subnet(path: str | Path, base_model: nn.Module | None = None) -> nn.Module:
@@ -244,32 +294,30 @@ def load_subnet(path: str | Path, base_model: nn.Module | None = None) -> nn.Mod
     subnet keeps the dense architecture, its zeros in the weights), with its weights.
 
     ``path`` is a ``subnets/<id>`` directory (or its spec.json). ``base_model`` is needed only when
-    the search was given a Python model object rather than a model spec.
+    the search was given a Python model object rather than a model spec. Raises ``ValueError`` for what is
+    not a subnet spec (``SubnetSpec.load``), a spec of a Python model object without ``base_model``, or a
+    base model of other widths than the spec's ``channels``.
     """
     from autoprune.models import create_model
     from autoprune.models.contract import RunContract, materialize, set_contract, unwrap_compiled
     from autoprune.pruning.space import apply_kept
 
-    path = Path(path)
-    directory = path.parent if path.name == "spec.json" else path
-    spec = json.loads((directory / "spec.json").read_text())
-    if spec.get("format") != SPEC_FORMAT:
-        raise ValueError(f"{directory / 'spec.json'} is not an autoprune subnet spec")
+    spec = SubnetSpec.load(path)
     if base_model is not None:
         model = copy.deepcopy(base_model).cpu()
-    elif spec.get("model"):
-        model = create_model(spec["model"], in_channels=spec["in_channels"], num_classes=spec["num_classes"])
+    elif spec.model:
+        model = create_model(spec.model, in_channels=spec.in_channels, num_classes=spec.num_classes)
     else:
         raise ValueError("this subnet was searched from a Python model object: pass base_model=")
     model, _ = unwrap_compiled(model)
-    example = torch.zeros(1, *spec["input_shape"])
+    example = torch.zeros(1, *spec.input_shape)
     materialize(model, example)  # lazy layers take their shapes before they are pruned
-    if spec.get("granularity", "filter") == "filter":
-        apply_kept(model.eval(), example, spec["kept"], spec["channels"])
-    state = torch.load(directory / "weights.pt", map_location="cpu", weights_only=True)
+    if spec.granularity == "filter":
+        apply_kept(model.eval(), example, spec.kept, spec.channels)
+    state = torch.load(Path(spec.path) / "weights.pt", map_location="cpu", weights_only=True)
     model.load_state_dict(state)
-    if "contract" in spec:  # runs as the search ran it; older specs: the default
-        set_contract(model, RunContract.from_record(spec["contract"]))
+    if spec.contract is not None:  # runs as the search ran it; older specs: the default
+        set_contract(model, RunContract.from_record(spec.contract))
     return model.eval()
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from rich import box
@@ -12,22 +11,12 @@ from autoprune.errors import UserError
 from autoprune.export import ExportCheck
 from autoprune.progress import output
 from autoprune.report import pareto_front
-from autoprune.results import RunDir, SubnetRecord
-from autoprune.retrain import describe_retrain
+from autoprune.results import RunDir, SubnetSpec
 
 
-def record_from_spec(directory: Path) -> SubnetRecord:
-    spec = json.loads((directory / "spec.json").read_text())
-    return SubnetRecord(
-        id=spec["id"], trial=spec["trial"], macs=spec["macs"], params=spec["params"], proxy_acc=spec["proxy_acc"],
-        test_acc=spec["test_acc"], holdout_acc=spec["holdout_acc"], finetune_seconds=spec["finetune_seconds"],
-        latency_ms=spec.get("latency_ms", float("nan")), predicted_latency_ms=spec.get("predicted_latency_ms"),
-        ratios=spec["ratios"], path=str(directory), retrain=describe_retrain(spec.get("retrain")),
-    )
-
-
-def subnets_table(baseline: dict, subnets: list[SubnetRecord], title: str = "fine-tuned subnets") -> Table:
-    """The baseline and the fine-tuned subnets, best test accuracy first, the Pareto ones marked."""
+def subnets_table(baseline: dict, subnets: list[SubnetSpec], title: str = "fine-tuned subnets") -> Table:
+    """The baseline (pareto.json's: ``macs``, ``params``, ``latency_ms``, ``proxy_acc``, ``test_acc``) and the
+    fine-tuned subnets, best test accuracy first, the Pareto ones marked."""
     table = Table(title=title)
     for col in ("subnet", "MACs (M)", "MACs %", "params (M)", "latency (ms)", "proxy acc", "test acc", "Pareto"):
         table.add_column(col, justify="right")
@@ -41,8 +30,9 @@ def subnets_table(baseline: dict, subnets: list[SubnetRecord], title: str = "fin
     return table
 
 
-def read_subnets(run_dir: Path) -> list[SubnetRecord]:
-    return [record_from_spec(p.parent) for p in sorted(run_dir.glob("subnets/*/spec.json"))]
+def read_subnets(run_dir: Path) -> list[SubnetSpec]:
+    """The specs of every fine-tuned subnet of a run, by id."""
+    return [SubnetSpec.load(p.parent) for p in sorted(run_dir.glob("subnets/*/spec.json"))]
 
 
 def summarize(run_dir: Path) -> dict:

@@ -2,38 +2,30 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Sequence
 
 import numpy as np
-import optuna
 
+from autoprune.candidate import COMPLETE, Candidate
 from autoprune.pareto import non_dominated
 
-if TYPE_CHECKING:
-    from autoprune.pruning.space import PruningSpace
 
-
-def trial_ratios(t: optuna.trial.FrozenTrial, space: PruningSpace) -> dict[str, float]:
-    return {g.name: float(t.params.get(g.name, 0.0)) for g in space.groups}
-
-
-def choose_for_finetune(
-    study: optuna.Study, k: int, cost: Callable[[optuna.trial.FrozenTrial], float], *, spread: bool
-) -> list[optuna.trial.FrozenTrial]:
-    """The K candidates worth fine-tuning: the best proxies, or (``spread``) the best one plus
-    K-1 spread evenly in cost along the proxy-vs-cost front. Identical ratios count once."""
-    unique: dict[tuple, optuna.trial.FrozenTrial] = {}
-    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
-        if t.user_attrs.get("feasible") and t.user_attrs.get("proxy_acc") is not None:
-            unique.setdefault(tuple(sorted(t.params.items())), t)
-    ranked = sorted(unique.values(), key=lambda t: (-t.user_attrs["proxy_acc"], t.number))
+def choose_for_finetune(candidates: Sequence[Candidate], k: int, cost: Callable[[Candidate], float], *,
+                        spread: bool) -> list[Candidate]:
+    """The K candidates worth fine-tuning, of those scored within the budget (state ``complete`` with a proxy
+    accuracy): the best proxies (ties: the lower trial number), or (``spread``) the best one plus K-1 spread
+    evenly in ``cost`` along the proxy-vs-cost front. Identical ratios count once, the first kept."""
+    unique: dict[tuple, Candidate] = {}
+    for c in sorted(candidates, key=lambda c: c.number):
+        if c.state == COMPLETE and c.proxy_acc is not None:
+            unique.setdefault(tuple(sorted(c.ratios.items())), c)
+    ranked = sorted(unique.values(), key=lambda c: (-c.proxy_acc, c.number))
     if not spread or k <= 1:
         return ranked[:k]
-    front = non_dominated(ranked, lambda t: t.user_attrs["proxy_acc"], cost)
+    front = non_dominated(ranked, lambda c: c.proxy_acc, cost)
     chosen = ranked[:1]
     for index in np.linspace(0, len(front) - 1, num=min(k - 1, len(front))).round().astype(int):
         if front[index] not in chosen:
             chosen.append(front[index])
-    chosen += [t for t in ranked if t not in chosen][: k - len(chosen)]
+    chosen += [c for c in ranked if c not in chosen][: k - len(chosen)]
     return chosen

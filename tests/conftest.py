@@ -34,3 +34,22 @@ def flops_clock(monkeypatch):
     the latency table) that do not depend on this machine's speed or load, for tests whose verdict would.
     A real clock under load once put a 70%-latency budget out of reach of the smallest subnet."""
     monkeypatch.setattr("autoprune.measure.latency.time_forward", _flops_as_ms)
+
+
+@pytest.fixture(scope="session")
+def subnet_spec():
+    """``subnet_spec(**fields)``: a ``SubnetSpec`` with every field a spec has, each of its own value (so that a
+    field read in place of another shows), the given ones over them."""
+    from autoprune.results import SubnetSpec
+
+    def make(**fields) -> SubnetSpec:
+        values = {
+            "id": "t0001", "trial": 1, "model": None, "data": "fashion-mnist", "in_channels": 1, "num_classes": 3,
+            "input_shape": [1, 8, 8], "granularity": "filter", "seed": 11, "criterion": "l1", "mask_scope": None,
+            "base_weights": "base.pt", "ratios": {"0": 0.5, "3": 0.5}, "channels": {"0": 8, "3": 6},
+            "kept": {"0": [1, 2, 5, 7], "3": [0, 4, 5]}, "macs": 1234, "params": 567, "proxy_acc": 0.625,
+            "test_acc": 0.8125, "holdout_acc": 0.75, "finetune_epochs": 0.5, "finetune_seconds": 2.25,
+            "retrain": None, "latency_ms": 1.5, "predicted_latency_ms": None, "latency_batch": 4, "device": "cpu"}
+        return SubnetSpec(**{**values, **fields})
+
+    return make

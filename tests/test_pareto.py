@@ -11,12 +11,13 @@ from __future__ import annotations
 import itertools
 import math
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from autoprune.pareto import non_dominated
 from autoprune.report import pareto_front, pareto_subnets
-from autoprune.results import SubnetRecord
+from autoprune.results import SubnetSpec
 
 
 class P:
@@ -151,85 +152,81 @@ def test_front_of_float_points_matches_the_definition(pairs):
 # --- the report's fronts ------------------------------------------------------------------------
 
 
-def _record(id_: str, test_acc: float, macs: int, proxy_acc: float = 0.5, params: int = 1000) -> SubnetRecord:
-    return SubnetRecord(id=id_, trial=0, macs=macs, params=params, proxy_acc=proxy_acc, test_acc=test_acc,
-                        holdout_acc=proxy_acc, finetune_seconds=1.0, latency_ms=1.0, predicted_latency_ms=None,
-                        ratios={}, path=f"subnets/{id_}")
+@pytest.fixture(scope="module")
+def record(subnet_spec):
+    def make(id_: str, test_acc: float, macs: int = 100, proxy_acc: float = 0.5, params: int = 1000,
+             **fields) -> SubnetSpec:
+        return subnet_spec(id=id_, test_acc=test_acc, macs=macs, proxy_acc=proxy_acc, params=params,
+                           holdout_acc=proxy_acc, path=f"subnets/{id_}", **fields)
+
+    return make
 
 
-def test_pareto_front_ranks_subnets_on_test_accuracy_and_macs():
+def test_pareto_front_ranks_subnets_on_test_accuracy_and_macs(record):
     # proxy accuracy and params point the other way: only test accuracy and MACs count
     records = [
-        _record("t1", test_acc=0.90, macs=200, proxy_acc=0.1, params=10),
-        _record("t2", test_acc=0.85, macs=250, proxy_acc=0.9, params=1),
-        _record("t3", test_acc=0.80, macs=100, proxy_acc=0.2, params=99),
-        _record("t4", test_acc=0.80, macs=100, proxy_acc=0.3, params=50),
+        record("t1", test_acc=0.90, macs=200, proxy_acc=0.1, params=10),
+        record("t2", test_acc=0.85, macs=250, proxy_acc=0.9, params=1),
+        record("t3", test_acc=0.80, macs=100, proxy_acc=0.2, params=99),
+        record("t4", test_acc=0.80, macs=100, proxy_acc=0.3, params=50),
     ]
     result = pareto_front(records)
     assert [r.id for r in result] == ["t3", "t4", "t1"]
     assert result[0] is records[2] and result[1] is records[3]
 
 
-def test_pareto_front_of_nothing_and_of_one():
+def test_pareto_front_of_nothing_and_of_one(record):
     assert pareto_front([]) == []
-    one = _record("t0", 0.5, 10)
+    one = record("t0", 0.5, 10)
     assert pareto_front([one]) == [one]
 
 
-def test_pareto_front_does_not_put_every_subnet_on_it():
-    records = [_record(f"t{i}", test_acc=0.5 + i / 100, macs=100 - i) for i in range(5)]
+def test_pareto_front_does_not_put_every_subnet_on_it(record):
+    records = [record(f"t{i}", test_acc=0.5 + i / 100, macs=100 - i) for i in range(5)]
     assert [r.id for r in pareto_front(records)] == ["t4"]
 
 
-def test_pareto_subnets_on_macs():
+def _three(record):
+    return [record("a", 0.9, macs=300, latency_ms=9.0), record("b", 0.8, macs=100, latency_ms=1.0),
+            record("c", 0.7, macs=200, latency_ms=0.5)]
+
+
+def test_pareto_subnets_on_macs(record):
+    assert [s.id for s in pareto_subnets(_three(record), "macs")] == ["b", "a"]
+
+
+def test_pareto_subnets_on_latency_is_another_front(record):
+    assert [s.id for s in pareto_subnets(_three(record), "latency_ms")] == ["c", "b", "a"]
+
+
+def test_pareto_subnets_leave_out_those_without_the_cost(record):
     subnets = [
-        {"id": "a", "test_acc": 0.9, "macs": 300, "latency_ms": 9.0},
-        {"id": "b", "test_acc": 0.8, "macs": 100, "latency_ms": 1.0},
-        {"id": "c", "test_acc": 0.7, "macs": 200, "latency_ms": 0.5},
+        record("none", 0.99, latency_ms=None),
+        record("nan", 0.99, latency_ms=math.nan),  # a spec from before latencies were measured loads so
+        record("dear", 0.6, latency_ms=5.0),
+        record("cheap", 0.5, latency_ms=2.0),
+        record("beaten", 0.4, latency_ms=3.0),
     ]
-    assert [s["id"] for s in pareto_subnets(subnets, "macs")] == ["b", "a"]
-
-
-def test_pareto_subnets_on_latency_is_another_front():
-    subnets = [
-        {"id": "a", "test_acc": 0.9, "macs": 300, "latency_ms": 9.0},
-        {"id": "b", "test_acc": 0.8, "macs": 100, "latency_ms": 1.0},
-        {"id": "c", "test_acc": 0.7, "macs": 200, "latency_ms": 0.5},
-    ]
-    assert [s["id"] for s in pareto_subnets(subnets, "latency_ms")] == ["c", "b", "a"]
-
-
-def test_pareto_subnets_leave_out_those_without_the_cost():
-    subnets = [
-        {"id": "none", "test_acc": 0.99, "latency_ms": None},
-        {"id": "nan", "test_acc": 0.99, "latency_ms": math.nan},
-        {"id": "absent", "test_acc": 0.99},
-        {"id": "dear", "test_acc": 0.6, "latency_ms": 5.0},
-        {"id": "cheap", "test_acc": 0.5, "latency_ms": 2.0},
-        {"id": "beaten", "test_acc": 0.4, "latency_ms": 3.0},
-    ]
-    assert [s["id"] for s in pareto_subnets(subnets, "latency_ms")] == ["cheap", "dear"]
-    assert pareto_subnets(subnets[:3], "latency_ms") == []
+    assert [s.id for s in pareto_subnets(subnets, "latency_ms")] == ["cheap", "dear"]
+    assert pareto_subnets(subnets[:2], "latency_ms") == []
     assert pareto_subnets([], "macs") == []
 
 
-def test_pareto_subnets_keep_duplicates_in_input_order():
-    subnets = [{"id": "x", "test_acc": 0.7, "macs": 10}, {"id": "y", "test_acc": 0.7, "macs": 10},
-               {"id": "z", "test_acc": 0.6, "macs": 10}]
+def test_pareto_subnets_keep_duplicates_in_input_order(record):
+    subnets = [record("x", 0.7, macs=10), record("y", 0.7, macs=10), record("z", 0.6, macs=10)]
     result = pareto_subnets(subnets, "macs")
-    assert [s["id"] for s in result] == ["x", "y"]
+    assert [s.id for s in result] == ["x", "y"]
     assert result[0] is subnets[0]
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.lists(st.tuples(st.integers(0, 5), st.one_of(st.none(), st.just(math.nan), st.integers(0, 5))),
-                max_size=15))
-def test_pareto_subnets_are_the_front_of_those_with_the_cost(pairs):
-    subnets = [{"id": str(i), "test_acc": acc, "macs": cost} for i, (acc, cost) in enumerate(pairs)]
-    with_cost = [s for s in subnets if s["macs"] is not None and not (isinstance(s["macs"], float)
-                                                                      and math.isnan(s["macs"]))]
+@given(pairs=st.lists(st.tuples(st.integers(0, 5), st.one_of(st.none(), st.just(math.nan), st.integers(0, 5))),
+                      max_size=15))
+def test_pareto_subnets_are_the_front_of_those_with_the_cost(record, pairs):
+    subnets = [record(str(i), acc, macs=cost) for i, (acc, cost) in enumerate(pairs)]
+    with_cost = [s for s in subnets if s.macs is not None and not (isinstance(s.macs, float) and math.isnan(s.macs))]
     expected = [s for s in with_cost if not any(
-        o["test_acc"] >= s["test_acc"] and o["macs"] <= s["macs"]
-        and (o["test_acc"] > s["test_acc"] or o["macs"] < s["macs"]) for o in with_cost)]
-    expected.sort(key=lambda s: s["macs"])
+        o.test_acc >= s.test_acc and o.macs <= s.macs and (o.test_acc > s.test_acc or o.macs < s.macs)
+        for o in with_cost)]
+    expected.sort(key=lambda s: s.macs)
     assert pareto_subnets(subnets, "macs") == expected

@@ -1,34 +1,33 @@
 """The run directory (autoprune/results.py): --out/--resume checks, the files a search writes and reads
-back on a resume, trials.csv rows, and subnets that save and load."""
+back on a resume, and subnets: their spec (``SubnetSpec``), saved and loaded."""
 
 from __future__ import annotations
 
 import copy
 import json
+import math
 import pickle
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
-import optuna
 import pandas as pd
 import pytest
 import torch
 from torch import nn
 
 from autoprune import results
+from autoprune.candidate import TRIAL_COLUMNS
 from autoprune.errors import UserError
 from autoprune.models.contract import RunContract, contract_of, set_contract
 from autoprune.pruning.space import apply_kept
 from autoprune.results import (
+    PARETO_FIELDS,
     SPEC_FORMAT,
-    TRIAL_COLUMNS,
     RunDir,
-    SubnetRecord,
+    SubnetSpec,
     atomic_write,
     load_subnet,
-    save_subnet,
-    trial_row,
-    trials_frame,
 )
 
 # --- --out and --resume --------------------------------------------------------------------------
@@ -251,58 +250,6 @@ def test_atomic_write_goes_through_a_hidden_file_beside_the_target(tmp_path, mon
     assert [p.name for p in tmp_path.iterdir()] == ["run.json"]
 
 
-# --- trials.csv rows ------------------------------------------------------------------------------
-
-
-def _frozen(number, state, ratios=None, **attrs):
-    ratios = ratios or {}
-    trial = optuna.trial.create_trial(
-        params=ratios, distributions={k: optuna.distributions.FloatDistribution(0.0, 1.0) for k in ratios},
-        value=0.5 if state == optuna.trial.TrialState.COMPLETE else None, user_attrs=attrs, state=state)
-    trial.number = number
-    return trial
-
-
-def test_a_trial_row():
-    t = _frozen(7, optuna.trial.TrialState.COMPLETE, {"conv1": 0.123456789, "fc": 0.5}, feasible=True, macs=100,
-                params=10, proxy_acc=0.75, seconds=1.5, draws=3)
-    row = trial_row(t, ["conv1", "fc", "absent"])
-    assert row == {"number": 7, "state": "complete", "macs": 100, "params": 10, "proxy_acc": 0.75, "seconds": 1.5,
-                   "prune_seconds": None, "recalibrate_seconds": None, "evaluate_seconds": None,
-                   "latency_seconds": None, "draws": 3, "predicted_latency_ms": None, "latency_ms": None,
-                   "error": None, "ratio:conv1": 0.123457, "ratio:fc": 0.5, "ratio:absent": None}
-
-
-def test_states_in_trials_csv():
-    complete = optuna.trial.TrialState.COMPLETE
-    assert trial_row(_frozen(0, complete, feasible=False), [])["state"] == "infeasible"
-    assert trial_row(_frozen(0, complete), [])["state"] == "complete"  # older runs: no feasible attribute
-    assert trial_row(_frozen(0, optuna.trial.TrialState.FAIL, feasible=False), [])["state"] == "fail"
-
-
-def test_a_failed_trial_shows_the_exception_line_of_its_error():
-    t = _frozen(2, optuna.trial.TrialState.FAIL, error="Traceback\n  File x\nValueError: odd width  \n\n")
-    assert trial_row(t, [])["error"] == "ValueError: odd width"
-
-
-def test_trials_frame_has_every_column_in_order():
-    study = optuna.create_study()
-    study.add_trial(_frozen(0, optuna.trial.TrialState.COMPLETE, {"g": 0.25}, feasible=True, macs=3))
-    study.add_trial(_frozen(1, optuna.trial.TrialState.FAIL, error="E: x"))
-    frame = trials_frame(study, ["g"])
-    assert list(frame.columns) == [*TRIAL_COLUMNS, "ratio:g"]
-    assert frame["state"].tolist() == ["complete", "fail"]
-    assert frame["ratio:g"].tolist()[0] == 0.25
-    assert trials_frame(optuna.create_study(), ["g"]).columns.tolist() == [*TRIAL_COLUMNS, "ratio:g"]
-
-
-def test_a_subnet_record_row_leaves_the_ratios_out():
-    record = SubnetRecord("t1", 1, 10, 2, 0.5, 0.6, 0.7, 3.0, 1.5, None, {"g": 0.5}, "/x")
-    assert record.row() == {"id": "t1", "trial": 1, "macs": 10, "params": 2, "proxy_acc": 0.5, "test_acc": 0.6,
-                            "holdout_acc": 0.7, "finetune_seconds": 3.0, "latency_ms": 1.5,
-                            "predicted_latency_ms": None, "path": "/x", "retrain": "fine-tune"}
-
-
 # --- subnets --------------------------------------------------------------------------------------
 
 X = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0))
@@ -319,19 +266,86 @@ def pruned():
     model = _small()
     kept = {"0": [1, 2, 5, 7], "3": [0, 4, 5]}  # group roots by module name: the kept channel indices
     subnet = apply_kept(copy.deepcopy(model), X[:1], kept, {"0": 8, "3": 6})
-    spec = {"id": "t0001", "in_channels": 1, "num_classes": 3, "input_shape": [1, 8, 8], "kept": kept,
-            "channels": {"0": 8, "3": 6}}
-    return model, subnet, spec
+    return model, subnet
 
 
-def test_a_saved_subnet_loads_pruned_with_its_weights(tmp_path, pruned):
-    model, subnet, spec = pruned
-    save_subnet(tmp_path, subnet, spec)
+# --- SubnetSpec: spec.json ----------------------------------------------------------------------------
+
+SPEC_KEYS = ["format", "id", "trial", "model", "data", "in_channels", "num_classes", "input_shape", "granularity",
+             "seed", "criterion", "mask_scope", "base_weights", "ratios", "channels", "kept", "macs", "params",
+             "proxy_acc", "test_acc", "holdout_acc", "finetune_epochs", "finetune_seconds", "retrain", "latency_ms",
+             "predicted_latency_ms", "latency_batch", "device", "contract"]
+RETRAIN = {"rewind": "lottery", "rewind_epoch": None, "schedule": "one-shot", "steps": 1, "distill": None,
+           "lr": 0.01, "epochs": 0.5}
+
+
+def test_a_spec_saves_and_loads_back_field_for_field(tmp_path, pruned, subnet_spec):
+    _, subnet = pruned
+    spec = subnet_spec(retrain=RETRAIN, predicted_latency_ms=1.75)
+    saved = spec.save(tmp_path / "t0001", subnet)
+    assert spec.path is None and spec.contract is None  # the spec saved is left as it was
+    assert saved == replace(spec, contract={"layout": "channels_last", "output_key": None})
+    assert saved.path == str(tmp_path / "t0001")
+    text = (tmp_path / "t0001" / "spec.json").read_text()
+    assert list(json.loads(text)) == SPEC_KEYS  # the fields of autoprune.subnet/1, in their order
+    assert text == json.dumps(json.loads(text), indent=2) + "\n"
+    for where in (tmp_path / "t0001", tmp_path / "t0001" / "spec.json", str(tmp_path / "t0001")):
+        loaded = SubnetSpec.load(where)
+        assert loaded == saved and loaded.path == str(tmp_path / "t0001")
+        assert loaded.__dict__ == saved.__dict__  # the path too, which == leaves out
+
+
+def test_an_older_spec_loads_with_defaults_for_the_fields_it_predates(tmp_path, subnet_spec):
+    """The fields of the first autoprune.subnet/1 specs; granularity, retrain, the latencies, device and
+    contract came later."""
+    first = {k: v for k, v in subnet_spec().to_json().items()
+             if k not in ("granularity", "mask_scope", "retrain", "latency_ms", "predicted_latency_ms",
+                          "latency_batch", "device", "contract")}
+    (tmp_path / "spec.json").write_text(json.dumps({**first, "a_later_field": 1}))  # one it does not know: left out
+    spec = SubnetSpec.load(tmp_path)
+    assert (spec.granularity, spec.mask_scope, spec.retrain, spec.predicted_latency_ms, spec.latency_batch,
+            spec.device, spec.contract) == ("filter", None, None, None, None, None, None)
+    assert math.isnan(spec.latency_ms)
+    assert (spec.macs, spec.params, spec.proxy_acc, spec.test_acc, spec.holdout_acc, spec.seed) == (
+        1234, 567, 0.625, 0.8125, 0.75, 11)
+    assert spec.retrain_text == "fine-tune"
+
+
+def test_a_spec_without_a_field_every_spec_has_is_refused(tmp_path, subnet_spec):
+    record = subnet_spec().to_json()
+    del record["kept"], record["macs"]
+    (tmp_path / "spec.json").write_text(json.dumps(record))
+    with pytest.raises(ValueError) as error:
+        SubnetSpec.load(tmp_path)
+    assert str(error.value) == f"{tmp_path / 'spec.json'} lacks kept, macs"
+    (tmp_path / "spec.json").write_text("[]")
+    with pytest.raises(ValueError, match="is not an autoprune subnet spec"):
+        SubnetSpec.load(tmp_path)
+
+
+def test_pareto_rows_of_a_spec(subnet_spec):
+    spec = replace(subnet_spec(retrain=RETRAIN, predicted_latency_ms=1.75), path="/runs/a/subnets/t0001")
+    assert spec.front_record() == {
+        "id": "t0001", "trial": 1, "macs": 1234, "params": 567, "proxy_acc": 0.625, "test_acc": 0.8125,
+        "holdout_acc": 0.75, "finetune_seconds": 2.25, "latency_ms": 1.5, "predicted_latency_ms": 1.75,
+        "ratios": {"0": 0.5, "3": 0.5}, "path": "/runs/a/subnets/t0001", "retrain": "lottery (init), 0.5 epochs"}
+    assert list(spec.front_record()) == list(PARETO_FIELDS)
+    row = spec.row()
+    assert list(row) == ["id", "trial", "macs", "params", "proxy_acc", "test_acc", "holdout_acc",
+                         "finetune_seconds", "latency_ms", "predicted_latency_ms", "path", "retrain"]
+    assert row == {k: v for k, v in spec.front_record().items() if k != "ratios"}
+
+
+# --- subnets that load ----------------------------------------------------------------------------
+
+
+def test_a_saved_subnet_loads_pruned_with_its_weights(tmp_path, pruned, subnet_spec):
+    model, subnet = pruned
+    subnet_spec().save(tmp_path, subnet)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["spec.json", "weights.pt"]
     saved = json.loads((tmp_path / "spec.json").read_text())
     assert next(iter(saved)) == "format" and saved["format"] == SPEC_FORMAT == "autoprune.subnet/1"
     assert saved["contract"] == {"layout": "channels_last", "output_key": None}
-    assert (tmp_path / "spec.json").read_text() == json.dumps(saved, indent=2) + "\n"
     for path in (tmp_path, tmp_path / "spec.json"):
         loaded = load_subnet(path, base_model=model)
         assert not loaded.training
@@ -340,20 +354,19 @@ def test_a_saved_subnet_loads_pruned_with_its_weights(tmp_path, pruned):
     assert model[0].out_channels == 8  # the base model is copied, not pruned
 
 
-def test_a_subnet_keeps_the_contract_it_ran_with(tmp_path, pruned):
-    model, subnet, spec = pruned
-    save_subnet(tmp_path, set_contract(subnet, RunContract("contiguous", "logits")), spec)
+def test_a_subnet_keeps_the_contract_it_ran_with(tmp_path, pruned, subnet_spec):
+    model, subnet = pruned
+    subnet_spec().save(tmp_path, set_contract(copy.deepcopy(subnet), RunContract("contiguous", "logits")))
     assert json.loads((tmp_path / "spec.json").read_text())["contract"] == {"layout": "contiguous",
                                                                              "output_key": "logits"}
     assert contract_of(load_subnet(tmp_path, base_model=model)) == RunContract("contiguous", "logits")
-    set_contract(subnet, RunContract())
-    save_subnet(tmp_path, subnet, {**spec, "contract": {"layout": "contiguous", "output_key": None}})
+    subnet_spec(contract={"layout": "contiguous", "output_key": None}).save(tmp_path, subnet)
     assert contract_of(load_subnet(tmp_path, base_model=model)) == RunContract("contiguous", None)
 
 
-def test_an_older_spec_without_a_contract_runs_by_default(tmp_path, pruned):
-    _, subnet, spec = pruned
-    save_subnet(tmp_path, subnet, spec)
+def test_an_older_spec_without_a_contract_runs_by_default(tmp_path, pruned, subnet_spec):
+    _, subnet = pruned
+    subnet_spec().save(tmp_path, subnet)
     saved = json.loads((tmp_path / "spec.json").read_text())
     del saved["contract"]
     (tmp_path / "spec.json").write_text(json.dumps(saved))
@@ -361,14 +374,14 @@ def test_an_older_spec_without_a_contract_runs_by_default(tmp_path, pruned):
     assert contract_of(load_subnet(tmp_path, base_model=base)) == RunContract("contiguous", "logits")
 
 
-def test_a_weight_pruned_subnet_keeps_its_masks_and_dense_shape(tmp_path):
+def test_a_weight_pruned_subnet_keeps_its_masks_and_dense_shape(tmp_path, subnet_spec):
     masks = {"conv1.weight": torch.rand(16, 1, 3, 3) > 0.5}
-    spec = {"model": "resnet20", "in_channels": 1, "num_classes": 3, "input_shape": [1, 8, 8],
-            "granularity": "weight", "kept": {"conv1": [0, 1]}, "channels": {"conv1": 16}}  # not filter-pruned
+    spec = subnet_spec(model="resnet20", granularity="weight", kept={"conv1": 8},  # not filter-pruned
+                       channels={"conv1": 16})
     from autoprune.models import create_model
 
     resnet = create_model("resnet20", in_channels=1, num_classes=3).eval()
-    save_subnet(tmp_path, resnet, spec, masks=masks)
+    spec.save(tmp_path, resnet, masks=masks)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["masks.pt", "spec.json", "weights.pt"]
     assert torch.equal(torch.load(tmp_path / "masks.pt")["conv1.weight"], masks["conv1.weight"])
     loaded = load_subnet(tmp_path)  # built from the spec's model
@@ -376,35 +389,35 @@ def test_a_weight_pruned_subnet_keeps_its_masks_and_dense_shape(tmp_path):
     torch.testing.assert_close(loaded(torch.ones(1, 1, 8, 8)), resnet(torch.ones(1, 1, 8, 8)))
 
 
-def test_what_is_not_a_subnet_is_refused(tmp_path, pruned):
-    model, subnet, spec = pruned
+def test_what_is_not_a_subnet_is_refused(tmp_path, pruned, subnet_spec):
+    model, subnet = pruned
     (tmp_path / "spec.json").write_text(json.dumps({"format": "other"}))
     with pytest.raises(ValueError) as error:
         load_subnet(tmp_path, base_model=model)
     assert str(error.value) == f"{tmp_path / 'spec.json'} is not an autoprune subnet spec"
-    save_subnet(tmp_path, subnet, spec)  # no "model": searched from a Python object
+    subnet_spec(model=None).save(tmp_path, subnet)  # searched from a Python object
     with pytest.raises(ValueError) as error:
         load_subnet(tmp_path)
     assert str(error.value) == "this subnet was searched from a Python model object: pass base_model="
 
 
-def test_weights_that_are_not_plain_tensors_are_refused(tmp_path, pruned):
-    model, subnet, spec = pruned
-    save_subnet(tmp_path, subnet, spec)
+def test_weights_that_are_not_plain_tensors_are_refused(tmp_path, pruned, subnet_spec):
+    model, subnet = pruned
+    subnet_spec().save(tmp_path, subnet)
     torch.save({"0.weight": Path("anything")}, tmp_path / "weights.pt")
     with pytest.raises(pickle.UnpicklingError):
         load_subnet(tmp_path, base_model=model)
 
 
-def test_save_subnet_makes_the_directories_it_needs(tmp_path, pruned):
-    _, subnet, spec = pruned
-    save_subnet(tmp_path / "subnets" / "t0001", subnet, spec)
+def test_save_makes_the_directories_it_needs(tmp_path, pruned, subnet_spec):
+    _, subnet = pruned
+    subnet_spec().save(tmp_path / "subnets" / "t0001", subnet)
     assert (tmp_path / "subnets" / "t0001" / "spec.json").is_file()
 
 
-def test_a_subnet_is_refused_on_a_base_model_of_other_widths(tmp_path, pruned):
-    _, subnet, spec = pruned
-    save_subnet(tmp_path, subnet, spec)
+def test_a_subnet_is_refused_on_a_base_model_of_other_widths(tmp_path, pruned, subnet_spec):
+    _, subnet = pruned
+    subnet_spec().save(tmp_path, subnet)
     other = nn.Sequential(nn.Conv2d(1, 10, 3, padding=1), nn.BatchNorm2d(10), nn.ReLU(), nn.Conv2d(10, 6, 3),
                           nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 3))
     with pytest.raises(ValueError) as error:
@@ -412,9 +425,9 @@ def test_a_subnet_is_refused_on_a_base_model_of_other_widths(tmp_path, pruned):
     assert str(error.value) == "group '0' has 10 channels, expected 8"
 
 
-def test_a_lazy_base_model_takes_its_shapes_before_pruning(tmp_path, pruned):
-    _, subnet, spec = pruned
-    save_subnet(tmp_path, subnet, spec)
+def test_a_lazy_base_model_takes_its_shapes_before_pruning(tmp_path, pruned, subnet_spec):
+    _, subnet = pruned
+    subnet_spec().save(tmp_path, subnet)
     lazy = nn.Sequential(nn.LazyConv2d(8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 6, 3),
                          nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 3))
     loaded = load_subnet(tmp_path, base_model=lazy)

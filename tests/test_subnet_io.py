@@ -13,7 +13,7 @@ from torch import nn
 
 from autoprune.models import create_model
 from autoprune.pruning.space import PruningSpace
-from autoprune.results import load_subnet, save_subnet
+from autoprune.results import SubnetSpec, load_subnet
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -33,9 +33,10 @@ def _train_steps(model: nn.Module) -> None:
             model(_batch(100 + seed, 8) * 3 + 1)
 
 
-def _spec(space: PruningSpace, kept: dict, *, model: str | None, granularity: str = "filter") -> dict:
-    return {"id": "t0001", "model": model, "in_channels": 1, "num_classes": 10, "input_shape": list(SHAPE),
-            "granularity": granularity, "channels": {g.name: g.channels for g in space.groups}, "kept": kept}
+def _spec(subnet_spec, space: PruningSpace, kept: dict, *, model: str | None,
+          granularity: str = "filter") -> SubnetSpec:
+    return subnet_spec(model=model, in_channels=1, num_classes=10, input_shape=list(SHAPE), granularity=granularity,
+                       channels={g.name: g.channels for g in space.groups}, kept=kept)
 
 
 def _eval_logits(model: nn.Module) -> torch.Tensor:
@@ -60,13 +61,14 @@ def resnet_space():
 
 
 @pytest.mark.parametrize("from_spec", [True, False], ids=["model-from-spec", "base-model-given"])
-def test_a_loaded_filter_pruned_subnet_is_in_eval_mode_with_the_saved_logits(tmp_path, resnet_space, from_spec):
+def test_a_loaded_filter_pruned_subnet_is_in_eval_mode_with_the_saved_logits(tmp_path, resnet_space, from_spec,
+                                                                              subnet_spec):
     model, space = resnet_space
     subnet, kept = space.prune(space.uniform_ratios(0.4))
     _train_steps(subnet)  # saved in train mode, as fine-tuning leaves it
     assert subnet.training
     expected = _eval_logits(subnet)
-    save_subnet(tmp_path, subnet, _spec(space, kept, model="resnet20" if from_spec else None))
+    _spec(subnet_spec, space, kept, model="resnet20" if from_spec else None).save(tmp_path, subnet)
 
     base = None if from_spec else copy.deepcopy(model).train()
     loaded = load_subnet(tmp_path, base_model=base)
@@ -82,7 +84,7 @@ def test_a_loaded_filter_pruned_subnet_is_in_eval_mode_with_the_saved_logits(tmp
         assert not torch.equal(loaded.train()(_batch(0)), expected)
 
 
-def test_a_loaded_weight_pruned_subnet_is_in_eval_mode_with_the_saved_logits(tmp_path, resnet_space):
+def test_a_loaded_weight_pruned_subnet_is_in_eval_mode_with_the_saved_logits(tmp_path, resnet_space, subnet_spec):
     """A weight-pruned subnet keeps the dense architecture: nothing is pruned on load, so nothing on the way
     puts the model in eval mode but ``load_subnet`` itself."""
     _, space = resnet_space
@@ -94,7 +96,7 @@ def test_a_loaded_weight_pruned_subnet_is_in_eval_mode_with_the_saved_logits(tmp
                 m.weight[m.weight.abs() < m.weight.abs().median()] = 0
     _train_steps(subnet)
     expected = _eval_logits(subnet)
-    save_subnet(tmp_path, subnet, _spec(space, {}, model="resnet20", granularity="weight"))
+    _spec(subnet_spec, space, {}, model="resnet20", granularity="weight").save(tmp_path, subnet)
 
     loaded = load_subnet(tmp_path / "spec.json")
     _assert_eval(loaded)
@@ -114,14 +116,14 @@ class _WithDropout(nn.Module):
         return self.fc(self.drop(torch.relu(self.bn(self.conv(x))).mean((2, 3))))
 
 
-def test_a_loaded_subnet_with_dropout_runs_deterministically(tmp_path):
+def test_a_loaded_subnet_with_dropout_runs_deterministically(tmp_path, subnet_spec):
     torch.manual_seed(0)
     base = _WithDropout()
     space = PruningSpace(base, torch.zeros(1, *SHAPE))
     subnet, kept = space.prune({"conv": 0.5})
     _train_steps(subnet)
     expected = _eval_logits(subnet)
-    save_subnet(tmp_path, subnet, _spec(space, kept, model=None))
+    _spec(subnet_spec, space, kept, model=None).save(tmp_path, subnet)
 
     loaded = load_subnet(tmp_path, base_model=base.train())
     _assert_eval(loaded)

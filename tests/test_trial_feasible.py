@@ -10,8 +10,8 @@ import optuna
 import pytest
 
 from autoprune.budget import parse_budget
+from autoprune.candidate import Candidate
 from autoprune.pruning.space import Cost
-from autoprune.results import trial_row
 from autoprune.runners.trial import begin_trial
 
 BASE = Cost(macs=100_000_000, params=4_000_000, latency_ms=20.0)
@@ -55,7 +55,7 @@ def test_begin_trial_marks_feasible_only_within_every_constraint(text, cost, fea
     budget = parse_budget(text)
     study = optuna.create_study(directions=["maximize", "minimize"])
     pending = begin_trial(study, _Strategy(), _space(cost), budget)
-    assert pending.feasible is feasible
+    assert pending.candidate.feasible is feasible
     assert pending.trial.user_attrs["feasible"] is feasible
     assert pending.trial.user_attrs["macs"] == cost.macs and pending.trial.user_attrs["params"] == cost.params
     assert pending.trial.user_attrs["widths"] == {"g": 8}
@@ -66,4 +66,4 @@ def test_begin_trial_marks_feasible_only_within_every_constraint(text, cost, fea
     assert [k for k, v in constraints.items() if v > 0] == broken
     # and trials.csv says so
     frozen = study.tell(pending.trial, [0.5, float(cost.macs)])
-    assert trial_row(frozen, ["g"])["state"] == ("complete" if feasible else "infeasible")
+    assert Candidate.from_trial(frozen, ["g"]).row()["state"] == ("complete" if feasible else "infeasible")

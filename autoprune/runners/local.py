@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 
 import optuna
 
+from autoprune.candidate import Candidate
 from autoprune.finetuning import Finetuned, FinetuneJob, finetune_candidate
 from autoprune.runners.trial import (
     all_failing,
@@ -33,17 +34,17 @@ class LocalRunner:
         self.quiet = quiet
 
     def run_trials(self, study: optuna.Study, strategy: Strategy, remaining: int,
-                   on_finish: Callable[[optuna.trial.FrozenTrial], None]) -> None:
-        """Run ``remaining`` trials; ``on_finish(frozen_trial)`` after each. Raises the ``UserError`` of
-        ``all_failing`` as soon as every candidate so far has failed."""
+                   on_finish: Callable[[Candidate], None]) -> None:
+        """Run ``remaining`` trials; ``on_finish(candidate)`` after each, as the study records it. Raises the
+        ``UserError`` of ``all_failing`` as soon as every candidate so far has failed."""
         bench = self.bench
         space = bench.space
         for _ in range(remaining):
             pending = begin_trial(study, strategy, space, bench.budget)
             scored, error = None, None
-            if pending.feasible:
+            if pending.candidate.feasible:
                 try:
-                    scored = score_candidate(space, bench.evaluator, pending.ratios,
+                    scored = score_candidate(space, bench.evaluator, pending.candidate.ratios,
                                              latency_batch=bench.config.latency_batch)
                 except Exception as exc:  # noqa: BLE001  (a custom model that breaks at some widths: record it, go on)
                     error = describe_error(exc)

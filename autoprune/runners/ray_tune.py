@@ -145,9 +145,6 @@ def _score_trial(config: dict, shipped: Shipped) -> None:
     tune.report(result)
 
 
-_SCORED = ("proxy_acc", "prune_seconds", "recalibrate_seconds", "evaluate_seconds", "latency_ms", "latency_seconds")
-
-
 @dataclass
 class _Driver:
     """The searcher's live state, which exists only in the driver: the study and strategy, the
@@ -160,12 +157,12 @@ class _Driver:
     budget: Budget
     run: RunDir
     remaining: int
-    on_finish: object  # Callable[[FrozenTrial], None]
+    on_finish: object  # Callable[[Candidate], None]
 
 
 def make_searcher(study: optuna.Study, strategy: Strategy, space: PruningSpace, budget: Budget, run: RunDir,
                   remaining: int, on_finish):
-    """A Tune ``Searcher`` over the run's study; ``on_finish(frozen_trial)`` after each trial.
+    """A Tune ``Searcher`` over the run's study; ``on_finish(candidate)`` after each trial.
     (Defined here so that importing this module does not import Ray.)
 
     ``tune.Tuner`` pickles its search algorithm into ``tuner.pkl`` (for ``Tuner.restore``), so the
@@ -190,9 +187,9 @@ def make_searcher(study: optuna.Study, strategy: Strategy, space: PruningSpace, 
             while self.asked < d.remaining and self.fatal is None:
                 self.asked += 1
                 pending = begin_trial(d.study, d.strategy, d.space, d.budget)
-                if pending.feasible:
+                if pending.candidate.feasible:
                     self.pending[trial_id] = pending
-                    return {"ratios": pending.ratios, "trial": pending.number}
+                    return {"ratios": pending.candidate.ratios, "trial": pending.number}
                 d.on_finish(finish_trial(d.study, d.strategy, d.run, d.space.group_names, pending, None))
             return Searcher.FINISHED
 
@@ -203,14 +200,13 @@ def make_searcher(study: optuna.Study, strategy: Strategy, space: PruningSpace, 
                 return
             names = d.space.group_names
             if error or not result:
-                frozen = finish_trial(d.study, d.strategy, d.run, names, pending, None,
-                                      error="RayTrialError: the trial's worker failed on every retry")
+                candidate = finish_trial(d.study, d.strategy, d.run, names, pending, None,
+                                         error="RayTrialError: the trial's worker failed on every retry")
             elif result.get("error"):
-                frozen = finish_trial(d.study, d.strategy, d.run, names, pending, None, error=result["error"])
-            else:
-                scored = {k: result[k] for k in _SCORED if k in result}
-                frozen = finish_trial(d.study, d.strategy, d.run, names, pending, scored)
-            d.on_finish(frozen)
+                candidate = finish_trial(d.study, d.strategy, d.run, names, pending, None, error=result["error"])
+            else:  # the worker's report: the score, with Tune's own keys, which the candidate leaves out
+                candidate = finish_trial(d.study, d.strategy, d.run, names, pending, result)
+            d.on_finish(candidate)
             self.fatal = self.fatal or all_failing(d.study)
 
         def save(self, checkpoint_path: str) -> None:
@@ -238,7 +234,8 @@ def ship_model_code(model: nn.Module) -> None:
 
 def run_trials(settings: RaySettings, study: optuna.Study, strategy: Strategy, space: PruningSpace, budget: Budget,
                run: RunDir, workbench: WorkerBench, remaining: int, on_finish) -> None:
-    """Run ``remaining`` trials as Tune trials, ``settings.workers`` at a time."""
+    """Run ``remaining`` trials as Tune trials, ``settings.workers`` at a time; ``on_finish(candidate)`` after
+    each."""
     from ray import tune
 
     connect(settings)
@@ -298,7 +295,7 @@ class RayRunner:
                                         latency_batch=bench.config.latency_batch)
 
     def run_trials(self, study: optuna.Study, strategy: Strategy, remaining: int, on_finish) -> None:
-        """Run ``remaining`` trials, ``workers`` at a time; ``on_finish(frozen_trial)`` after each."""
+        """Run ``remaining`` trials, ``workers`` at a time; ``on_finish(candidate)`` after each."""
         bench = self.bench
         run_trials(self.settings, study, strategy, bench.space, bench.budget, bench.run, self.worker_bench,
                    remaining, on_finish)

@@ -7,8 +7,9 @@ import logging
 import optuna
 import pandas as pd
 
+from autoprune.candidate import Candidate, candidates, trials_frame
 from autoprune.progress import progress_bar
-from autoprune.results import STUDY_NAME, trials_frame
+from autoprune.results import STUDY_NAME
 from autoprune.runners.trial import close_left_behind, finished_count, none_scored
 from autoprune.search import Strategy
 from autoprune.workbench import Workbench
@@ -40,13 +41,13 @@ def run_search(bench: Workbench, strategy: Strategy, runner, *,
     names = bench.space.group_names
     bench.run.write_table("trials.csv", trials_frame(study, names))
     done = finished_count(study)
-    best = max((t.user_attrs.get("proxy_acc") or 0.0 for t in study.trials), default=0.0)
+    best = max((c.proxy_acc or 0.0 for c in candidates(study)), default=0.0)
     with progress_bar("search", bench.config.trials, quiet=quiet) as bar:
         bar.advance(done)
 
-        def finished(frozen: optuna.trial.FrozenTrial) -> None:
+        def finished(candidate: Candidate) -> None:
             nonlocal best
-            best = max(best, frozen.user_attrs.get("proxy_acc") or 0.0)
+            best = max(best, candidate.proxy_acc or 0.0)
             bar.advance()
             bar.note(f"best proxy {best:.2%}")
 

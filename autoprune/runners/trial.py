@@ -9,26 +9,31 @@ from __future__ import annotations
 
 import time
 import traceback
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import optuna
 
 from autoprune.budget import Budget
+from autoprune.candidate import COMPLETE, Candidate, candidates
 from autoprune.errors import UserError, one_line
 from autoprune.measure import AdaptiveBNEvaluator
 from autoprune.measure.latency import measure_latency
-from autoprune.pruning.space import Cost, PruningSpace
-from autoprune.results import RunDir, trial_row
+from autoprune.pruning.space import PruningSpace
+from autoprune.results import RunDir
 from autoprune.search import Strategy
 
 
 @dataclass
 class PendingTrial:
+    """A trial between its ask and its tell: the live Optuna ``trial``, its ``candidate`` so far, the user
+    attributes already written from it, and ``started`` (``time.perf_counter()`` at the ask)."""
+
     trial: optuna.Trial
-    ratios: dict[str, float]
-    cost: Cost
-    feasible: bool
-    started: float  # perf_counter at the ask
+    candidate: Candidate
+    written: dict[str, Any]
+    started: float
 
     @property
     def number(self) -> int:
@@ -36,30 +41,27 @@ class PendingTrial:
 
 
 def begin_trial(study: optuna.Study, strategy: Strategy, space: PruningSpace, budget: Budget) -> PendingTrial:
-    """Ask for the next candidate and record its cost and budget violations on the trial."""
+    """Ask for the next candidate, cost it and record its cost, widths and budget violations on the trial."""
     started = time.perf_counter()
     trial, ratios = strategy.ask(study)
     widths = space.kept_channels(ratios)  # per group: channels (weights, if weight-pruned) kept
     cost = space.cost_of_widths(widths)
     for name, violation in budget.violations(cost, space.base_cost).items():
         trial.set_constraint(name, violation)
-    feasible = budget.feasible(cost, space.base_cost)
-    trial.set_user_attr("macs", cost.macs)
-    trial.set_user_attr("params", cost.params)
-    trial.set_user_attr("widths", widths)
-    if cost.latency_ms is not None:
-        trial.set_user_attr("predicted_latency_ms", cost.latency_ms)  # unrounded: compared with the budget
-    trial.set_user_attr("feasible", feasible)
-    return PendingTrial(trial, ratios, cost, feasible, started)
+    candidate = Candidate(trial.number, ratios).costed(widths, cost,
+                                                       feasible=budget.feasible(cost, space.base_cost))
+    return PendingTrial(trial, candidate, candidate.write_attrs(trial), started)
 
 
 def score_candidate(space: PruningSpace, evaluator: AdaptiveBNEvaluator, ratios: dict[str, float], *,
                     latency_batch: int | None = None) -> dict[str, float]:
-    """Prune a copy of the model to ``ratios`` and score it: the hot path, timed step by step.
+    """Prune a copy of the model to ``ratios`` and score it: the hot path, timed step by step. Returns the
+    ``Candidate.SCORE_FIELDS`` it measured (the proxy accuracy, a fraction; seconds of each step), the dict a
+    Ray worker reports back.
 
     With ``latency_batch``, also time the candidate's forward pass at that batch on the scorer's
     device: a short measurement (3 warm-up and 10 timed passes; on the demo 60 ms of 3.4 s a candidate),
-    so that every candidate has a measured latency for the Pareto front and the dashboard.
+    so that every candidate has a measured latency (ms) for the Pareto front and the dashboard.
     """
     tic = time.perf_counter()
     subnet, _ = space.prune(ratios)
@@ -76,21 +78,20 @@ def score_candidate(space: PruningSpace, evaluator: AdaptiveBNEvaluator, ratios:
 
 
 def finish_trial(study: optuna.Study, strategy: Strategy, run: RunDir, group_names: list[str], pending: PendingTrial,
-                 scored: dict[str, float] | None, error: str | None = None) -> optuna.trial.FrozenTrial:
-    """Record a scored (or infeasible, ``scored`` None) trial, or a failed one with its ``error``,
-    and append it to trials.csv."""
+                 scored: Mapping[str, Any] | None, error: str | None = None) -> Candidate:
+    """Tell the study a scored (or infeasible, ``scored`` None) candidate, or a failed one with its
+    ``error``; append its row to trials.csv. Returns the candidate as the study now records it."""
     trial = pending.trial
     if error is not None:
-        trial.set_user_attr("error", error[-2000:])
+        pending.candidate.failed(error).write_attrs(trial, pending.written)
         frozen = study.tell(trial, state=optuna.trial.TrialState.FAIL)
     else:
-        for key, value in (scored or {}).items():
-            trial.set_user_attr(key, round(value, 4) if key.endswith("_seconds") else value)
-        trial.set_user_attr("seconds", round(time.perf_counter() - pending.started, 4))
-        proxy = scored["proxy_acc"] if scored else 0.0
-        frozen = study.tell(trial, strategy.objectives(proxy, pending.cost))
-    run.append_trial(trial_row(frozen, group_names))
-    return frozen
+        told = pending.candidate.scored(scored or {}, seconds=time.perf_counter() - pending.started)
+        told.write_attrs(trial, pending.written)
+        frozen = study.tell(trial, strategy.objectives(told.proxy_acc or 0.0, told.cost))
+    candidate = Candidate.from_trial(frozen, group_names)
+    run.append_trial(candidate.row())
+    return candidate
 
 
 def describe_error(exc: BaseException) -> str:
@@ -110,8 +111,9 @@ def error_line(error: str) -> str:
     return lines[-1].strip() if lines else ""
 
 
-def failed_with_error(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    return [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,)) if "error" in t.user_attrs]
+def failed_with_error(study: optuna.Study) -> list[Candidate]:
+    """The failed candidates that recorded an error (not those a killed run left open), in trial order."""
+    return [c for c in candidates(study, states=(optuna.trial.TrialState.FAIL,)) if c.error is not None]
 
 
 def close_left_behind(study: optuna.Study) -> None:
@@ -136,13 +138,12 @@ FAILURES_BEFORE_GIVING_UP = 3
 
 
 def _scored_within_budget(study: optuna.Study) -> bool:
-    return any(t.user_attrs.get("feasible") for t in study.get_trials(
-        deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
+    return any(c.state == COMPLETE for c in candidates(study, states=(optuna.trial.TrialState.COMPLETE,)))
 
 
-def _first_failure(failed: list[optuna.trial.FrozenTrial]) -> str:
-    first = min(failed, key=lambda t: t.number)
-    return f"the first, trial {first.number}: {error_line(first.user_attrs['error'])}"
+def _first_failure(failed: list[Candidate]) -> str:
+    first = min(failed, key=lambda c: c.number)
+    return f"the first, trial {first.number}: {error_line(first.error)}"
 
 
 def all_failing(study: optuna.Study) -> UserError | None:

@@ -8,6 +8,7 @@ from pathlib import Path
 import optuna
 import pandas as pd
 
+from autoprune.candidate import Candidate
 from autoprune.measure.evaluator import AdaptiveBNEvaluator
 
 
@@ -22,9 +23,9 @@ def study(run: Path) -> optuna.Study:
 def trial_records(run: Path, numbers) -> dict[int, tuple]:
     """What the study keeps of each finished trial: its own proxy, seconds, cost, ratios and times."""
     trials = {t.number: t for t in study(run).trials}
-    return {n: (trials[n].user_attrs.get("proxy_acc"), trials[n].user_attrs.get("seconds"),
-                trials[n].user_attrs["macs"], trials[n].params, trials[n].datetime_start,
-                trials[n].datetime_complete) for n in numbers}
+    candidates = {n: Candidate.from_trial(trials[n]) for n in numbers}
+    return {n: (c.proxy_acc, c.seconds, c.cost.macs, c.ratios, trials[n].datetime_start, trials[n].datetime_complete)
+            for n, c in candidates.items()}
 
 
 def best_by_proxy(trials: pd.DataFrame, k: int) -> list[int]:

@@ -18,13 +18,13 @@ import yaml
 from torch import nn
 
 import autoprune
+from autoprune.candidate import Candidate
 from autoprune.cli import main
 from autoprune.config import SHIPPED_WEIGHTS, SearchConfig
 from autoprune.measure import AdaptiveBNEvaluator, accuracy
 from autoprune.models import create_model
 from autoprune.pruning.space import apply_kept
 from autoprune.results import STUDY_NAME
-from autoprune.selection import trial_ratios
 from autoprune.workbench import load_workbench, make_evaluator
 
 SHIPPED = str(SHIPPED_WEIGHTS[("resnet20", "fashion-mnist")])
@@ -80,7 +80,7 @@ def test_no_adaptive_bn_scores_each_candidate_with_its_bn_statistics_as_pruned(t
     differs = 0
     for t in _study(run).trials:
         assert trials.loc[t.number, "state"] == "complete"
-        ratios = trial_ratios(t, space)
+        ratios = Candidate.from_trial(t).ratios_to_prune(space.groups)
         vanilla = accuracy(space.prune(ratios)[0], score_images)  # the running statistics of the unpruned net
         assert trials.loc[t.number, "proxy_acc"] == vanilla
         differs += recalibrating.score(space.prune(ratios)[0]) != vanilla

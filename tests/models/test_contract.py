@@ -20,7 +20,7 @@ from autoprune.measure import AdaptiveBNEvaluator, accuracy
 from autoprune.measure.latency import measure_latency
 from autoprune.models import check_model, contract_of, load_weights, logits_of, prepare_model
 from autoprune.models.contract import RunContract, input_to, model_to, set_contract
-from autoprune.results import RunDir, load_subnet, save_subnet
+from autoprune.results import RunDir, load_subnet
 from autoprune.train import train
 
 USER_MODELS = Path(__file__).with_name("user_models")
@@ -88,7 +88,7 @@ def test_the_default_contract_and_one_that_travels():
     assert "_autoprune_contract" not in str(list(model.state_dict()))  # the weights stay plain tensors
 
 
-def test_the_contract_survives_pruning_and_a_saved_subnet(tmp_path):
+def test_the_contract_survives_pruning_and_a_saved_subnet(tmp_path, subnet_spec):
     from autoprune.pruning.space import PruningSpace
 
     model = user_model("view_flatten").eval()
@@ -96,9 +96,9 @@ def test_the_contract_survives_pruning_and_a_saved_subnet(tmp_path):
     space = PruningSpace(model, X)
     subnet, kept = space.prune(space.uniform_ratios(0.5))
     assert contract_of(subnet).layout == "contiguous"
-    spec = {"model": f"{USER_MODELS / 'view_flatten.py'}:build", "in_channels": 1, "num_classes": 10,
-            "input_shape": [1, 28, 28], "kept": kept, "channels": {g.name: g.channels for g in space.groups}}
-    save_subnet(tmp_path, subnet, spec)
+    spec = subnet_spec(model=f"{USER_MODELS / 'view_flatten.py'}:build", in_channels=1, num_classes=10,
+                       input_shape=[1, 28, 28], kept=kept, channels={g.name: g.channels for g in space.groups})
+    spec.save(tmp_path, subnet)
     loaded = load_subnet(tmp_path)
     assert contract_of(loaded) == RunContract("contiguous", None)
     torch.testing.assert_close(loaded(X), subnet.eval()(X))

@@ -10,6 +10,7 @@ import optuna
 import pytest
 
 from autoprune.budget import parse_budget
+from autoprune.candidate import Candidate
 from autoprune.errors import UserError
 from autoprune.pruning.space import Cost
 from autoprune.results import RunDir
@@ -98,10 +99,13 @@ def test_begin_records_cost_widths_and_each_constraint(monkeypatch):
     _clock(monkeypatch, 5.0)
     study = _study()
     pending = begin_trial(study, FakeStrategy({"a": 0.5, "b": 0.2}), FakeSpace(), parse_budget("70%flops,40%params"))
-    assert pending.ratios == {"a": 0.5, "b": 0.2} and pending.started == 5.0 and pending.number == 0
-    assert pending.cost == Cost(130, 26) and pending.feasible is False  # 130 <= 140 MACs, 26 > 16 params
+    candidate = pending.candidate
+    assert candidate.ratios == {"a": 0.5, "b": 0.2} and pending.started == 5.0 and pending.number == 0
+    assert candidate.cost == Cost(130, 26) and candidate.feasible is False  # 130 <= 140 MACs, 26 > 16 params
+    assert candidate.state == "infeasible" and candidate.widths == {"a": 5, "b": 8}
     trial = study.trials[0]
     assert trial.user_attrs == {"macs": 130, "params": 26, "widths": {"a": 5, "b": 8}, "feasible": False}
+    assert pending.written == trial.user_attrs
     assert trial.constraints == {"70%flops": pytest.approx(130 / 140 - 1), "40%params": pytest.approx(26 / 16 - 1)}
 
 
@@ -109,7 +113,8 @@ def test_begin_records_the_predicted_latency_unrounded():
     study = _study()
     pending = begin_trial(study, FakeStrategy({"a": 0.7, "b": 0.7}), FakeSpace(latency=True),
                           parse_budget("40%latency"))
-    assert pending.feasible is True and pending.cost.latency_ms == 3.0
+    assert pending.candidate.feasible is True and pending.candidate.cost.latency_ms == 3.0
+    assert pending.candidate.state == "running"
     assert study.trials[0].user_attrs["predicted_latency_ms"] == 3.0
     assert study.trials[0].user_attrs["feasible"] is True
     assert study.trials[0].constraints == {"40%latency": pytest.approx(3.0 / 4.0 - 1)}
@@ -153,11 +158,14 @@ def test_finish_records_the_score_and_appends_the_row(monkeypatch, tmp_path):
     pending = _begun(monkeypatch, study, tmp_path)
     _clock(monkeypatch, 12.123456)
     scored = {"proxy_acc": 0.8, "prune_seconds": 0.123456, "latency_ms": 1.234567}
-    frozen = finish_trial(study, FakeStrategy({}), run, ["a", "b"], pending, scored)
+    candidate = finish_trial(study, FakeStrategy({}), run, ["a", "b"], pending, scored)
+    frozen = study.trials[0]
     assert frozen.state == COMPLETE and frozen.values == [0.8, 100]
     assert frozen.user_attrs["proxy_acc"] == 0.8 and frozen.user_attrs["prune_seconds"] == 0.1235
     assert frozen.user_attrs["latency_ms"] == 1.234567  # only the seconds are rounded
     assert frozen.user_attrs["seconds"] == 2.1235
+    assert candidate.state == "complete" and candidate.proxy_acc == 0.8 and candidate.seconds == 2.1235
+    assert candidate.ratios == {"a": 0.5, "b": 0.5} and candidate.cost == Cost(100, 20)
     row = run.read_trials().iloc[0]
     assert (row["number"], row["state"], row["macs"], row["proxy_acc"], row["ratio:a"]) == (0, "complete", 100, 0.8,
                                                                                           0.5)
@@ -167,9 +175,11 @@ def test_finish_of_an_infeasible_candidate_tells_a_zero_proxy(monkeypatch, tmp_p
     study, run = _study(), RunDir(tmp_path)
     pending = _begun(monkeypatch, study, tmp_path, {"a": 0.0, "b": 0.0}, budget="50%flops")
     _clock(monkeypatch, 10.5)
-    frozen = finish_trial(study, FakeStrategy({}), run, ["a", "b"], pending, None)
+    candidate = finish_trial(study, FakeStrategy({}), run, ["a", "b"], pending, None)
+    frozen = study.trials[0]
     assert frozen.state == COMPLETE and frozen.values == [0.0, 200]
     assert frozen.user_attrs["seconds"] == 0.5 and "proxy_acc" not in frozen.user_attrs
+    assert candidate.state == "infeasible" and candidate.seconds == 0.5
     assert run.read_trials()["state"].tolist() == ["infeasible"]
 
 
@@ -177,8 +187,10 @@ def test_finish_of_a_failed_candidate_keeps_the_end_of_its_error(monkeypatch, tm
     study, run = _study(), RunDir(tmp_path)
     pending = _begun(monkeypatch, study, tmp_path)
     error = "x" * 3000 + "\nValueError: odd width\n"
-    frozen = finish_trial(study, FakeStrategy({}), run, ["a", "b"], pending, {"proxy_acc": 0.9}, error=error)
+    candidate = finish_trial(study, FakeStrategy({}), run, ["a", "b"], pending, {"proxy_acc": 0.9}, error=error)
+    frozen = study.trials[0]
     assert frozen.state == FAIL and frozen.values is None
+    assert candidate.state == "fail" and candidate.error == error[-2000:] and candidate.proxy_acc is None
     assert frozen.user_attrs["error"] == error[-2000:] and len(frozen.user_attrs["error"]) == 2000
     assert "proxy_acc" not in frozen.user_attrs and "seconds" not in frozen.user_attrs
     row = run.read_trials().iloc[0]
@@ -315,6 +327,6 @@ def test_the_first_failure_is_the_lowest_trial_number():
 def test_pending_trial_number_is_its_trials():
     study = _study()
     study.ask()
-    pending = PendingTrial(study.ask(), {}, Cost(1, 1), True, 0.0)
+    pending = PendingTrial(study.ask(), Candidate(7, {}), {}, 0.0)
     assert pending.number == 1
 

@@ -1,12 +1,11 @@
-"""Which candidates are fine-tuned (autoprune/selection.py), on studies written by hand."""
+"""Which candidates are fine-tuned (autoprune/selection.py), of studies written by hand."""
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import optuna
 
-from autoprune.selection import choose_for_finetune, trial_ratios
+from autoprune.candidate import candidates
+from autoprune.selection import choose_for_finetune
 
 COMPLETE, FAIL = optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL
 G = optuna.distributions.FloatDistribution(0.0, 1.0)
@@ -29,12 +28,16 @@ def _add(study, points, *, state=COMPLETE):
             values=[proxy or 0.0, macs] if state == COMPLETE else None))
 
 
-def macs(t):
-    return t.user_attrs["macs"]
+def macs(c):
+    return c.cost.macs
+
+
+def choose(study, k, *, spread):
+    return choose_for_finetune(candidates(study, ["g"]), k, macs, spread=spread)
 
 
 def chosen(study, k, *, spread):
-    return [(t.user_attrs["proxy_acc"], macs(t)) for t in choose_for_finetune(study, k, macs, spread=spread)]
+    return [(c.proxy_acc, macs(c)) for c in choose(study, k, spread=spread)]
 
 
 # a front of five, cheapest first, and one candidate dominated by the best (cheaper and better)
@@ -60,8 +63,8 @@ def test_only_complete_feasible_scored_candidates_count():
 
 def test_identical_ratios_count_once_the_first_kept():
     study = _study([(0.6, 10, 0.25), (0.7, 10, 0.25), (0.5, 10, 0.5)])
-    picked = choose_for_finetune(study, 3, macs, spread=False)
-    assert [(t.number, t.user_attrs["proxy_acc"]) for t in picked] == [(0, 0.6), (2, 0.5)]
+    picked = choose(study, 3, spread=False)
+    assert [(c.number, c.proxy_acc) for c in picked] == [(0, 0.6), (2, 0.5)]
 
 
 def test_spread_of_one_or_two():
@@ -78,11 +81,3 @@ def test_spread_takes_the_ends_and_evenly_spaced_points_of_the_front():
     assert chosen(study, 4, spread=True) == [(0.9, 50), (0.5, 10), (0.7, 30), (0.85, 60)]
     # more than the front holds: all of it, then the rest by proxy
     assert chosen(study, 7, spread=True) == [(0.9, 50), (0.5, 10), (0.6, 20), (0.7, 30), (0.8, 40), (0.85, 60)]
-
-
-def test_trial_ratios_gives_every_group_and_zero_for_an_unsampled_one():
-    study = _study([(0.5, 10, 0.25)])
-    space = SimpleNamespace(groups=[SimpleNamespace(name="g"), SimpleNamespace(name="fixed")])
-    ratios = trial_ratios(study.trials[0], space)
-    assert ratios == {"g": 0.25, "fixed": 0.0}
-    assert [type(v) for v in ratios.values()] == [float, float]

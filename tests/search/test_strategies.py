@@ -8,13 +8,19 @@ import pytest
 import torch
 
 from autoprune.budget import parse_budget
+from autoprune.candidate import candidates
 from autoprune.errors import UserError
 from autoprune.models import create_model
 from autoprune.pruning.config import SpaceConfig
 from autoprune.pruning.space import PruningSpace
 from autoprune.runners.trial import close_left_behind, finished_count
 from autoprune.search import SearchContext, describe_strategies, get_strategy, list_strategies
-from autoprune.search.allocation import along_safe_ratios, draw_in_budget, ratio_grid, uniform_at_budget
+from autoprune.search.allocation import (
+    along_safe_ratios,
+    draw_in_budget,
+    ratio_grid,
+    uniform_at_budget,
+)
 from autoprune.selection import choose_for_finetune
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -99,6 +105,9 @@ def test_sampled_ratios_stay_on_each_groups_grid():
         assert ratios["conv1"] == 0.3 and "conv1" not in trial.params  # a grid of one point is not sampled
         seen |= set(ratios.values())
         study.tell(trial, float(np.mean(list(ratios.values()))))
+        # read back from the study, the candidate is fine-tuned at the ratios it was asked at, conv1's too
+        # (the study keeps the grid points unrounded: 0.7300000000000001 for 0.73)
+        assert candidates(study, odd.group_names)[-1].ratios_to_prune(odd.groups) == pytest.approx(ratios, abs=1e-9)
     assert 0.8 in seen and 0.24 in seen and 0.83 not in seen  # the grid's top, not the bound
 
 
@@ -117,13 +126,13 @@ def _scored_study(points):
 def test_spread_choice_covers_the_front():
     # front (proxy up, macs down): (0.9, 100), (0.8, 60), (0.7, 40), (0.6, 20); dominated: (0.5, 90)
     study = _scored_study([(0.9, 100), (0.8, 60), (0.5, 90), (0.7, 40), (0.6, 20)])
-    def macs(t):
-        return t.user_attrs["macs"]
+    def macs(c):
+        return c.cost.macs
 
-    spread = choose_for_finetune(study, 3, macs, spread=True)
-    assert [t.user_attrs["macs"] for t in spread] == [100, 20, 60]
-    top = choose_for_finetune(study, 3, macs, spread=False)
-    assert [t.user_attrs["proxy_acc"] for t in top] == [0.9, 0.8, 0.7]
+    spread = choose_for_finetune(candidates(study), 3, macs, spread=True)
+    assert [c.cost.macs for c in spread] == [100, 20, 60]
+    top = choose_for_finetune(candidates(study), 3, macs, spread=False)
+    assert [c.proxy_acc for c in top] == [0.9, 0.8, 0.7]
 
 
 # --- PFP's allocation ----------------------------------------------------------------------------
