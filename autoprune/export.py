@@ -35,6 +35,9 @@ ATOL, RTOL = 1e-4, 1e-4  # |exported - pytorch| <= ATOL + RTOL * max|pytorch|: f
 
 @dataclass
 class ExportCheck:
+    """An export's check, one entry of exports.json: the file (``bytes``), where it ran, its largest difference
+    to the PyTorch subnet's logits against the tolerance, and the latency in ms of both."""
+
     format: str
     path: str
     bytes: int
@@ -48,6 +51,7 @@ class ExportCheck:
 
     @property
     def ok(self) -> bool:
+        """The export's logits are within the tolerance of the PyTorch subnet's."""
         return self.max_abs_diff <= self.tolerance
 
     def describe(self) -> str:

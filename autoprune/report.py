@@ -146,6 +146,9 @@ def write_report(
     trials: pd.DataFrame,
     timings: dict[str, float],
 ) -> None:
+    """report.md: the settings (``config``, config.yaml's), the baseline vs the fine-tuned subnets (MACs in
+    millions, latency in ms, accuracies in percent, the ``front`` marked), predicted vs measured latency, the
+    search (from trials.csv's ``trials``), what was searched and the seconds each phase took."""
     base_macs, base_params = baseline["macs"], baseline["params"]
     front_ids = {s.id for s in front}
     if config.get("granularity") == "weight":

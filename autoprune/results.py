@@ -43,12 +43,16 @@ STUDY_NAME = "autoprune"
 
 
 class RunDir:
+    """A run directory at ``path`` (the layout above): what a search writes there and reads back on a resume."""
+
     def __init__(self, path: Path) -> None:
         self.path = path
 
     @staticmethod
     def check(path: str | Path | None, resume: bool) -> RunDir:
-        """Validate ``--out`` / ``--resume`` before any work; create nothing yet."""
+        """Validate ``--out`` / ``--resume`` before any work; create nothing yet. Without ``path``, a new run goes
+        to results/<date-time>. Raises ``UserError`` for a resume without ``path`` or of a directory holding no
+        run, and for a new run in a directory that holds one or is not empty."""
         if path is None:
             if resume:
                 raise UserError("--resume needs --out pointing at the run to continue")
@@ -65,6 +69,7 @@ class RunDir:
         return run
 
     def create(self) -> None:
+        """Make the directory and its subnets/ (a resume finds them there: nothing to do)."""
         self._made = not self.path.exists()  # check() saw it absent or empty: discard() undoes this
         (self.path / "subnets").mkdir(parents=True, exist_ok=True)
 
@@ -127,19 +132,24 @@ class RunDir:
 
     @property
     def storage_url(self) -> str:
+        """The Optuna storage of the run's study: study.db, by its absolute path."""
         return f"sqlite:///{(self.path / 'study.db').resolve()}"
 
     def read_config(self) -> dict:
+        """config.yaml: every setting of the run, resolved ({} for an empty file)."""
         return yaml.safe_load((self.path / "config.yaml").read_text()) or {}
 
     def write_config(self, config: dict) -> None:
+        """Write config.yaml at once, keys in the order given."""
         atomic_write(self.path / "config.yaml", yaml.safe_dump(config, sort_keys=False))
 
     def read_status(self) -> dict:
+        """run.json: status, backend, timings in seconds ({} before it is written)."""
         path = self.path / "run.json"
         return json.loads(path.read_text()) if path.exists() else {}
 
     def write_status(self, **fields: Any) -> None:
+        """Merge ``fields`` into run.json, written at once."""
         status = self.read_status()
         status.update(fields)
         atomic_write(self.path / "run.json", json.dumps(status, indent=2) + "\n")
@@ -161,6 +171,7 @@ class RunDir:
         return json.loads(path.read_text()) if path.is_file() else {}
 
     def write_table(self, name: str, frame: pd.DataFrame) -> None:
+        """Write ``frame`` as the CSV file ``name`` of the run, replacing it at once."""
         tmp = self.path / f".{name}.tmp"
         frame.to_csv(tmp, index=False)
         os.replace(tmp, self.path / name)
@@ -172,6 +183,7 @@ class RunDir:
         frame.to_csv(path, mode="a", header=not path.exists(), index=False)
 
     def subnet_dir(self, subnet_id: str) -> Path:
+        """subnets/<subnet_id>: where a fine-tuned subnet's spec.json and weights are saved."""
         return self.path / "subnets" / subnet_id
 
 
@@ -322,6 +334,7 @@ def load_subnet(path: str | Path, base_model: nn.Module | None = None) -> nn.Mod
 
 
 def atomic_write(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a hidden file beside it: a reader never sees half of it."""
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)

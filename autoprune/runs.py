@@ -64,6 +64,8 @@ def list_runs(root: Path) -> list[dict]:
 
 
 def print_runs(root: Path) -> int:
+    """Print the table of ``autoprune runs`` to stdout (``list_runs``); returns the exit code, 0. Raises
+    ``UserError`` where ``root`` is not a directory."""
     rows = list_runs(root)
     if not rows:
         output.print(f"no runs under {root} (a run directory holds config.yaml)")

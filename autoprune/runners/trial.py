@@ -37,6 +37,7 @@ class PendingTrial:
 
     @property
     def number(self) -> int:
+        """The trial's number in the study."""
         return self.trial.number
 
 
