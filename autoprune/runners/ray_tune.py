@@ -97,6 +97,8 @@ class WorkerBench:
     latency_batch: int | None = None  # each candidate's latency is timed at this batch, on the worker
 
     def build(self) -> tuple[PruningSpace, AdaptiveBNEvaluator]:
+        """The worker's own pruning space, rebuilt from the driver's rankings (a weight space from its scope),
+        and the scorer; sets the worker's torch threads to ``threads``."""
         torch.set_num_threads(max(1, self.threads))
         if self.mask_scope is not None:
             return WeightSpace(self.model, self.example_input, self.space_config, scope=self.mask_scope), self.evaluator
@@ -117,6 +119,7 @@ _WORKER_STATE: dict[str, tuple[WorkerBench, PruningSpace, AdaptiveBNEvaluator]] 
 
 
 def ship(workbench: WorkerBench) -> Shipped:
+    """Put ``workbench`` into the Ray object store once, behind its run's key (needs a connected Ray)."""
     import ray
 
     return Shipped(workbench.key, ray.put(workbench))
