@@ -29,9 +29,9 @@ from autoprune.runners.study import run_search
 from autoprune.runners.trial import describe_error
 from autoprune.runs import subnets_table
 from autoprune.search import SearchContext, get_strategy
+from autoprune.search.allocation import along_safe_ratios
 from autoprune.search.sensitivity import (
     GroupSensitivity,
-    allocate_budget,
     measure_sensitivity,
     read_sensitivity,
     write_sensitivity,
@@ -153,7 +153,7 @@ def _sensitivity_phase(bench: Workbench, context: SearchContext, *, quiet: bool)
         write_sensitivity(run.path, results, config.tolerance, config.damage)
     context.safe_ratios = {r.group: r.max_safe_ratio for r in results}
     if config.bounds_from_sensitivity:
-        allocation = allocate_budget(context, context.safe_ratios) or {}
+        allocation = along_safe_ratios(space, bench.budget, context.safe_ratios) or {}
         space.narrow({name: max(safe, allocation.get(name, safe)) for name, safe in context.safe_ratios.items()})
         run.write_config({**run.read_config(), "groups": space.describe()})
     return results

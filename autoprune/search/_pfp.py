@@ -19,7 +19,13 @@ import optuna
 import torch
 
 from autoprune.search.allocation import bisect_budget, neighbourhood, snap
-from autoprune.search.base import SearchContext, Strategy, ask_fixed, register_strategy, study_has_attr
+from autoprune.search.base import (
+    SearchContext,
+    Strategy,
+    ask_fixed,
+    register_strategy,
+    study_has_attr,
+)
 
 SAMPLE_CONSTANT = 3.0  # K of the sample-size bound
 DELTA = 0.1  # failure probability of the bound over all groups

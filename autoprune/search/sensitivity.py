@@ -22,14 +22,17 @@ from torch import nn
 from autoprune.measure import AdaptiveBNEvaluator
 from autoprune.progress import progress_bar
 from autoprune.pruning.space import PruningSpace
-from autoprune.search.allocation import along_safe_ratios, ratio_grid
-from autoprune.search.base import SearchContext
+from autoprune.search.allocation import ratio_grid
 
 DAMAGES = ("proxy", "recon")
 
 
 @dataclass
 class GroupSensitivity:
+    """One group's result of the per-group binary search (AOFP, Ding et al. 2019): its width, the largest ratio
+    whose damage stays within the tolerance, the fraction of the baseline's MACs that ratio saves alone, and every
+    ``(ratio, damage)`` point evaluated (damage: proxy-accuracy drop, or relative reconstruction error)."""
+
     group: str
     channels: int
     macs_saved_at_max: float  # fraction of baseline MACs saved by this group alone at its safe ratio
@@ -81,14 +84,6 @@ def measure_sensitivity(
     return results
 
 
-def allocate_budget(
-    context: SearchContext, safe: dict[str, float], factors: dict[str, float] | None = None
-) -> dict[str, float] | None:
-    """``allocation.along_safe_ratios`` in ``context``'s space and budget: the safe ratios (times optional
-    per-group factors) scaled together until the budget is met; None when they cannot meet it."""
-    return along_safe_ratios(context.space, context.budget, safe, factors)
-
-
 def _damage_function(
     space: PruningSpace, evaluator: AdaptiveBNEvaluator, damage: str
 ) -> Callable[[dict[str, float]], float]:
@@ -136,6 +131,8 @@ def _consumer_outputs(
 
 
 def write_sensitivity(run_dir: Path, results: list[GroupSensitivity], tolerance: float, damage: str) -> None:
+    """Write ``results`` to ``run_dir``/sensitivity.csv (one row per group; the curve as ``ratio:damage`` pairs)
+    and draw sensitivity.png (``plot_sensitivity``)."""
     with open(run_dir / "sensitivity.csv", "w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["group", "channels", "macs_saved_at_max", "max_safe_ratio", "curve"])
@@ -160,6 +157,8 @@ def read_sensitivity(where: Path) -> list[GroupSensitivity] | None:
 
 
 def plot_sensitivity(path: Path | BinaryIO, results: list[GroupSensitivity], tolerance: float, damage: str) -> None:
+    """Draw each group's damage against its ratio, with the ``tolerance`` line (left), and the MACs each group
+    saves alone at its safe ratio (right), as a PNG to ``path`` (a file name or a binary stream)."""
     import matplotlib
 
     matplotlib.use("Agg")

@@ -11,8 +11,8 @@ from autoprune.data.bundle import make_bundle
 from autoprune.measure import AdaptiveBNEvaluator
 from autoprune.pruning.config import SpaceConfig
 from autoprune.pruning.space import PruningSpace
-from autoprune.search import SearchContext
-from autoprune.search.sensitivity import allocate_budget, measure_sensitivity
+from autoprune.search.allocation import along_safe_ratios
+from autoprune.search.sensitivity import measure_sensitivity
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -64,7 +64,7 @@ def test_proxy_damage_is_zero_for_no_pruning(bundle):
 
 def test_allocation_meets_the_budget_and_follows_the_safe_ratios(bundle):
     space = PruningSpace(_net_with_dead_half(), bundle.example_input(), SpaceConfig(ratio_max=0.9))
-    ctx = SearchContext(space, parse_budget("40%flops"), seed=0, tolerance=0.02)
-    ratios = allocate_budget(ctx, {"0": 0.5, "3": 0.0})
-    assert ctx.budget.feasible(space.cost(ratios), space.base_cost)
+    budget = parse_budget("40%flops")
+    ratios = along_safe_ratios(space, budget, {"0": 0.5, "3": 0.0})
+    assert budget.feasible(space.cost(ratios), space.base_cost)
     assert ratios["0"] > ratios["3"]
