@@ -72,7 +72,7 @@ class Retrained:
     ``epochs`` trained (every step of a schedule together) and the ``seconds`` its ``fit`` calls took."""
 
     subnet: nn.Module
-    kept: dict[str, list[int]]  # channel indices of the unpruned model, per group
+    kept: dict  # Space.kept: per group, channel indices of the unpruned model, or weights kept per unit
     epochs: float  # epochs trained, every step of a schedule together
     seconds: float
 

@@ -34,7 +34,7 @@ class Bug:
 
 E2E, RESUME = "tests/e2e/test_search.py", "tests/e2e/test_resume.py"
 BUGS = [
-    Bug("linear-layer MACs ignore input cuts", "autoprune/pruning/layers.py",
+    Bug("linear-layer MACs ignore input cuts", "autoprune/measure/layers.py",
         "            return self.kernel * self.positions * in_dim * out_dim\n",
         "            return self.kernel * self.positions * (self.in_dim if self.kind == 'linear' else in_dim) * out_dim\n",
         ("tests/pruning/test_exact_cost.py", "tests/pruning/test_space.py")),
@@ -72,7 +72,7 @@ BUGS = [
         "    return non_dominated(records, lambda r: r.test_acc, lambda r: r.macs)\n",
         "    return sorted(records, key=lambda r: r.macs)\n",
         ("tests/test_pareto.py", f"{E2E}::test_search_writes_a_complete_run")),
-    Bug("conv MACs ignore output cuts", "autoprune/pruning/layers.py",
+    Bug("conv MACs ignore output cuts", "autoprune/measure/layers.py",
         "            return self.kernel * self.positions * in_dim * out_dim\n",
         "            return self.kernel * self.positions * in_dim * self.out_dim\n",
         ("tests/pruning/test_exact_cost.py", "tests/pruning/test_space.py")),
