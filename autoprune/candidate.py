@@ -37,7 +37,8 @@ class Candidate:
     """One trial of a search.
 
     ``ratios``: group name -> fraction of its channels (or weights) removed, 0 to 1; read back from a trial,
-    None for a group the trial holds no ratio for (a trial closed before it was asked for any). ``widths``:
+    None for a group the study holds no ratio for (one whose grid has a single point, which is not sampled, or
+    any group of a trial closed before it was asked): ``ratios_to_prune`` fills those in. ``widths``:
     group name -> channels (or weights) kept. ``cost``: MACs (FLOPs = 2 x MACs) and params of one sample,
     and the predicted latency in ms where the space has a latency table; None until costed. ``state``:
     ``running``, ``complete`` (scored within the budget), ``infeasible`` (over the budget, never scored) or
