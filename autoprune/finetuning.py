@@ -15,7 +15,7 @@ from autoprune.data import DataBundle
 from autoprune.measure import AdaptiveBNEvaluator, accuracy
 from autoprune.measure.latency import measure_latency
 from autoprune.progress import progress_bar
-from autoprune.pruning.space import PruningSpace
+from autoprune.pruning.base import Space
 from autoprune.pruning.weights import weight_masks
 from autoprune.results import SubnetSpec
 from autoprune.retrain import retrain, retrain_record
@@ -90,7 +90,7 @@ def finetune(subnet: nn.Module, config: SearchConfig, data: DataBundle, evaluato
                  masks=masks, amp=config.amp)
 
 
-def finetune_candidate(space: PruningSpace, evaluator: AdaptiveBNEvaluator, config: SearchConfig, data: DataBundle,
+def finetune_candidate(space: Space, evaluator: AdaptiveBNEvaluator, config: SearchConfig, data: DataBundle,
                        ratios: dict[str, float], *, seed: int, description: str = "fine-tune",
                        quiet: bool = True) -> Finetuned:
     """Prune to ``ratios``, train the subnet as ``config`` asks (fine-tune, lottery rewind, from scratch,

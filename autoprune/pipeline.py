@@ -23,7 +23,7 @@ from autoprune.finetuning import finetune_phase
 from autoprune.html_report import write_html_report
 from autoprune.progress import console
 from autoprune.report import export_run
-from autoprune.results import RunDir, SubnetRecord
+from autoprune.results import RunDir, SubnetSpec
 from autoprune.runners import make_runner
 from autoprune.runners.study import run_search
 from autoprune.runners.trial import describe_error
@@ -47,10 +47,10 @@ class SearchResult:
 
     run_dir: Path
     baseline: dict
-    subnets: list[SubnetRecord]
+    subnets: list[SubnetSpec]
     pareto: pd.DataFrame
     trials: pd.DataFrame
-    best: SubnetRecord | None = field(default=None)
+    best: SubnetSpec | None = field(default=None)
 
 
 def search(model: str | nn.Module | None = None, data: str | None = None, *, budget: str | None = None,
@@ -159,7 +159,7 @@ def _sensitivity_phase(bench: Workbench, context: SearchContext, *, quiet: bool)
     return results
 
 
-def _export_front(config: SearchConfig, run: RunDir, front: list[SubnetRecord], module: nn.Module | None) -> None:
+def _export_front(config: SearchConfig, run: RunDir, front: list[SubnetSpec], module: nn.Module | None) -> None:
     """Export every Pareto subnet in every ``--export`` format, each checked and timed
     (subnets/<id>/exports.json). A subnet that will not export is reported, and the others go on."""
     for s in front:
@@ -180,7 +180,7 @@ def _timed(timings: dict[str, float], phase: str) -> Iterator[None]:
     timings[phase] = timings.get(phase, 0.0) + time.perf_counter() - tic
 
 
-def _print_summary(baseline: dict, subnets: list[SubnetRecord], run: RunDir, *, finetuning: bool) -> None:
+def _print_summary(baseline: dict, subnets: list[SubnetSpec], run: RunDir, *, finetuning: bool) -> None:
     if not finetuning:
         console.print(f"search done (no fine-tuning asked for): {run.path / 'trials.csv'}")
         return

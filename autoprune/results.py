@@ -298,7 +298,6 @@ class SubnetSpec:
 PARETO_FIELDS = ("id", "trial", "macs", "params", "proxy_acc", "test_acc", "holdout_acc", "finetune_seconds",
                  "latency_ms", "predicted_latency_ms", "ratios", "path", "retrain")
 
-SubnetRecord = SubnetSpec  # the name autoprune.pipeline still imports
 
 
 def load_subnet(path: str | Path, base_model: nn.Module | None = None) -> nn.Module:

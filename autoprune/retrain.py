@@ -24,7 +24,7 @@ from torch import nn
 
 from autoprune.errors import UserError
 from autoprune.models import load_weights
-from autoprune.pruning.space import PruningSpace
+from autoprune.pruning.base import Space
 from autoprune.pruning.weights import apply_masks, weight_masks
 from autoprune.settings import BENCH, SEARCH, setting
 from autoprune.train import TrainResult, rewind_weights_path
@@ -125,7 +125,7 @@ def load_rewind_state(model: nn.Module, weights: str, epoch: int | None) -> dict
     return probe.state_dict()
 
 
-def starting_subnet(space: PruningSpace, ratios: Mapping[str, float], config: SearchConfig, *,
+def starting_subnet(space: Space, ratios: Mapping[str, float], config: SearchConfig, *,
                     seed: int) -> tuple[nn.Module, dict[str, list[int]]]:
     """The subnet at ``ratios`` with the weights ``config.rewind`` starts training from, and its kept indices.
 
@@ -166,7 +166,7 @@ def _resettable_layers(model: nn.Module) -> list[nn.Module]:
     return layers
 
 
-def retrain_epochs(space: PruningSpace, ratios: Mapping[str, float], rewind: str, epochs: float) -> float:
+def retrain_epochs(space: Space, ratios: Mapping[str, float], rewind: str, epochs: float) -> float:
     """Epochs to train: ``epochs``, except Scratch-B's, scaled by base MACs / subnet MACs so the subnet
     gets the compute of ``epochs`` of the unpruned network (no cap: at 25% MACs, 4x the epochs)."""
     if rewind != "scratch-b":
@@ -180,7 +180,7 @@ def schedule_ratios(ratios: Mapping[str, float], steps: int) -> list[dict[str, f
     return [{name: ratio * (step / steps) for name, ratio in ratios.items()} for step in range(1, steps + 1)]
 
 
-def retrain(space: PruningSpace, ratios: Mapping[str, float], config: SearchConfig, fit: Fit, *,
+def retrain(space: Space, ratios: Mapping[str, float], config: SearchConfig, fit: Fit, *,
             seed: int) -> Retrained:
     """Prune to ``ratios`` and train the subnet as ``config`` asks; ``fit`` recalibrates BN and trains."""
     if config.schedule == "iterative":
@@ -190,7 +190,7 @@ def retrain(space: PruningSpace, ratios: Mapping[str, float], config: SearchConf
     return Retrained(subnet, kept, result.epochs, result.seconds)
 
 
-def _prune_iteratively(space: PruningSpace, ratios: Mapping[str, float], steps: int, epochs: float,
+def _prune_iteratively(space: Space, ratios: Mapping[str, float], steps: int, epochs: float,
                        fit: Fit) -> Retrained:
     """Prune in ``steps`` steps, each fine-tuned for ``epochs / steps``: the budget of a one-shot fine-tune.
 

@@ -23,6 +23,7 @@ from autoprune.measure.latency import LatencyTable, measure_latency
 from autoprune.models import create_model, load_weights, model_family
 from autoprune.models.contract import contract_of, prepare_model
 from autoprune.progress import console
+from autoprune.pruning.base import Space
 from autoprune.pruning.config import load_space_config
 from autoprune.pruning.criteria import criterion_batches, needs_data
 from autoprune.pruning.space import PruningSpace
@@ -42,7 +43,7 @@ class Workbench:
     run: RunDir
     data: DataBundle
     model: nn.Module
-    space: PruningSpace
+    space: Space
     budget: Budget
     evaluator: AdaptiveBNEvaluator
     baseline: dict
@@ -92,7 +93,7 @@ def open_workbench(config: SearchConfig, budget: Budget, run: RunDir, module: nn
     return Workbench(config, run, data, model, space, budget, evaluator, baseline, time.perf_counter() - tic)
 
 
-def check_budget(budget: Budget, space: PruningSpace) -> None:
+def check_budget(budget: Budget, space: Space) -> None:
     """Raise ``UserError`` where even the smallest subnet of ``space`` is over ``budget``, or where the unpruned
     model is already within it (as ``150%flops`` is refused); a part of a joined budget that the unpruned model
     meets (``60MMACs`` on a 15M-MAC model) constrains nothing, and is said."""
@@ -115,7 +116,7 @@ def check_budget(budget: Budget, space: PruningSpace) -> None:
 
 
 def load_workbench(config: SearchConfig, module: nn.Module | None = None, *,
-                   untrained: bool = False) -> tuple[DataBundle, nn.Module, PruningSpace]:
+                   untrained: bool = False) -> tuple[DataBundle, nn.Module, Space]:
     """The data, the trained model and its pruning space, as ``config`` names them (``module``: a model object
     given instead of ``config.model``; ``untrained``: the model as its factory makes it, without weights, for a
     look at its structure). Raises ``UserError`` for a model, data or space that cannot be loaded."""
@@ -149,7 +150,7 @@ def _load_model(config: SearchConfig, data: DataBundle, untrained: bool = False)
     return model.eval()
 
 
-def sparsity_trained(config: SearchConfig, run: RunDir, data: DataBundle, model: nn.Module, space: PruningSpace,
+def sparsity_trained(config: SearchConfig, run: RunDir, data: DataBundle, model: nn.Module, space: Space,
                      quiet: bool) -> nn.Module:
     """Network slimming's sparsity training (Liu et al. 2017): ``config.sparsity_train`` epochs with an L1
     penalty of ``config.sparsity_lambda`` on every BatchNorm scale, at the fine-tuning learning rate. The

@@ -24,7 +24,7 @@ from autoprune.measure import accuracy
 from autoprune.measure.latency import measure_latency
 from autoprune.pipeline import search
 from autoprune.progress import console
-from autoprune.pruning.space import PruningSpace
+from autoprune.pruning.base import Space
 
 
 def machine() -> str:
@@ -153,7 +153,7 @@ def figure(ncols: int = 1, width: float = 6.0, height: float = 4.5):
     return plt.subplots(1, ncols, figsize=(width * ncols, height), dpi=110, squeeze=False)
 
 
-def best_searched(config: SearchConfig, bench: BenchDir, space: PruningSpace, budget: str, *, quiet: bool = False,
+def best_searched(config: SearchConfig, bench: BenchDir, space: Space, budget: str, *, quiet: bool = False,
                   **options: Any) -> tuple[dict[str, float], pd.Series, Path] | None:
     """Ratios and trials.csv row of the best-proxy candidate of a real search at ``budget``, and
     the search's run directory (``autoprune search`` with fine-tuning off, in

@@ -30,6 +30,7 @@ from torch import nn
 from autoprune.budget import Budget
 from autoprune.errors import UserError
 from autoprune.measure import AdaptiveBNEvaluator
+from autoprune.pruning.base import Space
 from autoprune.pruning.config import SpaceConfig
 from autoprune.pruning.space import PruningSpace
 from autoprune.pruning.weights import WeightSpace
@@ -96,7 +97,7 @@ class WorkerBench:
     mask_scope: str | None = None  # weight pruning: the WeightSpace's scope (its magnitude ranking is redone)
     latency_batch: int | None = None  # each candidate's latency is timed at this batch, on the worker
 
-    def build(self) -> tuple[PruningSpace, AdaptiveBNEvaluator]:
+    def build(self) -> tuple[Space, AdaptiveBNEvaluator]:
         """The worker's own pruning space, rebuilt from the driver's rankings (a weight space from its scope),
         and the scorer; sets the worker's torch threads to ``threads``."""
         torch.set_num_threads(max(1, self.threads))
@@ -115,7 +116,7 @@ class Shipped:
     ref: object  # ray.ObjectRef of the WorkerBench
 
 
-_WORKER_STATE: dict[str, tuple[WorkerBench, PruningSpace, AdaptiveBNEvaluator]] = {}
+_WORKER_STATE: dict[str, tuple[WorkerBench, Space, AdaptiveBNEvaluator]] = {}
 
 
 def ship(workbench: WorkerBench) -> Shipped:
@@ -125,7 +126,7 @@ def ship(workbench: WorkerBench) -> Shipped:
     return Shipped(workbench.key, ray.put(workbench))
 
 
-def _worker_state(shipped: Shipped) -> tuple[WorkerBench, PruningSpace, AdaptiveBNEvaluator]:
+def _worker_state(shipped: Shipped) -> tuple[WorkerBench, Space, AdaptiveBNEvaluator]:
     """The workbench of this run, and its pruning space and scorer, built once per worker process."""
     if shipped.key not in _WORKER_STATE:
         import ray
@@ -156,14 +157,14 @@ class _Driver:
 
     study: optuna.Study
     strategy: Strategy
-    space: PruningSpace
+    space: Space
     budget: Budget
     run: RunDir
     remaining: int
     on_finish: object  # Callable[[Candidate], None]
 
 
-def make_searcher(study: optuna.Study, strategy: Strategy, space: PruningSpace, budget: Budget, run: RunDir,
+def make_searcher(study: optuna.Study, strategy: Strategy, space: Space, budget: Budget, run: RunDir,
                   remaining: int, on_finish):
     """A Tune ``Searcher`` over the run's study; ``on_finish(candidate)`` after each trial.
     (Defined here so that importing this module does not import Ray.)
@@ -235,7 +236,7 @@ def ship_model_code(model: nn.Module) -> None:
         cloudpickle.register_pickle_by_value(module)
 
 
-def run_trials(settings: RaySettings, study: optuna.Study, strategy: Strategy, space: PruningSpace, budget: Budget,
+def run_trials(settings: RaySettings, study: optuna.Study, strategy: Strategy, space: Space, budget: Budget,
                run: RunDir, workbench: WorkerBench, remaining: int, on_finish) -> None:
     """Run ``remaining`` trials as Tune trials, ``settings.workers`` at a time; ``on_finish(candidate)`` after
     each."""

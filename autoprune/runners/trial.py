@@ -20,7 +20,7 @@ from autoprune.candidate import COMPLETE, Candidate, candidates
 from autoprune.errors import UserError, one_line
 from autoprune.measure import AdaptiveBNEvaluator
 from autoprune.measure.latency import measure_latency
-from autoprune.pruning.space import PruningSpace
+from autoprune.pruning.base import Space
 from autoprune.results import RunDir
 from autoprune.search import Strategy
 
@@ -41,7 +41,7 @@ class PendingTrial:
         return self.trial.number
 
 
-def begin_trial(study: optuna.Study, strategy: Strategy, space: PruningSpace, budget: Budget) -> PendingTrial:
+def begin_trial(study: optuna.Study, strategy: Strategy, space: Space, budget: Budget) -> PendingTrial:
     """Ask for the next candidate, cost it and record its cost, widths and budget violations on the trial."""
     started = time.perf_counter()
     trial, ratios = strategy.ask(study)
@@ -54,7 +54,7 @@ def begin_trial(study: optuna.Study, strategy: Strategy, space: PruningSpace, bu
     return PendingTrial(trial, candidate, candidate.write_attrs(trial), started)
 
 
-def score_candidate(space: PruningSpace, evaluator: AdaptiveBNEvaluator, ratios: dict[str, float], *,
+def score_candidate(space: Space, evaluator: AdaptiveBNEvaluator, ratios: dict[str, float], *,
                     latency_batch: int | None = None) -> dict[str, float]:
     """Prune a copy of the model to ``ratios`` and score it: the hot path, timed step by step. Returns the
     ``Candidate.SCORE_FIELDS`` it measured (the proxy accuracy, a fraction; seconds of each step), the dict a

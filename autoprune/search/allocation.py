@@ -21,7 +21,7 @@ from typing import TypeVar
 import numpy as np
 
 from autoprune.budget import Budget
-from autoprune.pruning.space import PruningSpace
+from autoprune.pruning.base import Space
 
 T = TypeVar("T")
 
@@ -89,14 +89,14 @@ def bisect_budget(
     return high, best
 
 
-def _fits(space: PruningSpace, budget: Budget) -> Callable[[Mapping[str, float]], bool]:
+def _fits(space: Space, budget: Budget) -> Callable[[Mapping[str, float]], bool]:
     return lambda ratios: budget.feasible(space.cost(ratios), space.base_cost)
 
 
 # --- allocations -------------------------------------------------------------------------------
 
 
-def scale_to_budget(space: PruningSpace, budget: Budget, direction: Mapping[str, float]) -> dict[str, float] | None:
+def scale_to_budget(space: Space, budget: Budget, direction: Mapping[str, float]) -> dict[str, float] | None:
     """Ratios ``snap(s * direction[name])`` per group for the smallest scale ``s`` within ``budget``.
 
     ``direction`` maps group names to non-negative weights (a missing group weighs 0 and keeps its
@@ -119,7 +119,7 @@ def scale_to_budget(space: PruningSpace, budget: Budget, direction: Mapping[str,
     return None if found is None else found[1]
 
 
-def uniform_at_budget(space: PruningSpace, budget: Budget) -> dict[str, float] | None:
+def uniform_at_budget(space: Space, budget: Budget) -> dict[str, float] | None:
     """One ratio in every group, the largest on the grid that fits ``budget`` (each group's ratio
     clipped to its own bounds): the uniform baseline every search is compared with, and the warm
     start. Returns ``{group: ratio}``, or None when even every group at its ``high`` does not fit.
@@ -128,7 +128,7 @@ def uniform_at_budget(space: PruningSpace, budget: Budget) -> dict[str, float] |
 
 
 def draw_in_budget(
-    space: PruningSpace, budget: Budget, tolerance: float, rng: np.random.Generator
+    space: Space, budget: Budget, tolerance: float, rng: np.random.Generator
 ) -> tuple[dict[str, float], int, float]:
     """One EagleEye candidate (Li et al., ECCV 2020): ``(ratios, random draws it took, budget use)``.
 
@@ -155,7 +155,7 @@ def draw_in_budget(
 
 
 def along_safe_ratios(
-    space: PruningSpace, budget: Budget, safe: Mapping[str, float], factors: Mapping[str, float] | None = None
+    space: Space, budget: Budget, safe: Mapping[str, float], factors: Mapping[str, float] | None = None
 ) -> dict[str, float] | None:
     """The safe ratios (per-group results of the sensitivity phase, as in AOFP, Ding et al. 2019), times
     optional per-group ``factors``, scaled together until ``budget`` is met.

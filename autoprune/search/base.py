@@ -13,7 +13,8 @@ from dataclasses import dataclass
 import optuna
 
 from autoprune.budget import Budget
-from autoprune.pruning.space import Cost, PruningSpace
+from autoprune.pruning.base import Space
+from autoprune.pruning.space import Cost
 from autoprune.registry import Registry
 from autoprune.search.allocation import grid_top, uniform_at_budget
 
@@ -24,7 +25,7 @@ class SearchContext:
     fraction: random's band below the budget), the study's planned ``trials``, and the options of some
     strategies (``warm_start``: the uniform ratios first; ``safe_ratios`` for binary; ``pfp_eps`` for pfp)."""
 
-    space: PruningSpace
+    space: Space
     budget: Budget
     seed: int
     tolerance: float
@@ -76,7 +77,7 @@ def study_has_attr(study: optuna.Study, key: str) -> bool:
 
 
 def ask_fixed(
-    study: optuna.Study, space: PruningSpace, ratios: dict[str, float], attrs: dict
+    study: optuna.Study, space: Space, ratios: dict[str, float], attrs: dict
 ) -> tuple[optuna.Trial, dict[str, float]]:
     """A trial with the given ratios, recorded in the study like any sampled one."""
     study.enqueue_trial({k: round(v, 6) for k, v in ratios.items()}, user_attrs=attrs)
@@ -84,7 +85,7 @@ def ask_fixed(
     return trial, suggest_ratios(trial, space)
 
 
-def suggest_ratios(trial: optuna.Trial, space: PruningSpace) -> dict[str, float]:
+def suggest_ratios(trial: optuna.Trial, space: Space) -> dict[str, float]:
     """One ratio per group from the trial's sampler, on the group's grid (``allocation.grid_top``); the
     parameter name is the group name. A group whose grid has one point gets it without a parameter."""
     step = space.config.step
