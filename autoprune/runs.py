@@ -56,10 +56,14 @@ def summarize(run_dir: Path) -> dict:
 
 
 def list_runs(root: Path) -> list[dict]:
-    """Every run directly under ``root`` (or ``root`` itself, if it is one), oldest first."""
+    """Every run directly under ``root`` (or ``root`` itself, if it is one), oldest first; a link to a run that is
+    listed already (``make demo``'s ``results/demo``) is not listed again. Raises ``UserError`` if ``root`` is not
+    a directory."""
     if not root.is_dir():
         raise UserError(f"{root} is not a directory")
     runs = [root] if RunDir(root).is_run else [p for p in root.iterdir() if p.is_dir() and RunDir(p).is_run]
+    real = {p.resolve() for p in runs if not p.is_symlink()}
+    runs = [p for p in runs if not (p.is_symlink() and p.resolve() in real)]
     return sorted((summarize(p) for p in runs), key=lambda r: (r["started"], r["run"]))
 
 
