@@ -157,3 +157,27 @@ def test_sections_each_own_their_fields():
     by_section = {title: {d.name for d in found} for title, found in settings_for(SEARCH).items()}
     assert "calib_batches" in by_section["scoring"] and "rewind" in by_section["fine-tuning"]
     assert "criterion" in by_section["pruning"] and "workers" in by_section["runner"]
+
+
+def test_each_study_gets_the_options_its_parser_declares_and_all_it_needs(monkeypatch):
+    import importlib
+    import inspect
+
+    from autoprune.bench import STUDIES
+    from autoprune.bench import run as bench_run
+    from autoprune.cli import main
+
+    handed = {}
+    monkeypatch.setattr(bench_run, "run_bench", lambda study, config, **kw: handed.update({study: (config, kw)}))
+    parser = _parser()
+    for study in STUDIES:
+        assert main(["bench", study, "--seed", "3"]) == 0
+        config, kw = handed[study]
+        options = set(kw) - {"out", "resume", "quiet", "command"}
+        declared = set(vars(parser.parse_args(["bench", study])))  # every option of the study's parser
+        assert options == declared - set(_SHARED) - {"command", "study", "out", "resume", "quiet"}, study
+        assert config.seed == 3 and set(_SHARED) <= declared
+        params = inspect.signature(importlib.import_module(f"autoprune.bench.{study}").run).parameters
+        keywords = {k: p for k, p in params.items() if p.kind == p.KEYWORD_ONLY and k != "quiet"}
+        assert options <= set(keywords), study  # every option reaches a parameter of the study
+        assert {k for k, p in keywords.items() if p.default is p.empty} <= options, study  # and it needs no other

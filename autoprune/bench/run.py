@@ -6,6 +6,7 @@ import argparse
 import importlib
 from pathlib import Path
 
+from autoprune.bench import STUDIES
 from autoprune.bench.common import BenchDir
 from autoprune.config import SearchConfig, settings_for, validate
 from autoprune.errors import UserError
@@ -14,16 +15,7 @@ from autoprune.settings import BENCH
 # the search settings every study takes (declared with the bench command), in the order bench.json records them
 _SHARED = tuple(d.name for found in settings_for(BENCH).values() for d in found)
 _RECORDED_WHEN_SET = ("amp", "output_key")  # in bench.json only when given, so studies recorded before them resume
-_OWN = {
-    "fidelity": ("budget", "candidates", "finetune_epochs", "finetune_seeds", "calib_sweep"),
-    "efficiency": ("budget", "strategies", "trials", "seeds", "overhead_candidates"),
-    "baselines": ("budgets", "strategy", "trials", "finetune_epochs", "finetune_seeds", "latency_batches"),
-    "speedup": ("budgets", "latency_budget", "trials", "latency_batches"),
-    "granularity": ("budgets", "latency_batches"),
-    "retrain": ("budget", "base_epochs", "base_lr", "rewind_epoch", "finetune_epochs", "finetune_seeds"),
-    "criteria": ("budget", "criteria", "trials", "finetune_epochs", "finetune_seeds"),
-    "deploy": ("budgets", "latency_batches", "round_to"),
-}
+_NOT_OPTIONS = ("command", "study", "out", "resume", "quiet")  # what the bench parser holds besides options
 
 
 def run_bench(study: str, config: SearchConfig, *, out: str | None = None, resume: bool = False,
@@ -31,8 +23,8 @@ def run_bench(study: str, config: SearchConfig, *, out: str | None = None, resum
     """Run one study (the Python face of ``autoprune bench``); returns its output directory. Raises
     ``UserError`` for an unknown study, invalid settings, a negative option or one the study's ``check``
     refuses (all before anything is written), and where ``BenchDir`` does."""
-    if study not in _OWN:
-        raise UserError(f"unknown study '{study}' (choose from {', '.join(_OWN)})")
+    if study not in STUDIES:
+        raise UserError(f"unknown study '{study}' (choose from {', '.join(STUDIES)})")
     config, _ = validate(config)
     for key, value in options.items():
         if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
@@ -54,6 +46,6 @@ def run_from_args(args: argparse.Namespace, command: str) -> int:
     the study's own are passed as parsed, and ``command`` (the command line) is recorded. Returns 0; raises
     ``UserError`` for bad options (``run_bench``)."""
     config = SearchConfig(**{k: getattr(args, k) for k in _SHARED})  # parsed with their defaults
-    run_bench(args.study, config, out=args.out, resume=args.resume, quiet=args.quiet, command=command,
-              **{k: getattr(args, k) for k in _OWN[args.study]})
+    own = {k: v for k, v in vars(args).items() if k not in _SHARED and k not in _NOT_OPTIONS}  # as the parser has them
+    run_bench(args.study, config, out=args.out, resume=args.resume, quiet=args.quiet, command=command, **own)
     return 0
