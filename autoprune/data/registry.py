@@ -5,7 +5,6 @@ from __future__ import annotations
 import gzip
 import pickle
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +13,7 @@ import torch
 
 from autoprune.data.bundle import DataBundle, make_bundle
 from autoprune.errors import UserError
-from autoprune.registry import Registry
+from autoprune.registry import Entry, Registry
 from autoprune.specs import call_with_supported, is_callable_spec, load_callable
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
@@ -39,21 +38,11 @@ def list_data_sources() -> list[str]:
     return SOURCES.names()
 
 
-@dataclass(frozen=True)
-class DataSource:
-    """A registered source as one record: its ``loader`` and the attributes it was registered with."""
-
-    name: str
-    loader: Callable[[str | None], Arrays]
-    needs_arg: bool
-    augment: tuple[str, ...]
-    help: str
-
-
-def get_data_source(name: str) -> DataSource:
-    """The source registered as ``name``; an unknown name is a ``UserError`` that lists the sources."""
-    entry = SOURCES.get(name)
-    return DataSource(entry.name, entry.obj, entry.needs_arg, entry.augment, entry.help)
+def get_data_source(name: str) -> Entry[Callable[[str | None], Arrays]]:
+    """The source registered as ``name``: its loader (``obj``, spec argument -> x_train, y_train, x_test,
+    y_test), ``needs_arg``, ``augment`` and ``help``; an unknown name is a ``UserError`` that lists the
+    sources."""
+    return SOURCES.get(name)
 
 
 def load_data(spec: str, *, holdout: int = 5000, seed: int = 0, limit_train: int | None = None,

@@ -289,7 +289,7 @@ def test_every_source_is_registered_with_what_it_needs():
     assert {name: (s.needs_arg, s.augment) for name, s in sources.items()} == {
         "cifar10": (True, ("crop", "flip")), "fashion-mnist": (False, ("crop", "flip")),
         "imagefolder": (True, ("crop",)), "npz": (True, ())}
-    assert sources["npz"].loader is registry.SOURCES.get("npz").obj and sources["npz"].name == "npz"
+    assert sources["npz"].obj is registry._npz and sources["npz"].name == "npz"
     assert sources["npz"].help == "an .npz file with arrays x_train, y_train, x_test, y_test"
     with pytest.raises(UserError, match="unknown data 'mnist'"):
         registry.get_data_source("mnist")

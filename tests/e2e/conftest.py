@@ -53,7 +53,7 @@ SHIPPED = str(SHIPPED_WEIGHTS[("resnet20", "fashion-mnist")])
 @pytest.fixture(scope="session")
 def fmnist_npz(tmp_path_factory) -> str:
     """A random 1600 training and 300 test images of the installed Fashion-MNIST (CI installs it)."""
-    x_train, y_train, x_test, y_test = get_data_source("fashion-mnist").loader(None)
+    x_train, y_train, x_test, y_test = get_data_source("fashion-mnist").obj(None)
     rng = np.random.default_rng(0)
     train = rng.choice(len(x_train), FMNIST_TRAIN, replace=False)
     test = rng.choice(len(x_test), FMNIST_TEST, replace=False)

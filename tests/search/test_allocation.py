@@ -27,12 +27,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def space():
-    torch.manual_seed(0)
-    return PruningSpace(create_model("resnet20", in_channels=1, num_classes=10), torch.randn(1, 1, 28, 28))
-
-
-@pytest.fixture(scope="module")
 def narrow_space():
     """Groups of layer3 may lose at most half their channels, those of layer1 at least 0.2."""
     torch.manual_seed(0)

@@ -26,11 +26,6 @@ from autoprune.selection import choose_for_finetune
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(scope="module")
-def space():
-    return PruningSpace(create_model("resnet20", in_channels=1, num_classes=10), torch.randn(1, 1, 28, 28))
-
-
 def _context(space, budget="50%flops", **kw):
     return SearchContext(space, parse_budget(budget), seed=0, tolerance=0.02, **kw)
 
