@@ -215,6 +215,50 @@ def _npz(arg: str | None) -> Arrays:
         return _arrays_from_mapping(dict(npz), f"npz:{path}")
 
 
+# --- synthetic (random images for latency and structure) ----------------------------------------
+
+SYNTHETIC_TRAIN, SYNTHETIC_TEST, SYNTHETIC_CLASSES = 256, 64, 1000
+_SYNTHETIC_MAX_VALUES = 2**28  # the training images' float32 values: at most 1 GiB
+_SYNTHETIC_FORM = "synthetic:CxHxW or synthetic:CxHxW:CLASSES, as in synthetic:3x224x224"
+
+
+@register_data(
+    "synthetic",
+    # False only so that a bare 'synthetic' gets the loader's "needs a shape", not load_data's "needs a path".
+    needs_arg=False,
+    augment=(),
+    help=f"random images for latency and structure only, accuracy on them means nothing: "
+         f"synthetic:CxHxW[:CLASSES] gives {SYNTHETIC_TRAIN} training and {SYNTHETIC_TEST} test images of "
+         f"standard-normal noise with random labels (default {SYNTHETIC_CLASSES} classes), the same every time",
+)
+def _synthetic(arg: str | None) -> Arrays:
+    if not arg:
+        raise UserError(f"data 'synthetic' needs an image shape: {_SYNTHETIC_FORM}")
+    spec = f"synthetic:{arg}"
+    shape_text, _, classes_text = arg.partition(":")
+    dims = shape_text.lower().split("x")
+    if len(dims) != 3 or not all(d.isdigit() and int(d) > 0 for d in dims):
+        raise UserError(f"data '{spec}': the shape must be three positive integers CxHxW ({_SYNTHETIC_FORM})")
+    if classes_text and not (classes_text.isdigit() and int(classes_text) > 0):
+        raise UserError(f"data '{spec}': CLASSES must be a positive integer, not '{classes_text}'")
+    shape = tuple(int(d) for d in dims)
+    if shape[2] in (1, 3, 4) and shape[0] not in (1, 3, 4):
+        # make_bundle takes (N, A, B, W) with W of 1, 3 or 4 and A of none of them for channels-last images
+        raise UserError(f"data '{spec}': a width of {shape[2]} with {shape[0]} channels reads as channels-last "
+                        "(HxWxC); give C as 1, 3 or 4 or a width other than those")
+    classes = int(classes_text) if classes_text else SYNTHETIC_CLASSES
+    if SYNTHETIC_TRAIN * np.prod(shape) > _SYNTHETIC_MAX_VALUES:
+        raise UserError(f"data '{spec}': {SYNTHETIC_TRAIN} images of {shape_text} would take "
+                        f"{SYNTHETIC_TRAIN * np.prod(shape) * 4 / 2**30:.1f} GiB; the limit is 1 GiB")
+    rng = np.random.default_rng(0)
+    x_train = rng.standard_normal((SYNTHETIC_TRAIN, *shape), dtype=np.float32)
+    x_test = rng.standard_normal((SYNTHETIC_TEST, *shape), dtype=np.float32)
+    y_train = rng.integers(0, classes, SYNTHETIC_TRAIN)
+    y_test = rng.integers(0, classes, SYNTHETIC_TEST)
+    y_test[-1] = classes - 1  # the class count is read off the largest label: make it CLASSES
+    return x_train, y_train, x_test, y_test
+
+
 # --- user factories -----------------------------------------------------------------------------
 
 

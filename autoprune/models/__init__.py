@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from autoprune.errors import UserError
-from autoprune.models import zoo  # noqa: F401  (fills the registry)
+from autoprune.models import imagenet, zoo  # noqa: F401  (fill the registry)
 from autoprune.models.contract import (
     RunContract,
     check_model,
