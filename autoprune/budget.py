@@ -77,6 +77,12 @@ class Budget:
         """Whether a constraint is on latency, so that the search needs a latency table."""
         return any(c.metric == "latency_ms" for c in self.constraints)
 
+    def without_latency(self) -> Budget | None:
+        """The MAC and parameter constraints alone (None where there are none): what can be checked before
+        the latency is measured."""
+        kept = tuple(c for c in self.constraints if c.metric != "latency_ms")
+        return Budget(kept, ",".join(c.text for c in kept)) if kept else None
+
     def describe(self, base: Cost) -> str:
         """Each constraint with its limit for ``base``, e.g. ``50%flops (<= 20.407M MACs, 50.0% of baseline)``;
         latency limits in ms."""

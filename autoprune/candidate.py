@@ -23,13 +23,11 @@ if TYPE_CHECKING:
 RUNNING, COMPLETE, INFEASIBLE, FAIL = "running", "complete", "infeasible", "fail"
 
 # what scoring a candidate gives (``autoprune.runners.trial.score_candidate``, or a Ray worker's report)
-SCORE_FIELDS = ("proxy_acc", "prune_seconds", "recalibrate_seconds", "evaluate_seconds", "latency_ms",
-                "latency_seconds")
+SCORE_FIELDS = ("proxy_acc", "prune_seconds", "recalibrate_seconds", "evaluate_seconds")
 ERROR_CHARS = 2000  # the end of a failed candidate's error that the study keeps
 
 TRIAL_COLUMNS = ["number", "state", "macs", "params", "proxy_acc", "seconds", "prune_seconds",
-                 "recalibrate_seconds", "evaluate_seconds", "latency_seconds", "draws", "predicted_latency_ms",
-                 "latency_ms", "error"]
+                 "recalibrate_seconds", "evaluate_seconds", "draws", "predicted_latency_ms", "error"]
 
 
 @dataclass(frozen=True)
@@ -43,9 +41,10 @@ class Candidate:
     and the predicted latency in ms where the space has a latency table; None until costed. ``state``:
     ``running``, ``complete`` (scored within the budget), ``infeasible`` (over the budget, never scored) or
     ``fail`` (its error recorded), and Optuna's own ``waiting`` or ``pruned`` for a trial never asked.
-    ``proxy_acc``: the adaptive-BN score, a fraction. ``latency_ms``: the measured latency of the pruned
-    network. Seconds, rounded to 0.1 ms: ``seconds`` from ask to tell, and the scoring split ``prune_seconds``,
-    ``recalibrate_seconds``, ``evaluate_seconds``, ``latency_seconds``. ``draws``: random draws it took
+    ``proxy_acc``: the adaptive-BN score, a fraction. Seconds, rounded to 0.1 ms: ``seconds`` from ask to tell,
+    and the scoring split ``prune_seconds``, ``recalibrate_seconds``, ``evaluate_seconds``. A candidate's latency
+    is predicted (``cost.latency_ms``), not measured: the search checks the predictor on held-out subnets
+    (``autoprune.deployment``) and measures the fine-tuned subnets. ``draws``: random draws it took
     (the ``random`` strategy only). ``error``: the end of a failed candidate's traceback
     (``autoprune.runners.trial.describe_error``).
     """
@@ -56,12 +55,10 @@ class Candidate:
     widths: Mapping[str, int] | None = None
     cost: Cost | None = None
     proxy_acc: float | None = None
-    latency_ms: float | None = None
     seconds: float | None = None
     prune_seconds: float | None = None
     recalibrate_seconds: float | None = None
     evaluate_seconds: float | None = None
-    latency_seconds: float | None = None
     draws: int | None = None
     error: str | None = None
 
@@ -90,7 +87,7 @@ class Candidate:
     def scored(self, result: Mapping[str, Any], *, seconds: float) -> Candidate:
         """This candidate told: complete, or still infeasible (``result`` empty: it was never scored), with
         the ``SCORE_FIELDS`` of ``result`` (a worker's report may hold more) and ``seconds`` from ask to
-        tell; seconds are kept to 0.1 ms, the score and latency as given."""
+        tell; seconds are kept to 0.1 ms, the score as given."""
         fields = {key: round(result[key], 4) if key.endswith("_seconds") else result[key]
                   for key in SCORE_FIELDS if key in result}
         state = INFEASIBLE if self.state == INFEASIBLE else COMPLETE

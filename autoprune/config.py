@@ -15,7 +15,7 @@ from typing import Any
 
 from autoprune.budget import Budget, parse_budget
 from autoprune.errors import UserError
-from autoprune.measure.settings import ScoringSettings
+from autoprune.measure.settings import LatencySettings, ScoringSettings
 from autoprune.pruning.settings import PruningSettings
 from autoprune.retrain import RetrainSettings, check_retrain
 from autoprune.runners.settings import RunnerSettings
@@ -88,14 +88,15 @@ class RunSettings:
 
 
 @dataclass(frozen=True)
-class SearchConfig(RunSettings, PruningSettings, StrategySettings, ScoringSettings, RetrainSettings, RunnerSettings):
+class SearchConfig(RunSettings, PruningSettings, StrategySettings, ScoringSettings, LatencySettings, RetrainSettings,
+                   RunnerSettings):
     """Every setting of a search, frozen. Build it with keyword arguments (the field names are the options'
     names with ``_``: ``SearchConfig(calib_batches=5)``), then ``validate`` it; change one with
     ``dataclasses.replace``."""
 
 
 SECTIONS = {"run": RunSettings, "pruning": PruningSettings, "search strategy": StrategySettings,
-            "scoring": ScoringSettings, "fine-tuning": RetrainSettings, "runner": RunnerSettings}
+            "scoring": ScoringSettings, "latency": LatencySettings, "fine-tuning": RetrainSettings, "runner": RunnerSettings}
 
 
 def settings_for(command: str) -> dict[str, list[Declared]]:
@@ -128,6 +129,7 @@ def validate(config: SearchConfig) -> tuple[SearchConfig, Budget]:
     setting that is wrong."""
     from autoprune.device import resolve_device
     from autoprune.export import check_formats
+    from autoprune.measure.target import make_target
     from autoprune.train import check_amp
 
     config = resolve_paths(config)
@@ -135,6 +137,7 @@ def validate(config: SearchConfig) -> tuple[SearchConfig, Budget]:
     config.check_pruning()
     config.check_strategy()
     config.check_scoring()
+    config.check_latency()
     for option, value in (("--batch-size", config.batch_size), ("--holdout", config.holdout),
                           ("--limit-train", config.limit_train), ("--limit-test", config.limit_test)):
         if value is not None and value < 1:
@@ -156,7 +159,9 @@ def validate(config: SearchConfig) -> tuple[SearchConfig, Budget]:
     if config.export:
         check_formats(config.export_formats)
     config.check_runner()
-    return dataclasses.replace(config, device=resolve_device(config.device)), budget
+    config = dataclasses.replace(config, device=resolve_device(config.device))
+    make_target(config.target, device=config.device)  # onnxruntime only on the CPU
+    return config, budget
 
 
 def resumed(saved: dict[str, Any], given: dict[str, Any]) -> tuple[SearchConfig, list[str]]:

@@ -73,7 +73,7 @@ def check_formats(formats: list[str]) -> None:
             try:
                 __import__(module)
             except ImportError:
-                raise UserError(f"ONNX export needs {module}: pip install 'autoprune[deploy]'") from None
+                raise UserError(f"ONNX export needs {module} (a dependency of autoprune): pip install {module}") from None
 
 
 def export_subnet(run_dir: str | Path, subnet_id: str, fmt: str, out: str | Path | None = None, *,

@@ -12,8 +12,8 @@ from torch import nn
 from autoprune.candidate import Candidate, candidates
 from autoprune.config import PYTHON_OBJECT, SearchConfig
 from autoprune.data import DataBundle
+from autoprune.deployment import time_subnet
 from autoprune.measure import AdaptiveBNEvaluator, accuracy
-from autoprune.measure.latency import measure_latency
 from autoprune.progress import progress_bar
 from autoprune.pruning.base import Space
 from autoprune.pruning.weights import weight_masks
@@ -108,11 +108,12 @@ def finetune_candidate(space: Space, evaluator: AdaptiveBNEvaluator, config: Sea
 
 
 def save_finetuned(bench: Workbench, candidate: Candidate, ratios: dict[str, float], done: Finetuned) -> SubnetSpec:
-    """Measure a fine-tuned subnet's latency here, on the run's device, and save it with its spec
-    (subnets/<id>/); returns the spec. ``ratios``: every group's, as it was pruned."""
+    """Measure a fine-tuned subnet's latency on the run's target as it ships (exported for onnxruntime), beside
+    the unpruned model, and save it with its spec (subnets/<id>/); returns the spec. ``ratios``: every group's,
+    as it was pruned."""
     config, space, data = bench.config, bench.space, bench.data
     cost = space.cost(ratios)
-    latency = measure_latency(done.subnet, data.input_shape, device=config.device, batch=config.latency_batch)
+    measured = time_subnet(bench.latency, done.subnet, data.input_shape, candidate.id, cost.latency_ms, cost.macs)
     weight = config.granularity == "weight"
     spec = SubnetSpec(
         id=candidate.id, trial=candidate.number, model=None if config.model == PYTHON_OBJECT else config.model,
@@ -122,8 +123,10 @@ def save_finetuned(bench: Workbench, candidate: Candidate, ratios: dict[str, flo
         base_weights=config.weights, ratios=ratios, channels={g.name: g.channels for g in space.groups},
         kept=done.kept, macs=cost.macs, params=cost.params, proxy_acc=candidate.proxy_acc, test_acc=done.test_acc,
         holdout_acc=done.holdout_acc, finetune_epochs=config.finetune_epochs,
-        finetune_seconds=round(done.seconds, 2), retrain=retrain_record(config, done.epochs), latency_ms=latency,
-        predicted_latency_ms=cost.latency_ms, latency_batch=config.latency_batch, device=config.device,
+        finetune_seconds=round(done.seconds, 2), retrain=retrain_record(config, done.epochs), latency_ms=measured.ms,
+        predicted_latency_ms=cost.latency_ms, latency_spread=[measured.low, measured.high], speedup=measured.speedup,
+        speedup_spread=[measured.speedup_low, measured.speedup_high], target=bench.latency.target.describe(),
+        latency_batch=config.latency_batch, device=config.device,
     )
     directory = bench.run.subnet_dir(candidate.id)
     masks = weight_masks(done.subnet) if weight else None

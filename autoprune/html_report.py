@@ -23,7 +23,7 @@ from autoprune.config import SearchConfig
 from autoprune.errors import UserError
 from autoprune.export import ExportCheck
 from autoprune.pruning.space import Cost
-from autoprune.report import as_number, draw_front, pareto_subnets, space_tables
+from autoprune.report import COSTS, as_number, draw_front, pareto_subnets, space_tables
 from autoprune.results import RunDir, SubnetSpec, atomic_write
 from autoprune.runs import read_subnets
 from autoprune.search.sensitivity import GroupSensitivity, plot_sensitivity, read_sensitivity
@@ -198,20 +198,20 @@ def _pareto_plots(run: _Run) -> str:
     limits, images, notes = run.limits(), [], []
     scored = run.trials[run.trials["proxy_acc"].notna()]
     for cost, name in (("macs", "MACs"), ("latency_ms", "latency")):
-        known = scored[scored[cost].notna()]
+        column = COSTS[cost][2]
+        known = scored[scored[column].notna()] if column in scored else scored.iloc[:0]
         if not len(known) and not pareto_subnets(run.subnets, cost):
             notes.append(f"No accuracy-vs-{name} plot yet: nothing scored has a {name}.")
             continue
         if len(known) < len(scored):
             notes.append(f"The {name} plot leaves out the {len(scored) - len(known)} of "
-                         f"{len(scored)} scored candidates without a measured {name} (older runs "
-                         "measured only the fine-tuned ones).")
+                         f"{len(scored)} scored candidates without a {name}.")
         fig, ax = _figure(6.2, 4.3)
         front = draw_front(ax, cost, known, run.subnets, run.baseline, limits.get(cost))
         ax.set_title(f"accuracy vs {name}")
         if cost == "latency_ms":
-            ax.set_xlabel(f"measured latency (ms, batch {run.config['latency_batch']} on "
-                          f"{run.config['device']})")
+            ax.set_xlabel(f"latency (ms, batch {run.config['latency_batch']}): subnets measured on "
+                          f"{run.config.get('target', 'torch')}, candidates predicted")
         alt = (f"Accuracy vs {name}: {len(known)} scored candidates, {len(run.subnets)} fine-tuned "
                f"subnets, Pareto front of {len(front)}"
                + (f", budget {limits[cost][1]}" if cost in limits else ""))

@@ -18,10 +18,11 @@ from autoprune.results import SubnetSpec, atomic_write
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
 
-# x axis of each accuracy-vs-cost plot: the cost key shared by trials.csv, spec.json, the baseline
-# and budget constraints, its label and its scale
-COSTS = {"macs": ("MACs (millions; FLOPs = 2 x MACs)", 1e-6),
-         "latency_ms": ("measured latency (ms)", 1.0)}
+# x axis of each accuracy-vs-cost plot: the cost key shared by spec.json, the baseline and budget constraints,
+# its label, its scale and the trials.csv column of the candidates' (a candidate's latency is predicted)
+COSTS = {"macs": ("MACs (millions; FLOPs = 2 x MACs)", 1e-6, "macs"),
+         "latency_ms": ("latency (ms): subnets measured on the target, candidates predicted", 1.0,
+                        "predicted_latency_ms")}
 
 
 def export_run(
@@ -44,8 +45,10 @@ def export_run(
     macs = [c for c in budget.constraints if c.metric == "macs"]
     limit = (macs[0].limit(base), macs[0].text) if macs else None
     plot_pareto(run_dir / "pareto.png", trials, subnets, baseline, limit)
+    latency = json.loads((run_dir / "latency.json").read_text()) if (run_dir / "latency.json").is_file() else None
     write_report(run_dir / "report.md", config=config, budget_text=budget.describe(base), baseline=baseline,
-                 subnets=subnets, front=front, trials=trials, timings=timings)
+                 budget=budget, base=base, subnets=subnets, front=front, trials=trials, timings=timings,
+                 latency=latency)
     return front
 
 
@@ -107,11 +110,11 @@ def draw_front(ax: Axes, cost: str, candidates: pd.DataFrame, subnets: Sequence[
     """Accuracy vs ``cost`` (a key of ``COSTS``) on ``ax``: candidates' proxy accuracy in grey,
     fine-tuned subnets' test accuracy, their Pareto front, the baseline star and the budget line
     (``limit``: ceiling and budget text). Returns the front, cheapest first."""
-    label, scale = COSTS[cost]
+    label, scale, column = COSTS[cost]
     subnets = [s for s in subnets if as_number(getattr(s, cost)) is not None]
     front = pareto_subnets(subnets, cost)
     if len(candidates):
-        ax.scatter(candidates[cost] * scale, candidates["proxy_acc"] * 100, s=14, alpha=0.3,
+        ax.scatter(candidates[column] * scale, candidates["proxy_acc"] * 100, s=14, alpha=0.3,
                    color="tab:gray", label="candidates (adaptive-BN proxy, holdout)")
     if subnets:
         ax.scatter([getattr(s, cost) * scale for s in subnets], [s.test_acc * 100 for s in subnets],
@@ -135,20 +138,94 @@ def draw_front(ax: Axes, cost: str, candidates: pd.DataFrame, subnets: Sequence[
     return front
 
 
+def latency_note(config: Mapping, latency: Mapping | None) -> str:
+    """How latency was measured: on the run's target (latency.json), else as older runs did."""
+    if latency is None:
+        return f"Latency: median of timed forward passes at batch {config['latency_batch']} on {config['device']}."
+    return (f"Latency: measured on {latency['describe']}, each subnet as it ships (exported for onnxruntime) beside "
+            f"the unpruned model in {latency['baseline']['rounds']} interleaved rounds: the median round, "
+            "(lowest-highest round) after it. Speedup: the unpruned model's time over the subnet's, paired round "
+            "by round.")
+
+
+def describe_latency(s: SubnetSpec) -> str:
+    """A subnet's measured latency in ms with its spread where known: ``0.412 (0.405-0.431)``."""
+    spread = f" ({s.latency_spread[0]:.3f}-{s.latency_spread[1]:.3f})" if s.latency_spread else ""
+    return f"{s.latency_ms:.3f}{spread}"
+
+
+def describe_speedup(s: SubnetSpec) -> str:
+    """A subnet's measured speedup over the unpruned model with its spread: ``1.72x (1.65-1.80)``; empty for a
+    subnet measured before speedups were."""
+    if s.speedup is None:
+        return ""
+    spread = f" ({s.speedup_spread[0]:.2f}-{s.speedup_spread[1]:.2f})" if s.speedup_spread else ""
+    return f"{s.speedup:.2f}x{spread}"
+
+
+def latency_verdicts(subnets: Sequence[SubnetSpec], budget: Budget, base: Cost) -> list[tuple[SubnetSpec, float, bool]]:
+    """Per subnet under a latency budget: its ceiling in ms and whether the measurement (not the prediction)
+    meets it; empty for a budget without latency."""
+    limits = [c.limit(base) for c in budget.constraints if c.metric == "latency_ms"]
+    if not limits:
+        return []
+    return [(s, min(limits), s.latency_ms <= min(limits)) for s in subnets if as_number(s.latency_ms) is not None]
+
+
+def predictor_lines(subnets: Sequence[SubnetSpec], latency: Mapping | None, budget: Budget | None = None,
+                    base: Cost | None = None) -> list[str]:
+    """report.md's lines on the latency predictor: predicted vs measured for each fine-tuned subnet, the check on
+    held-out subnets (MAPE, Spearman), and each subnet's verdict under a latency budget, by measurement."""
+    lines = []
+    predicted = [s for s in subnets if s.predicted_latency_ms is not None]
+    if predicted:
+        lines += ["", "Predicted (the target's latency table) vs measured latency:", "",
+                  "| subnet | predicted (ms) | measured (ms) | error |", "|---|---:|---:|---:|"]
+        for s in predicted:
+            error = s.predicted_latency_ms / s.latency_ms - 1
+            lines.append(f"| {s.id} | {s.predicted_latency_ms:.3f} | {describe_latency(s)} | {error:+.1%} |")
+    if latency is not None:
+        from autoprune.measure.predictor import PredictorCheck
+
+        check = PredictorCheck.from_record(latency.get("check"))
+        calibrated = ", ".join(m["id"] for m in latency.get("calibration", []))
+        lines += ["", (f"The {check.describe()} (subnets drawn across the space before the search, each exported "
+                       "and timed beside the unpruned model; the predictor was calibrated on the unpruned model and "
+                       f"the subnets {calibrated or 'none'}, not these).")]
+        if check.pairs:
+            lines += ["", "| held-out subnet | MACs (M) | predicted (ms) | measured (ms) | error | speedup |",
+                      "|---|---:|---:|---:|---:|---:|"]
+            for m in check.pairs:
+                macs = f"{m.macs / 1e6:.2f}" if m.macs is not None else ""
+                lines.append(f"| {m.id} | {macs} | {m.predicted_ms:.3f} | {m.ms:.3f} ({m.low:.3f}-{m.high:.3f}) | "
+                             f"{m.error:+.1%} | {m.speedup:.2f}x |")
+    if budget is not None and base is not None:
+        verdicts = latency_verdicts(subnets, budget, base)
+        if verdicts:
+            lines += ["", "Latency budget, judged by the measurement:", ""]
+            lines += [f"- {s.id}: {s.latency_ms:.3f} ms measured against {limit:.3f} ms: "
+                      f"{'met' if met else 'NOT met'}" for s, limit, met in verdicts]
+    return lines
+
+
 def write_report(
     path: Path,
     *,
     config: dict,
     budget_text: str,
     baseline: dict,
+    budget: Budget | None = None,
+    base: Cost | None = None,
     subnets: Sequence[SubnetSpec],
     front: Sequence[SubnetSpec],
     trials: pd.DataFrame,
     timings: dict[str, float],
+    latency: Mapping | None = None,
 ) -> None:
     """report.md: the settings (``config``, config.yaml's), the baseline vs the fine-tuned subnets (MACs in
     millions, latency in ms, accuracies in percent, the ``front`` marked), predicted vs measured latency, the
-    search (from trials.csv's ``trials``), what was searched and the seconds each phase took."""
+    search (from trials.csv's ``trials``), what was searched and the seconds each phase took. ``latency``: the run's
+    latency.json (``autoprune.deployment``), its target and predictor check."""
     base_macs, base_params = baseline["macs"], baseline["params"]
     front_ids = {s.id for s in front}
     if config.get("granularity") == "weight":
@@ -180,32 +257,26 @@ def write_report(
         "",
         "## Baseline vs subnets",
         "",
-        f"Latency: median of timed forward passes at batch {config['latency_batch']} on {config['device']}.",
+        latency_note(config, latency),
         "",
         (
-            "| subnet | MACs (M) | MACs % | params (M) | latency (ms) | proxy acc | test acc | delta vs baseline "
-            "| Pareto | trained after pruning |"
+            "| subnet | MACs (M) | MACs % | params (M) | latency (ms) | speedup | proxy acc | test acc | "
+            "delta vs baseline | Pareto | trained after pruning |"
         ),
-        "|---|---:|---:|---:|---:|---:|---:|---:|:---:|---|",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|:---:|---|",
         (
-            f"| baseline | {base_macs / 1e6:.2f} | 100.0 | {base_params / 1e6:.3f} | {baseline['latency_ms']:.2f} | "
+            f"| baseline | {base_macs / 1e6:.2f} | 100.0 | {base_params / 1e6:.3f} | {baseline['latency_ms']:.3f} | | "
             f"{baseline['proxy_acc']:.2%} | {baseline['test_acc']:.2%} | | | |"
         ),
     ]
     for s in sorted(subnets, key=lambda r: -r.test_acc):
         lines.append(
             f"| {s.id} | {s.macs / 1e6:.2f} | {100 * s.macs / base_macs:.1f} | {s.params / 1e6:.3f} | "
-            f"{s.latency_ms:.2f} | {s.proxy_acc:.2%} | {s.test_acc:.2%} | "
+            f"{describe_latency(s)} | {describe_speedup(s)} | {s.proxy_acc:.2%} | {s.test_acc:.2%} | "
             f"{100 * (s.test_acc - baseline['test_acc']):+.2f} pp | {'yes' if s.id in front_ids else ''} | "
             f"{s.retrain_text} |"
         )
-    predicted = [s for s in subnets if s.predicted_latency_ms is not None]
-    if predicted:
-        lines += ["", "Predicted (latency table) vs measured latency:", "",
-                  "| subnet | predicted (ms) | measured (ms) | error |", "|---|---:|---:|---:|"]
-        for s in predicted:
-            error = s.predicted_latency_ms / s.latency_ms - 1
-            lines.append(f"| {s.id} | {s.predicted_latency_ms:.3f} | {s.latency_ms:.3f} | {error:+.1%} |")
+    lines += predictor_lines(subnets, latency, budget, base)
     if not subnets and config["finetune_top"] > 0:
         lines += ["", ("**No candidate met the budget**: no subnet was fine-tuned. Try `--warm-start`, "
                        "`--strategy random`, more `--trials` or a looser budget.")]

@@ -198,8 +198,10 @@ class SubnetSpec:
     ``params``; a weight-pruned subnet's ``kept`` is a count of weights per unit, its ``channels`` the
     unpruned counts), its accuracies as fractions (``proxy_acc``, the adaptive-BN score before fine-tuning;
     ``test_acc`` and ``holdout_acc`` after), how it was trained (``finetune_epochs``, ``finetune_seconds``,
-    ``retrain``: ``autoprune.retrain.retrain_record``), its latency in ms (``latency_ms`` measured,
-    ``predicted_latency_ms`` from the latency table under a latency budget) at ``latency_batch`` on ``device``,
+    ``retrain``: ``autoprune.retrain.retrain_record``), its latency in ms on the deployment ``target``
+    (``latency_ms`` measured beside the unpruned model in interleaved rounds, its ``latency_spread``, the
+    ``speedup`` over the unpruned model with its ``speedup_spread``; ``predicted_latency_ms`` from the
+    target's latency table) at ``latency_batch`` on ``device``,
     and the ``contract`` it runs by (``autoprune.models.contract``). docs/specs.md lists the fields.
 
     Fields a spec predates load with defaults: ``granularity`` filter, ``latency_ms`` NaN, the others None.
@@ -231,6 +233,10 @@ class SubnetSpec:
     retrain: dict | None = None
     latency_ms: float = math.nan
     predicted_latency_ms: float | None = None
+    latency_spread: list[float] | None = None  # [lowest, highest] round of the measurement, ms
+    speedup: float | None = None  # over the unpruned model, timed beside it: median of the paired rounds
+    speedup_spread: list[float] | None = None  # [lowest, highest] paired round
+    target: str | None = None  # where latency was measured: runtime, batch, threads
     latency_batch: int | None = None
     device: str | None = None
     contract: dict | None = None
@@ -296,7 +302,7 @@ class SubnetSpec:
 
 # what pareto.json says of each subnet on the front, in order (pareto.csv: the same without the ratios)
 PARETO_FIELDS = ("id", "trial", "macs", "params", "proxy_acc", "test_acc", "holdout_acc", "finetune_seconds",
-                 "latency_ms", "predicted_latency_ms", "ratios", "path", "retrain")
+                 "latency_ms", "predicted_latency_ms", "speedup", "ratios", "path", "retrain")
 
 
 

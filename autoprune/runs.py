@@ -10,22 +10,26 @@ from rich.table import Table
 from autoprune.errors import UserError
 from autoprune.export import ExportCheck
 from autoprune.progress import output
-from autoprune.report import pareto_front
+from autoprune.report import describe_latency, describe_speedup, pareto_front
 from autoprune.results import RunDir, SubnetSpec
 
 
 def subnets_table(baseline: dict, subnets: list[SubnetSpec], title: str = "fine-tuned subnets") -> Table:
     """The baseline (pareto.json's: ``macs``, ``params``, ``latency_ms``, ``proxy_acc``, ``test_acc``) and the
-    fine-tuned subnets, best test accuracy first, the Pareto ones marked."""
-    table = Table(title=title)
-    for col in ("subnet", "MACs (M)", "MACs %", "params (M)", "latency (ms)", "proxy acc", "test acc", "Pareto"):
+    fine-tuned subnets, best test accuracy first, the Pareto ones marked: latency as measured on the run's target
+    with the spread of its rounds, and the speedup over the baseline measured beside it."""
+    target = next((s.target for s in subnets if s.target), None)
+    table = Table(title=title, caption=f"latency measured on {target}" if target else None)
+    for col in ("subnet", "MACs (M)", "MACs %", "params (M)", "latency (ms)", "speedup", "proxy acc", "test acc",
+                "Pareto"):
         table.add_column(col, justify="right")
     table.add_row("baseline", f"{baseline['macs'] / 1e6:.2f}", "100.0", f"{baseline['params'] / 1e6:.3f}",
-                  f"{baseline['latency_ms']:.2f}", f"{baseline['proxy_acc']:.2%}", f"{baseline['test_acc']:.2%}", "")
+                  f"{baseline['latency_ms']:.3f}", "", f"{baseline['proxy_acc']:.2%}", f"{baseline['test_acc']:.2%}",
+                  "")
     front_ids = {s.id for s in pareto_front(subnets)}
     for s in sorted(subnets, key=lambda r: -r.test_acc):
         table.add_row(s.id, f"{s.macs / 1e6:.2f}", f"{100 * s.macs / baseline['macs']:.1f}", f"{s.params / 1e6:.3f}",
-                      f"{s.latency_ms:.2f}", f"{s.proxy_acc:.2%}", f"{s.test_acc:.2%}",
+                      describe_latency(s), describe_speedup(s), f"{s.proxy_acc:.2%}", f"{s.test_acc:.2%}",
                       "yes" if s.id in front_ids else "")
     return table
 

@@ -17,9 +17,9 @@ from torch import nn
 from autoprune.budget import Budget
 from autoprune.config import SearchConfig, shipped_weights
 from autoprune.data import DataBundle, load_data
+from autoprune.deployment import LatencySetup, save_setup, set_up_latency
 from autoprune.errors import UserError, one_line
 from autoprune.measure import AdaptiveBNEvaluator, accuracy
-from autoprune.measure.latency import LatencyTable, measure_latency
 from autoprune.models import create_model, load_weights, model_family
 from autoprune.models.contract import contract_of, prepare_model
 from autoprune.progress import console
@@ -37,7 +37,8 @@ from autoprune.train import train
 class Workbench:
     """A run's loaded inputs: ``model`` (the trained, unpruned network, on the CPU, in eval mode), its
     ``space``, the scorer ``evaluator``, ``baseline`` (the unpruned model's ``macs``, ``params``, ``proxy_acc``,
-    ``test_acc`` and ``latency_ms`` at ``config.latency_batch``), and ``seconds`` spent setting it up."""
+    ``test_acc`` and ``latency_ms`` on the target at ``config.latency_batch``), the ``latency`` set-up (target,
+    predictor, efficient widths: ``autoprune.deployment``), and ``seconds`` spent setting it up."""
 
     config: SearchConfig
     run: RunDir
@@ -47,6 +48,7 @@ class Workbench:
     budget: Budget
     evaluator: AdaptiveBNEvaluator
     baseline: dict
+    latency: LatencySetup
     seconds: float
 
 
@@ -62,11 +64,9 @@ def open_workbench(config: SearchConfig, budget: Budget, run: RunDir, module: nn
         for note in contract.notes:
             console.print(note, markup=False, soft_wrap=True)
     check_retrain_model(config, model)
-    base_latency = measure_latency(model, data.input_shape, device=config.device, batch=config.latency_batch)
-    if budget.needs_latency:
-        table = LatencyTable(space.latency_layers(), device=config.device, batch=config.latency_batch,
-                             cache=run.path / "latency_table.json", layout=contract.layout)
-        space.attach_latency(table, base_latency)
+    if budget.without_latency() is not None:  # before the latency set-up: a budget out of reach says so at once
+        check_budget(budget.without_latency(), space, notes=False)
+    latency = set_up_latency(config, model, space, data.input_shape, run.path, budget, quiet=quiet)
     check_budget(budget, space)
     # Nothing is written before this line: a bad input leaves no half-made run behind, and a failure
     # from here to the first trial removes what the run wrote (RunDir.discarded_on_failure).
@@ -79,6 +79,7 @@ def open_workbench(config: SearchConfig, budget: Budget, run: RunDir, module: nn
         run.write_status(status="running", backend="ray" if config.uses_ray else "local",
                          workers=config.workers if config.uses_ray else 1,
                          started=time.strftime("%Y-%m-%dT%H:%M:%S"))
+        save_setup(latency, run.path)
         if config.sparsity_train > 0:
             model = sparsity_trained(config, run, data, model, space, quiet)
         evaluator = make_evaluator(config, data)
@@ -88,15 +89,18 @@ def open_workbench(config: SearchConfig, budget: Budget, run: RunDir, module: nn
             raise UserError(f"the unpruned model fails on batches of the data (up to 500 images): "
                             f"{one_line(exc)}") from exc
         baseline = {"macs": space.base_cost.macs, "params": space.base_cost.params, "proxy_acc": proxy_acc,
-                    "test_acc": test_acc, "latency_ms": base_latency}
+                    "test_acc": test_acc, "latency_ms": latency.baseline.ms}
         model.cpu()
-    return Workbench(config, run, data, model, space, budget, evaluator, baseline, time.perf_counter() - tic)
+    if not quiet:
+        for line in latency.describe():
+            console.print(line, markup=False, soft_wrap=True)
+    return Workbench(config, run, data, model, space, budget, evaluator, baseline, latency, time.perf_counter() - tic)
 
 
-def check_budget(budget: Budget, space: Space) -> None:
+def check_budget(budget: Budget, space: Space, *, notes: bool = True) -> None:
     """Raise ``UserError`` where even the smallest subnet of ``space`` is over ``budget``, or where the unpruned
     model is already within it (as ``150%flops`` is refused); a part of a joined budget that the unpruned model
-    meets (``60MMACs`` on a 15M-MAC model) constrains nothing, and is said."""
+    meets (``60MMACs`` on a 15M-MAC model) constrains nothing, and is said where ``notes``."""
     base = space.base_cost
     smallest = space.smallest_cost()
     if not budget.feasible(smallest, base):
@@ -110,7 +114,7 @@ def check_budget(budget: Budget, space: Space) -> None:
     if len(loose) == len(budget.constraints):
         raise UserError(f"budget {budget.text} prunes nothing: the unpruned model is within it "
                         f"({budget.describe(base)}); give a budget below the baseline")
-    for c in loose:
+    for c in loose if notes else ():
         console.print(f"[yellow]budget part {Budget((c,), c.text).describe(base)} constrains nothing: the unpruned "
                       "model is within it[/]", soft_wrap=True)
 

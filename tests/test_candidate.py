@@ -17,8 +17,7 @@ NAMES = ["conv1", "fc"]
 Group = namedtuple("Group", "name low")  # what ratios_to_prune reads of a space's group
 # a worker's report: the score, each step's seconds unrounded, and a key of Tune's own
 REPORT = {"proxy_acc": 0.8125, "prune_seconds": 0.123456, "recalibrate_seconds": 0.254321,
-          "evaluate_seconds": 0.376543, "latency_ms": 1.234567, "latency_seconds": 0.498765,
-          "time_this_iter_s": 9.0}
+          "evaluate_seconds": 0.376543, "time_this_iter_s": 9.0}
 
 
 def _asked(study: optuna.Study, ratios: dict[str, float]) -> tuple[optuna.Trial, Candidate]:
@@ -44,8 +43,7 @@ def test_a_scored_candidate_reads_back_from_its_trial_as_it_was_told(study):
                        "feasible": True}
     told = costed.scored(REPORT, seconds=2.123456)
     assert (told.state, told.proxy_acc, told.seconds, told.prune_seconds, told.recalibrate_seconds,
-            told.evaluate_seconds, told.latency_ms, told.latency_seconds) == (
-        "complete", 0.8125, 2.1235, 0.1235, 0.2543, 0.3765, 1.234567, 0.4988)  # seconds to 0.1 ms, nothing else
+            told.evaluate_seconds) == ("complete", 0.8125, 2.1235, 0.1235, 0.2543, 0.3765)  # seconds to 0.1 ms
     told.write_attrs(trial, written)
     frozen = study.tell(trial, [0.8125, 130])
 
@@ -55,7 +53,7 @@ def test_a_scored_candidate_reads_back_from_its_trial_as_it_was_told(study):
     assert back.row() == {
         "number": 0, "state": "complete", "macs": 130, "params": 26, "proxy_acc": 0.8125, "seconds": 2.1235,
         "prune_seconds": 0.1235, "recalibrate_seconds": 0.2543, "evaluate_seconds": 0.3765,
-        "latency_seconds": 0.4988, "draws": 7, "predicted_latency_ms": 3.25, "latency_ms": 1.234567, "error": None,
+        "draws": 7, "predicted_latency_ms": 3.25, "error": None,
         "ratio:conv1": 0.123457, "ratio:fc": 0.5}
     assert list(back.row()) == [*TRIAL_COLUMNS, "ratio:conv1", "ratio:fc"]
 
@@ -151,10 +149,10 @@ def test_trials_frame_is_trials_csv_of_the_study(tmp_path):
     frame.to_csv(tmp_path / "trials.csv", index=False)
     assert (tmp_path / "trials.csv").read_text() == (
         "number,state,macs,params,proxy_acc,seconds,prune_seconds,recalibrate_seconds,evaluate_seconds,"
-        "latency_seconds,draws,predicted_latency_ms,latency_ms,error,ratio:g\n"
-        "0,complete,3,1,0.5,1.5,,,,,2.0,,,,0.25\n"
-        "1,fail,4,2,,,,,,,,,,E: x,0.125\n"
-        "2,infeasible,9,5,,0.0012,,,,,,,,,0.0\n")
+        "draws,predicted_latency_ms,error,ratio:g\n"
+        "0,complete,3,1,0.5,1.5,,,,2.0,,,0.25\n"
+        "1,fail,4,2,,,,,,,,E: x,0.125\n"
+        "2,infeasible,9,5,,0.0012,,,,,,,0.0\n")
     assert trials_frame(optuna.create_study(), ["g"]).columns.tolist() == [*TRIAL_COLUMNS, "ratio:g"]
 
 

@@ -26,7 +26,8 @@ from autoprune.settings import BENCH, INSPECT, SEARCH, TRAIN
 IDENTITY = {"model", "data", "budget", "strategy", "criterion", "granularity", "mask_scope", "criterion_batches",
             "sparsity_train", "sparsity_lambda", "pfp_eps", "seed", "weights", "space", "output_key", "calib_batches",
             "score_images", "adaptive_bn", "tolerance", "holdout", "limit_train", "batch_size", "limit_test",
-            "warm_start", "damage", "bounds_from_sensitivity", "sensitivity_from", "latency_batch"}
+            "warm_start", "damage", "bounds_from_sensitivity", "sensitivity_from", "latency_batch",
+            "target", "latency_threads", "widths"}
 
 
 def _options(parser, command: str) -> set[str]:

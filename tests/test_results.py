@@ -274,7 +274,8 @@ def pruned():
 SPEC_KEYS = ["format", "id", "trial", "model", "data", "in_channels", "num_classes", "input_shape", "granularity",
              "seed", "criterion", "mask_scope", "base_weights", "ratios", "channels", "kept", "macs", "params",
              "proxy_acc", "test_acc", "holdout_acc", "finetune_epochs", "finetune_seconds", "retrain", "latency_ms",
-             "predicted_latency_ms", "latency_batch", "device", "contract"]
+             "predicted_latency_ms", "latency_spread", "speedup", "speedup_spread", "target", "latency_batch",
+             "device", "contract"]
 RETRAIN = {"rewind": "lottery", "rewind_epoch": None, "schedule": "one-shot", "steps": 1, "distill": None,
            "lr": 0.01, "epochs": 0.5}
 
@@ -300,11 +301,13 @@ def test_an_older_spec_loads_with_defaults_for_the_fields_it_predates(tmp_path, 
     contract came later."""
     first = {k: v for k, v in subnet_spec().to_json().items()
              if k not in ("granularity", "mask_scope", "retrain", "latency_ms", "predicted_latency_ms",
-                          "latency_batch", "device", "contract")}
+                          "latency_spread", "speedup", "speedup_spread", "target", "latency_batch", "device",
+                          "contract")}
     (tmp_path / "spec.json").write_text(json.dumps({**first, "a_later_field": 1}))  # one it does not know: left out
     spec = SubnetSpec.load(tmp_path)
-    assert (spec.granularity, spec.mask_scope, spec.retrain, spec.predicted_latency_ms, spec.latency_batch,
-            spec.device, spec.contract) == ("filter", None, None, None, None, None, None)
+    assert (spec.granularity, spec.mask_scope, spec.retrain, spec.predicted_latency_ms, spec.latency_spread,
+            spec.speedup, spec.speedup_spread, spec.target, spec.latency_batch, spec.device, spec.contract) == (
+        "filter", None, None, None, None, None, None, None, None, None, None)
     assert math.isnan(spec.latency_ms)
     assert (spec.macs, spec.params, spec.proxy_acc, spec.test_acc, spec.holdout_acc, spec.seed) == (
         1234, 567, 0.625, 0.8125, 0.75, 11)
@@ -328,11 +331,11 @@ def test_pareto_rows_of_a_spec(subnet_spec):
     assert spec.front_record() == {
         "id": "t0001", "trial": 1, "macs": 1234, "params": 567, "proxy_acc": 0.625, "test_acc": 0.8125,
         "holdout_acc": 0.75, "finetune_seconds": 2.25, "latency_ms": 1.5, "predicted_latency_ms": 1.75,
-        "ratios": {"0": 0.5, "3": 0.5}, "path": "/runs/a/subnets/t0001", "retrain": "lottery (init), 0.5 epochs"}
+        "speedup": 1.625, "ratios": {"0": 0.5, "3": 0.5}, "path": "/runs/a/subnets/t0001", "retrain": "lottery (init), 0.5 epochs"}
     assert list(spec.front_record()) == list(PARETO_FIELDS)
     row = spec.row()
     assert list(row) == ["id", "trial", "macs", "params", "proxy_acc", "test_acc", "holdout_acc",
-                         "finetune_seconds", "latency_ms", "predicted_latency_ms", "path", "retrain"]
+                         "finetune_seconds", "latency_ms", "predicted_latency_ms", "speedup", "path", "retrain"]
     assert row == {k: v for k, v in spec.front_record().items() if k != "ratios"}
 
 

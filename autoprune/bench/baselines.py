@@ -97,8 +97,9 @@ def run(config: SearchConfig, bench: BenchDir, *, budgets: list[str], strategy: 
     return table
 
 
-def _global_magnitude(space: PruningSpace, budget: Budget) -> nn.Module | None:
-    """Torch-Pruning's MagnitudePruner (L1, global threshold), its ratio bisected to the budget.
+def _global_magnitude(space: PruningSpace, budget: Budget, round_to: int = 1) -> nn.Module | None:
+    """Torch-Pruning's MagnitudePruner (L1, global threshold), its ratio bisected to the budget, every width
+    rounded to a multiple of ``round_to``.
 
     Each group may lose at most the space's largest ratio, and the classifier is kept, as in the
     search. None when the budget needs latency (no model for it here) or cannot be met.
@@ -114,7 +115,7 @@ def _global_magnitude(space: PruningSpace, budget: Budget) -> nn.Module | None:
         ignored = [modules[n] for n in (space.classifier, *space.unprunable) if n in modules]
         pruner = tp.pruner.MagnitudePruner(model, space.example_input, importance=tp.importance.MagnitudeImportance(p=1),
                                            global_pruning=True, pruning_ratio=ratio, max_pruning_ratio=cap,
-                                           ignored_layers=ignored)
+                                           ignored_layers=ignored, round_to=round_to if round_to > 1 else None)
         pruner.step()
         return model
 

@@ -189,6 +189,33 @@ def finetuned_accuracy(bench: BenchDir, key: str, model: nn.Module, config: Sear
                               "finetune_seconds": round(time.perf_counter() - tic, 1)}), True
 
 
+def measure_on_target(config: SearchConfig, models: dict[str, nn.Module], input_shape: tuple[int, ...],
+                      batches: list[int]) -> tuple[dict[str, dict[str, dict[str, float]]], dict[str, str]]:
+    """Each model at each batch on the run's target (``--target``, ``--latency-threads``), prepared as it would
+    ship and timed beside the first model (the unpruned one) in interleaved rounds
+    (``autoprune.deployment.measure_beside``): per model and batch, ``ms`` with its ``low``/``high`` round, and the
+    ``speedup`` over the first model paired round by round, with its ``speedup_low``/``speedup_high``; and per
+    batch the target's description."""
+    from autoprune.deployment import measure_beside
+    from autoprune.measure.target import make_target
+
+    names = list(models)
+    out: dict[str, dict[str, dict[str, float]]] = {name: {} for name in names}
+    described = {}
+    for b in batches:
+        target = make_target(config.target, device=config.device, batch=b, threads=config.latency_threads or None)
+        base_call = target.prepare(models[names[0]], input_shape)
+        base, measured = measure_beside(target, base_call, {name: (target.prepare(models[name], input_shape), None, None)
+                                                            for name in names[1:]})
+        out[names[0]][str(b)] = {"ms": base.ms, "low": base.low, "high": base.high, "speedup": 1.0,
+                                 "speedup_low": 1.0, "speedup_high": 1.0}
+        for m in measured:
+            out[m.id][str(b)] = {"ms": m.ms, "low": m.low, "high": m.high, "speedup": m.speedup,
+                                 "speedup_low": m.speedup_low, "speedup_high": m.speedup_high}
+        described[str(b)] = target.describe()
+    return out, described
+
+
 def measure_latencies(models: dict[str, nn.Module], input_shape: tuple[int, ...], batches: list[int], device: str,
                       rounds: int = 3) -> dict[str, dict[str, float]]:
     """Latency in ms of each model at each batch: the median of ``rounds`` rounds that take every

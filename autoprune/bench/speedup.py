@@ -1,25 +1,34 @@
-"""Does a MAC reduction buy real speed on this machine?
+"""Does a MAC reduction buy real speed on the deployment target?
 
-For each budget, the uniform subnet and the best candidate of a short search are timed at each
-batch size next to the unpruned model (interleaved rounds, same process); the speedup is
-compared with the MAC reduction. A search under a latency budget (predicted by the per-layer
-table at the largest batch) is timed the same way, its prediction next to the measurement.
+At each budget three subnets of one width rule, timed at each batch beside the unpruned model on the
+target (``--target``: onnxruntime by default on the CPU), each exported as it would ship:
+
+- ``uniform``: one ratio in every group, the largest within the budget;
+- ``searched``: the best adaptive-BN proxy of a short ``random`` search at the budget;
+- ``global``: Torch-Pruning's MagnitudePruner, L1 with a global threshold, bisected to the budget.
+
+The width rule is the one a search sets up (``autoprune.deployment``): uniform and searched keep the
+efficient widths of the target at the first batch, global rounds its widths to the same channel multiple.
+A search under a latency budget (predicted at the largest batch) is timed the same way, its prediction next
+to the measurement. Speedups are paired round by round with the unpruned model, with their spread.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 
 import numpy as np
 import pandas as pd
 
-from autoprune.bench.common import BenchDir, best_searched, figure, measure_latencies
+from autoprune.bench.common import BenchDir, best_searched, figure, measure_on_target
 from autoprune.budget import parse_budget
 from autoprune.config import SearchConfig
+from autoprune.deployment import save_setup, set_up_latency
 from autoprune.errors import UserError
 from autoprune.search.allocation import uniform_at_budget
 from autoprune.workbench import load_workbench
+
+METHODS = ("uniform", "searched", "global")
 
 
 def check(*, budgets: list[str], latency_budget: str, trials: int, latency_batches: list[int], **_) -> None:
@@ -39,59 +48,77 @@ def check(*, budgets: list[str], latency_budget: str, trials: int, latency_batch
 
 def run(config: SearchConfig, bench: BenchDir, *, budgets: list[str], latency_budget: str, trials: int,
         latency_batches: list[int], quiet: bool = False) -> pd.DataFrame:
-    """Time the uniform subnet and the best of ``trials`` random trials at each budget, and the best under
-    ``latency_budget`` (predicted at the largest batch), beside the unpruned model; returns the table of
-    speedup.csv.
+    """Time the uniform, searched and global subnets at each budget, and the best under ``latency_budget``
+    (predicted at the largest batch), beside the unpruned model on the target; returns the table of speedup.csv.
 
     Per model: MACs of one sample, MACs as % of the unpruned model, params, the MAC reduction (unpruned /
-    subnet), and at each of ``latency_batches`` the latency in ms, the speedup and the speedup per MAC
-    reduction; the latency search's predicted ms too. Also writes speedup.png and summary.md.
+    subnet), and at each of ``latency_batches`` the latency in ms with its lowest and highest round, the speedup
+    with its spread and the speedup per MAC reduction; the latency search's predicted ms too. Also writes
+    speedup.png and summary.md.
     """
+    from autoprune.bench.baselines import _global_magnitude
+
     data, _, space = load_workbench(config)
-    models = {"unpruned": (None, "unpruned", {})}
+    setup_dir = bench.path / "runs" / "widths"
+    setup_dir.mkdir(parents=True, exist_ok=True)
+    setup = set_up_latency(replace(config, latency_batch=latency_batches[0], latency_checks=0), space.model, space,
+                           data.input_shape, setup_dir, parse_budget(budgets[-1]), quiet=quiet)
+    save_setup(setup, setup_dir)
+    models = {"unpruned": ("", "unpruned", space.model)}
     predicted: dict[str, float] = {}
-    searched_base = None  # the unpruned latency the latency search measured, its budget's reference
     for text in budgets:
-        uniform = uniform_at_budget(space, parse_budget(text))
+        budget = parse_budget(text)
+        uniform = uniform_at_budget(space, budget)
         if uniform is not None:
-            models[f"{text} uniform"] = (text, "uniform", uniform)
+            models[f"{text} uniform"] = (text, "uniform", space.prune(uniform)[0])
         best = best_searched(config, bench, space, text, quiet=quiet, strategy="random", trials=trials)
         if best is not None:
-            models[f"{text} searched"] = (text, "searched", best[0])
+            models[f"{text} searched"] = (text, "searched", space.prune(best[0])[0])
+        pruned = _global_magnitude(space, budget, round_to=setup.multiple or 1)
+        if pruned is not None:
+            models[f"{text} global"] = (text, "global", pruned)
     search_batch = max(latency_batches)
     if latency_budget:
         best = best_searched(replace(config, latency_batch=search_batch), bench, space, latency_budget, quiet=quiet,
                              strategy="random", trials=trials, warm_start=True)
         if best is not None:
             name = f"{latency_budget} searched"
-            models[name] = (latency_budget, "latency search", best[0])
+            models[name] = (latency_budget, "latency search", space.prune(best[0])[0])
             predicted[name] = float(best[1]["predicted_latency_ms"])
-            searched_base = json.loads((best[2] / "pareto.json").read_text())["baseline"]["latency_ms"]
     latency = bench.done("latency")
     if latency is None:
         bench.log(f"timing {len(models)} models at batch {', '.join(map(str, latency_batches))}")
-        latency = bench.record("latency", measure_latencies(
-            {name: space.prune(ratios)[0] if ratios else space.model for name, (_, _, ratios) in models.items()},
-            data.input_shape, latency_batches, config.device))
-    base = space.base_cost
+        timed, described = measure_on_target(config, {name: m for name, (_, _, m) in models.items()},
+                                             data.input_shape, latency_batches)
+        latency = bench.record("latency", {"models": timed, "target": described})
     rows = []
-    for name, (budget, method, ratios) in models.items():
-        cost = space.cost(ratios)
-        row = {"model": name, "budget": budget or "", "method": method, "macs": cost.macs,
-               "macs_pct": 100 * cost.macs / base.macs, "params": cost.params, "macs_reduction": base.macs / cost.macs}
+    base = count_of(space.model, space)
+    for name, (budget, method, model) in models.items():
+        macs, params = count_of(model, space)
+        row = {"model": name, "budget": budget, "method": method, "macs": macs, "macs_pct": 100 * macs / base[0],
+               "params": params, "macs_reduction": base[0] / macs}
         for b in latency_batches:
-            ms = latency[name][str(b)]
-            speedup = latency["unpruned"][str(b)] / ms
-            row.update({f"latency_b{b}_ms": ms, f"speedup_b{b}": speedup,
-                        f"speedup_per_mac_reduction_b{b}": speedup / row["macs_reduction"]})
+            m = latency["models"][name][str(b)]
+            row.update({f"latency_b{b}_ms": m["ms"], f"latency_b{b}_low": m["low"], f"latency_b{b}_high": m["high"],
+                        f"speedup_b{b}": m["speedup"], f"speedup_b{b}_low": m["speedup_low"],
+                        f"speedup_b{b}_high": m["speedup_high"],
+                        f"speedup_per_mac_reduction_b{b}": m["speedup"] / row["macs_reduction"]})
         if name in predicted:
             row[f"predicted_b{search_batch}_ms"] = predicted[name]
         rows.append(row)
     frame = pd.DataFrame(rows)
     bench.write_csv("speedup.csv", frame)
     _plot(bench, frame, latency_batches)
-    _summary(bench, config, frame, latency_batches, trials, search_batch, searched_base)
+    _summary(bench, config, frame, latency_batches, trials, search_batch, latency["target"], setup)
     return frame
+
+
+def count_of(model, space) -> tuple[int, int]:
+    """MACs of one sample and params of ``model``, traced (``autoprune.measure.count``)."""
+    from autoprune.measure.count import count_cost
+
+    cost = count_cost(model, space.example_input)
+    return cost.macs, cost.params
 
 
 def _plot(bench: BenchDir, frame: pd.DataFrame, batches: list[int]) -> None:
@@ -100,46 +127,53 @@ def _plot(bench: BenchDir, frame: pd.DataFrame, batches: list[int]) -> None:
     for ax, b in zip(axes[0], batches):
         xs = np.linspace(frame["macs_pct"].min() * 0.9, 100, 20)
         ax.plot(xs, base[f"latency_b{b}_ms"] * xs / 100, color="grey", linestyle=":", label="latency proportional to MACs")
-        for method, marker in (("unpruned", "*"), ("uniform", "s"), ("searched", "o"), ("latency search", "D")):
+        for method, marker in (("unpruned", "*"), ("uniform", "s"), ("searched", "o"), ("global", "^"),
+                               ("latency search", "D")):
             t = frame[frame["method"] == method]
             if len(t):
-                ax.scatter(t["macs_pct"], t[f"latency_b{b}_ms"], marker=marker, s=50, label=method)
+                ax.errorbar(t["macs_pct"], t[f"latency_b{b}_ms"],
+                            yerr=[t[f"latency_b{b}_ms"] - t[f"latency_b{b}_low"],
+                                  t[f"latency_b{b}_high"] - t[f"latency_b{b}_ms"]],
+                            fmt=marker, ms=7, capsize=3, label=method)
         ax.set_xlabel("MACs (% of the unpruned model)")
-        ax.set_ylabel("latency (ms)")
+        ax.set_ylabel("latency (ms; bars: lowest-highest round)")
         ax.set_title(f"batch {b}")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     bench.save_figure(fig, "speedup.png")
 
 
-def _summary(bench, config, frame, batches, trials, search_batch, searched_base) -> None:
+def _summary(bench, config, frame, batches, trials, search_batch, targets, setup) -> None:
     head = ("| model | MACs % | MAC reduction | " + " | ".join(f"b{b} ms | b{b} speedup | b{b} speedup / MAC reduction"
                                                           for b in batches) + " |")
     lines = [head, "|---|---:|---:|" + "---:|---:|---:|" * len(batches)]
     for _, r in frame.iterrows():
-        cells = " | ".join(f"{r[f'latency_b{b}_ms']:.2f} | {r[f'speedup_b{b}']:.2f}x | {r[f'speedup_per_mac_reduction_b{b}']:.2f}"
-                           for b in batches)
+        cells = " | ".join(
+            f"{r[f'latency_b{b}_ms']:.3f} | {r[f'speedup_b{b}']:.2f}x ({r[f'speedup_b{b}_low']:.2f}-"
+            f"{r[f'speedup_b{b}_high']:.2f}) | {r[f'speedup_per_mac_reduction_b{b}']:.2f}" for b in batches)
         lines.append(f"| {r['model']} | {r['macs_pct']:.1f} | {r['macs_reduction']:.2f}x | {cells} |")
     pred_col = f"predicted_b{search_batch}_ms"
     extra = ""
     if pred_col in frame:
         for _, r in frame[frame[pred_col].notna()].iterrows():
             measured = r[f"latency_b{search_batch}_ms"]
-            base = frame[frame["method"] == "unpruned"].iloc[0][f"latency_b{search_batch}_ms"]
-            extra += (f"\nLatency search ({r['budget']}, batch {search_batch}): predicted {r[pred_col]:.2f} ms, measured "
-                      f"{measured:.2f} ms ({r[pred_col] / measured - 1:+.1%}); it kept {r['macs_pct']:.1f}% of MACs. "
-                      f"The search took its budget from the unpruned model measured at its own start, "
-                      f"{searched_base:.2f} ms, against {base:.2f} ms in the rounds above: the drift of this "
-                      f"machine's timings between moments.\n")
+            extra += (f"\nLatency search ({r['budget']}, batch {search_batch}): predicted {r[pred_col]:.3f} ms, measured "
+                      f"{measured:.3f} ms ({r[pred_col] / measured - 1:+.1%}), a speedup of "
+                      f"{r[f'speedup_b{search_batch}']:.2f}x ({r[f'speedup_b{search_batch}_low']:.2f}-"
+                      f"{r[f'speedup_b{search_batch}_high']:.2f}); it kept {r['macs_pct']:.1f}% of MACs.\n")
+    where = "; ".join(f"batch {b}: {targets[str(b)]}" for b in batches)
+    widths = (f"multiples of {setup.multiple} channels, the fastest rounding measured, and only the widths no wider "
+              "one runs faster" if setup.multiple else "every width")
     body = f"""
-{config.model} on {config.data}, {config.device}. `uniform`: one ratio in every group; `searched`: best
-adaptive-BN proxy of {trials} `random` trials at that budget. Latency: forward pass in eval mode,
-channels_last, median of 3 interleaved rounds of 30 timed passes. A speedup / MAC reduction of 1.0 means
-the time fell as much as the MACs.
+{config.model} on {config.data}, {config.device}. Target: {where}. Width rule: {widths} (global: rounded to the
+same multiple). `uniform`: one ratio in every group; `searched`: best adaptive-BN proxy of {trials} `random`
+trials at that budget; `global`: Torch-Pruning MagnitudePruner, L1, global threshold. Latency: each model
+exported as it ships and timed beside the unpruned model in 7 interleaved rounds; speedup paired round by
+round, (lowest-highest round) after it. A speedup / MAC reduction of 1.0 means the time fell as much as the MACs.
 
 """ + "\n".join(lines) + "\n" + extra + """
 ![latency vs MACs](speedup.png)
 
-Files: speedup.csv, runs/ (the searches).
+Files: speedup.csv, runs/ (the searches; runs/widths/latency.json, the width rule).
 """
     bench.write_summary("Measured speedup against MAC reduction", body)

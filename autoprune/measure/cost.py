@@ -109,6 +109,10 @@ class CostModel(ABC):
         self.latency = table
         self._base = None
 
+    def forget_base(self) -> None:
+        """Compute ``base_cost`` again on next use: after the latency table's calibration changed."""
+        self._base = None
+
     def latency_layers(self) -> dict[str, Callable[[int, int], tuple[nn.Module, tuple[int, ...]]]]:
         """Builders of the layers a latency table times (every conv and linear layer): (in, out) -> (a fresh
         layer of those widths, its input shape without the batch)."""

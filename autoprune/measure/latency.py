@@ -1,23 +1,35 @@
-"""Latency: measured on the real network, and predicted from a per-layer lookup table.
+"""Latency: measured on a deployment target (``autoprune.measure.target``), and predicted from a per-layer table.
 
-Measuring every candidate would cost seconds each, so the search predicts: every conv/linear
-shape a candidate needs is timed once on its own (cached in the run directory, keyed by device,
-batch and shape), and the sum is scaled by the ratio measured/summed on the unpruned network,
-which accounts for the layers the table does not time (BN, activations, pooling, adds).
+Measuring a candidate means exporting it (seconds), so the search predicts: every conv/linear shape a
+candidate needs is timed once on its own on the target (``LatencyTable``, cached per machine), and the sum is
+scaled by the ratio measured/summed on the unpruned network, which accounts for the layers the table does
+not time (BN, activations, pooling, adds). The prediction is checked on held-out candidates measured for
+real (``autoprune.measure.predictor``).
+
+Measurements that are compared (a subnet and its baseline) are taken by ``time_interleaved``: rounds that
+alternate the models, so that a machine's drift falls on both; the median of the rounds, with their spread.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from autoprune.measure.target import Target
 from autoprune.models.contract import input_to, model_to
+
+ROUNDS = 7  # interleaved rounds of a measurement
+ROUND_MS = 60.0  # each model's share of a round lasts about this long: its passes' median is the round's
+REPEATS = (5, 400)  # the fewest and most timed passes of one model in one round
+OUTLIER = 0.25  # a round more than this far from its model's median (relative) is timed again, once
 
 
 def _sync(device: str) -> None:
@@ -40,11 +52,62 @@ def time_forward(fn: Callable[[], object], device: str, *, warmup: int = 5, repe
     return statistics.median(samples)
 
 
+@dataclass(frozen=True)
+class Timing:
+    """A measurement: ``ms``, the median of its rounds' medians, with the lowest and highest round (``low``,
+    ``high``), over ``rounds`` rounds. A speedup is a ``Timing`` of ratios (no unit), the same way."""
+
+    ms: float
+    low: float
+    high: float
+    rounds: int
+
+    @staticmethod
+    def of(values: list[float]) -> Timing:
+        """The median, lowest and highest of ``values`` (one per round)."""
+        return Timing(statistics.median(values), min(values), max(values), len(values))
+
+    def describe(self, unit: str = " ms", digits: int = 2) -> str:
+        """``1.23 ms (1.20-1.27)``."""
+        return f"{self.ms:.{digits}f}{unit} ({self.low:.{digits}f}-{self.high:.{digits}f})"
+
+
+def time_interleaved(calls: Mapping[str, Callable[[], object]], device: str = "cpu", *, rounds: int = ROUNDS,
+                     warmup: int = 5) -> dict[str, list[float]]:
+    """Each round times every call of ``calls`` for about ``ROUND_MS`` (within ``REPEATS`` passes; the median
+    pass kept), in an order rotated from round to round; ``rounds`` rounds. A round in which some call is more
+    than ``OUTLIER`` from that call's median of rounds (the machine was busy) is timed again, once. Returns each
+    call's round medians in ms, in round order, so that two calls' rounds pair up (``paired_speedup``)."""
+    names = list(calls)
+    repeats = {}
+    for name in names:
+        once = time_forward(calls[name], device, warmup=warmup, repeats=3)
+        repeats[name] = int(min(max(ROUND_MS / max(once, 1e-3), REPEATS[0]), REPEATS[1]))
+
+    def one_round(index: int) -> dict[str, float]:
+        order = names[index % len(names):] + names[:index % len(names)]
+        # a few passes first: the previous model's runtime threads (onnxruntime's spin) settle
+        return {name: time_forward(calls[name], device, warmup=3, repeats=repeats[name]) for name in order}
+
+    results = [one_round(i) for i in range(rounds)]
+    medians = {name: statistics.median(r[name] for r in results) for name in names}
+    for i, r in enumerate(results):
+        if any(abs(r[name] / medians[name] - 1) > OUTLIER for name in names):
+            results[i] = one_round(i)
+    return {name: [r[name] for r in results] for name in names}
+
+
+def paired_speedup(base: list[float], subnet: list[float]) -> Timing:
+    """The speedup of a subnet over its baseline from interleaved rounds (``time_interleaved``): each round's
+    baseline ms over the subnet's, median and spread over the rounds."""
+    return Timing.of([b / s for b, s in zip(base, subnet, strict=True)])
+
+
 def measure_latency(
     model: nn.Module, input_shape: tuple[int, ...], *, device: str = "cpu", batch: int = 1, warmup: int = 5,
     repeats: int = 30,
 ) -> float:
-    """Median latency in ms of one forward pass of ``model`` (eval mode) at ``batch``, in the model's layout.
+    """Median latency in ms of one forward pass of eager ``model`` (eval mode) at ``batch``, in the model's layout.
     ``input_shape`` is one sample's, without the batch (``(C, H, W)``); the input is random. The model is
     moved to ``device`` in place."""
     model = model_to(model, device).eval()
@@ -53,48 +116,40 @@ def measure_latency(
 
 
 class LatencyTable:
-    """Per-layer latencies, timed on first use and cached as JSON.
+    """Per-layer latencies on a target, timed on first use and cached as JSON.
 
-    ``layers`` maps a layer name to a builder ``(in_dim, out_dim) -> (module, input shape)``;
-    ``predict`` takes each layer's (in, out) widths. Layers are timed in ``layout``, the model's
-    (``autoprune.models.contract``): channels_last, or contiguous for a model that runs in NCHW.
+    ``layers`` maps a layer name to a builder ``(in_dim, out_dim) -> (module, input shape)``; ``predict``
+    takes each layer's (in, out) widths. Each layer is timed as ``target.prepare_layer`` runs it; the cache
+    keys it by the target's runtime, device, batch and threads (``Target.key``) and the layer's type and
+    shape, so one cache file serves every run on a machine (``cache``: None keeps the timings in memory).
     """
 
-    def __init__(
-        self,
-        layers: Mapping[str, Callable[[int, int], tuple[nn.Module, tuple[int, ...]]]],
-        *,
-        device: str,
-        batch: int,
-        cache: Path | None = None,
-        layout: str = "channels_last",
-    ) -> None:
+    def __init__(self, layers: Mapping[str, Callable[[int, int], tuple[nn.Module, tuple[int, ...]]]], target: Target,
+                 *, cache: Path | None = None) -> None:
         self.layers = dict(layers)
-        self.layout = layout
-        self.device = device
-        self.batch = batch
+        self.target = target
         self.cache = cache
         self.scale = 1.0
-        self._entries: dict[str, float] = {}
-        if cache is not None and cache.exists():
-            self._entries = json.loads(cache.read_text())
-        self._dirty = False
+        self.offset = 0.0  # ms: what a pass costs besides its layers' times (``fit``)
+        self._entries: dict[str, float] = _read_cache(cache)
+        self._new: dict[str, float] = {}
+        self._by_dims: dict[tuple[str, int, int], float] = {}  # what layer_ms answered: no layer built twice
 
     def layer_ms(self, name: str, in_dim: int, out_dim: int) -> float:
-        """Median ms of one forward pass of layer ``name`` built at widths ``(in_dim, out_dim)``, at the table's
-        batch and device; timed on first use (3 warm-up and 15 timed runs) and kept, keyed by device, batch,
-        layer type and shape. Raises ``KeyError`` for a layer the table has no builder of."""
+        """Median ms of one pass of layer ``name`` built at widths ``(in_dim, out_dim)`` on the table's target;
+        timed on first use (5 warm-up and 25 timed runs) and kept. Raises ``KeyError`` for a layer the table
+        has no builder of."""
+        known = self._by_dims.get((name, in_dim, out_dim))
+        if known is not None:
+            return known
         module, shape = self.layers[name](in_dim, out_dim)
-        key = f"{self.device}|b{self.batch}|{_describe(module)}|{'x'.join(map(str, shape))}"
-        if self.layout != "channels_last":
-            key += f"|{self.layout}"
+        key = f"{self.target.key}|{_describe(module)}|{'x'.join(map(str, shape))}"
         if key not in self._entries:
-            module = module.to(self.device).eval()
-            if self.layout == "channels_last":
-                module = module.to(memory_format=torch.channels_last)
-            x = input_to(torch.randn(self.batch, *shape, device=self.device), self.layout)
-            self._entries[key] = time_forward(lambda: module(x), self.device, warmup=3, repeats=15)
-            self._dirty = True
+            call = self.target.prepare_layer(module, shape)
+            with self.target.running():
+                self._entries[key] = time_forward(call, self.target.device, warmup=5, repeats=25)
+            self._new[key] = self._entries[key]
+        self._by_dims[name, in_dim, out_dim] = self._entries[key]
         return self._entries[key]
 
     def raw_ms(self, dims: Mapping[str, tuple[int, int]]) -> float:
@@ -105,25 +160,61 @@ class LatencyTable:
         return total
 
     def calibrate(self, dims: Mapping[str, tuple[int, int]], measured_ms: float) -> None:
-        """Scale predictions so the unpruned network predicts its measured latency."""
-        self.scale = measured_ms / max(self.raw_ms(dims), 1e-9)
+        """Scale predictions so the unpruned network (layer widths ``dims``) predicts its measured latency."""
+        self.scale, self.offset = measured_ms / max(self.raw_ms(dims), 1e-9), 0.0
+
+    def fit(self, points: list[tuple[Mapping[str, tuple[int, int]], float]]) -> None:
+        """Calibrate on measured subnets, each ``(layer widths, measured ms)``, the unpruned network first: the
+        least-squares line ``offset + scale x raw``. ``offset`` takes what does not grow with the layers' times:
+        a pass's own overhead and the layers the table does not time, less the call overhead each layer timed
+        alone carries (so it can be negative). Where the slope is not positive (one point, or noise), the scale
+        alone through the first (``calibrate``)."""
+        raws = [self.raw_ms(dims) for dims, _ in points]
+        ms = [m for _, m in points]
+        mean_raw, mean_ms = statistics.fmean(raws), statistics.fmean(ms)
+        spread = sum((r - mean_raw) ** 2 for r in raws)
+        scale = sum((r - mean_raw) * (m - mean_ms) for r, m in zip(raws, ms)) / spread if spread > 0 else 0.0
+        if scale <= 0:
+            self.calibrate(points[0][0], ms[0])
+        else:
+            self.scale, self.offset = scale, mean_ms - scale * mean_raw
 
     def predict(self, dims: Mapping[str, tuple[int, int]]) -> float:
-        """Predicted ms of one forward pass at the table's batch of the subnet whose layers have the ``(in, out)``
-        widths ``dims``: ``raw_ms`` times the calibration's ``scale``."""
-        return self.scale * self.raw_ms(dims)
+        """Predicted ms of one forward pass at the target's batch of the subnet whose layers have the ``(in, out)``
+        widths ``dims``: ``offset`` plus ``raw_ms`` times ``scale``."""
+        return self.offset + self.scale * self.raw_ms(dims)
 
     def save(self) -> None:
-        """Write the timings to the JSON cache (through a temporary file, replaced at once) where some are new and
-        the cache's directory exists; otherwise nothing."""
-        if self.cache is not None and self._dirty and self.cache.parent.is_dir():
-            tmp = self.cache.with_name(f".{self.cache.name}.tmp")
-            tmp.write_text(json.dumps(self._entries, indent=0, sort_keys=True))
-            tmp.replace(self.cache)
-            self._dirty = False
+        """Merge the new timings into the JSON cache (read again, written through a temporary file and
+        replaced at once, so runs sharing it lose nothing) where some are new and a cache is set."""
+        if self.cache is None or not self._new:
+            return
+        self.cache.parent.mkdir(parents=True, exist_ok=True)
+        merged = {**_read_cache(self.cache), **self._new}
+        tmp = self.cache.with_name(f".{self.cache.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(merged, indent=0, sort_keys=True))
+        tmp.replace(self.cache)
+        self._new = {}
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+def default_cache() -> Path:
+    """The per-machine cache of layer timings: ``$AUTOPRUNE_CACHE_DIR/latency.json``, by default under
+    ``$XDG_CACHE_HOME`` (``~/.cache``) ``/autoprune``. Delete it to time every layer again."""
+    root = os.environ.get("AUTOPRUNE_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") \
+        / "autoprune"
+    return Path(root) / "latency.json"
+
+
+def _read_cache(cache: Path | None) -> dict[str, float]:
+    if cache is None or not cache.is_file():
+        return {}
+    try:
+        return json.loads(cache.read_text())
+    except ValueError:  # a cache cut short: timed again
+        return {}
 
 
 def _describe(module: nn.Module) -> str:

@@ -1,4 +1,5 @@
-"""The settings of candidate scoring (EagleEye adaptive BN) and of latency measurement."""
+"""The settings of candidate scoring (EagleEye adaptive BN) and of latency: the deployment target it is
+measured on, its batch and threads, the widths kept and the predictor's check."""
 
 from __future__ import annotations
 
@@ -12,19 +13,50 @@ from autoprune.settings import BENCH, SEARCH, setting
 class ScoringSettings:
     """A candidate's score: its BatchNorm statistics recalibrated on ``calib_batches`` training batches (off
     with ``adaptive_bn=False``), then its accuracy on the first ``score_images`` held-out training images;
-    latency is predicted and measured at batch ``latency_batch``."""
+    latency's settings are ``LatencySettings``."""
 
     calib_batches: int = setting(20, "training batches for adaptive-BN recalibration", identity=True,
                                  commands=(SEARCH, BENCH))
     score_images: int = setting(2000, "held-out images used to score a candidate", identity=True,
                                 commands=(SEARCH, BENCH))
     adaptive_bn: bool = setting(True, "score without recalibrating BN (for comparison)", identity=True)
-    latency_batch: int = setting(1, "batch size at which latency is predicted and measured, on --device",
-                                 identity=True)
 
     def check_scoring(self) -> None:
         """The scoring settings' own checks; raises ``UserError`` on the first that fails."""
-        for option, value in (("--calib-batches", self.calib_batches), ("--score-images", self.score_images),
-                              ("--latency-batch", self.latency_batch)):
+        for option, value in (("--calib-batches", self.calib_batches), ("--score-images", self.score_images)):
             if value < 1:
                 raise UserError(f"{option} must be at least 1")
+
+
+def _targets() -> list[str]:
+    from autoprune.measure.target import target_names
+
+    return target_names()
+
+
+@dataclass(frozen=True)
+class LatencySettings:
+    """Latency is measured on ``target`` (``autoprune.measure.target``; ``auto``: onnxruntime on the CPU, torch
+    on CUDA) at batch ``latency_batch`` with ``latency_threads`` threads (0: PyTorch's default here), and
+    predicted from a per-layer table of that target, checked on ``latency_checks`` held-out subnets. ``widths``:
+    ``efficient`` keeps only the widths no wider one runs faster on the target; ``all``, every multiple of a
+    group's step."""
+
+    target: str = setting("auto", "runtime latency is measured on: onnxruntime (the default on the CPU) or torch "
+                          "(eager, the default on CUDA)", identity=True, choices=_targets, commands=(SEARCH, BENCH))
+    latency_batch: int = setting(1, "batch size at which latency is predicted and measured, on --target",
+                                 identity=True)
+    latency_threads: int = setting(0, "threads latency is measured with (0: as many as PyTorch uses here)",
+                                   identity=True, commands=(SEARCH, BENCH))
+    widths: str = setting("efficient", "efficient: keep only widths no wider one runs faster on the target; "
+                          "all: every multiple of a group's step", identity=True, choices=lambda: ["efficient", "all"])
+    latency_checks: int = setting(4, "held-out subnets measured for real to check the latency predictor")
+
+    def check_latency(self) -> None:
+        """The latency settings' own checks; raises ``UserError`` on the first that fails."""
+        if self.latency_batch < 1:
+            raise UserError("--latency-batch must be at least 1")
+        if self.latency_threads < 0:
+            raise UserError("--latency-threads must be 0 (PyTorch's default) or more")
+        if self.latency_checks < 0:
+            raise UserError("--latency-checks must be 0 or more")

@@ -41,6 +41,9 @@ class Group:
     step: int = 1  # every width is a multiple of it: its channel units, the layers' rules and round_to
     unit: int = 1  # channels pruned together as one (2 for torch.chunk halves, r*r for a reshape into channels)
     rules: list[str] = field(default_factory=list)  # why the step is what it is
+    # the widths the target runs efficiently (``autoprune.measure.predictor.efficient_widths``), ascending and
+    # ending at ``channels``; None: every multiple of ``step``
+    widths: list[int] | None = None
 
 
 class Space(ABC):
@@ -82,7 +85,8 @@ class Space(ABC):
 
     def kept_channels(self, ratios: Mapping[str, float]) -> dict[str, int]:
         """Units (channels, or weights in a ``WeightSpace``) each group keeps at ``ratios``; missing groups
-        keep all: a multiple of the group's step, at least one step and ``min_channels``. Raises
+        keep all: a multiple of the group's step, at least one step and ``min_channels``, snapped to the nearest of
+        the group's efficient ``widths`` where it has them (``keep_widths``). Raises
         ``KeyError`` for a name that is not a group."""
         self._check_names(ratios)
         kept = {}
@@ -92,9 +96,18 @@ class Space(ABC):
                 kept[g.name] = g.channels
                 continue
             floor = -(-min(self.config.min_channels, g.channels) // g.step) * g.step  # min_channels, rounded up
-            k = max(g.step, floor, round(g.channels * (1.0 - ratio) / g.step) * g.step)
-            kept[g.name] = min(k, g.channels)
+            k = min(max(g.step, floor, round(g.channels * (1.0 - ratio) / g.step) * g.step), g.channels)
+            kept[g.name] = k if g.widths is None else min(g.widths, key=lambda w: (abs(w - k), -w))
         return kept
+
+    def keep_widths(self, widths: Mapping[str, list[int]]) -> None:
+        """Restrict each named group to the given kept widths (ascending; the group's full width is added):
+        ``kept_channels`` then snaps a ratio's width to the nearest of them, the wider on a tie. Raises
+        ``KeyError`` for a name that is not a group."""
+        self._check_names(widths)
+        for name, allowed in widths.items():
+            group = self._by_name[name]
+            group.widths = sorted({*map(int, allowed), group.channels})
 
     def uniform_ratios(self, ratio: float) -> dict[str, float]:
         """``ratio`` for every group, clipped to each group's bounds."""
@@ -112,7 +125,8 @@ class Space(ABC):
         """Each group as config.yaml and the report list it: name, channels (units), step, bounds, members."""
         return [
             {"name": g.name, "channels": g.channels, "step": g.step, "low": g.low, "high": g.high,
-             "members": g.members, **({"rules": g.rules} if g.rules else {})}
+             "members": g.members, **({"rules": g.rules} if g.rules else {}),
+             **({"widths": g.widths} if g.widths is not None else {})}
             for g in self.groups
         ]
 

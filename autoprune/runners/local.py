@@ -44,8 +44,7 @@ class LocalRunner:
             scored, error = None, None
             if pending.candidate.feasible:
                 try:
-                    scored = score_candidate(space, bench.evaluator, pending.candidate.ratios,
-                                             latency_batch=bench.config.latency_batch)
+                    scored = score_candidate(space, bench.evaluator, pending.candidate.ratios)
                 except Exception as exc:  # noqa: BLE001  (a custom model that breaks at some widths: record it, go on)
                     error = describe_error(exc)
             on_finish(finish_trial(study, strategy, bench.run, space.group_names, pending, scored, error))

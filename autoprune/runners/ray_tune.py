@@ -13,8 +13,7 @@ that raises is recorded as failed with its error; a killed driver leaves ``study
 completed trial, and ``--resume`` goes on from there.
 
 Fine-tuning of the chosen subnets runs as parallel Ray tasks with the same resources as a trial;
-their latency is measured back in the driver, on the run's device, like a local run's. (Each
-candidate's own short latency measurement is taken on its worker, beside the trials running there.)
+their latency is measured back in the driver, on the run's target, like a local run's.
 """
 
 from __future__ import annotations
@@ -95,7 +94,6 @@ class WorkerBench:
     threads: int
     key: str  # one per run: a worker process keeps the space it built for it
     mask_scope: str | None = None  # weight pruning: the WeightSpace's scope (its magnitude ranking is redone)
-    latency_batch: int | None = None  # each candidate's latency is timed at this batch, on the worker
 
     def build(self) -> tuple[Space, AdaptiveBNEvaluator]:
         """The worker's own pruning space, rebuilt from the driver's rankings (a weight space from its scope),
@@ -141,9 +139,9 @@ def _score_trial(config: dict, shipped: Shipped) -> None:
     """The Tune trainable: prune and score one candidate, report the score or the error."""
     from ray import tune
 
-    workbench, space, evaluator = _worker_state(shipped)
+    _, space, evaluator = _worker_state(shipped)
     try:
-        result = score_candidate(space, evaluator, config["ratios"], latency_batch=workbench.latency_batch)
+        result = score_candidate(space, evaluator, config["ratios"])
     except Exception as exc:  # noqa: BLE001  (recorded as a failed trial by the searcher)
         result = {"proxy_acc": 0.0, "error": describe_error(exc)}
     tune.report(result)
@@ -295,8 +293,7 @@ class RayRunner:
         self.worker_bench = WorkerBench(space.model, space.example_input, space.config, space.orders, bench.evaluator,
                                         threads=max(1, int(self.settings.cpus_per_trial)),
                                         key=str(bench.run.path.resolve()),
-                                        mask_scope=space.scope if isinstance(space, WeightSpace) else None,
-                                        latency_batch=bench.config.latency_batch)
+                                        mask_scope=space.scope if isinstance(space, WeightSpace) else None)
 
     def run_trials(self, study: optuna.Study, strategy: Strategy, remaining: int, on_finish) -> None:
         """Run ``remaining`` trials, ``workers`` at a time; ``on_finish(candidate)`` after each."""

@@ -19,7 +19,6 @@ from autoprune.budget import Budget
 from autoprune.candidate import COMPLETE, Candidate, candidates
 from autoprune.errors import UserError, one_line
 from autoprune.measure import AdaptiveBNEvaluator
-from autoprune.measure.latency import measure_latency
 from autoprune.pruning.base import Space
 from autoprune.results import RunDir
 from autoprune.search import Strategy
@@ -54,15 +53,10 @@ def begin_trial(study: optuna.Study, strategy: Strategy, space: Space, budget: B
     return PendingTrial(trial, candidate, candidate.write_attrs(trial), started)
 
 
-def score_candidate(space: Space, evaluator: AdaptiveBNEvaluator, ratios: dict[str, float], *,
-                    latency_batch: int | None = None) -> dict[str, float]:
+def score_candidate(space: Space, evaluator: AdaptiveBNEvaluator, ratios: dict[str, float]) -> dict[str, float]:
     """Prune a copy of the model to ``ratios`` and score it: the hot path, timed step by step. Returns the
     ``Candidate.SCORE_FIELDS`` it measured (the proxy accuracy, a fraction; seconds of each step), the dict a
-    Ray worker reports back.
-
-    With ``latency_batch``, also time the candidate's forward pass at that batch on the scorer's
-    device: a short measurement (3 warm-up and 10 timed passes; on the demo 60 ms of 3.4 s a candidate),
-    so that every candidate has a measured latency (ms) for the Pareto front and the dashboard.
+    Ray worker reports back. Its latency is the space's prediction (``Space.cost``), not measured here.
     """
     tic = time.perf_counter()
     subnet, _ = space.prune(ratios)
@@ -70,11 +64,6 @@ def score_candidate(space: Space, evaluator: AdaptiveBNEvaluator, ratios: dict[s
     proxy = evaluator.score(subnet)
     scored = {"proxy_acc": proxy, "prune_seconds": pruned - tic,
               **{f"{step}_seconds": seconds for step, seconds in evaluator.last_seconds.items()}}
-    if latency_batch is not None:
-        tic = time.perf_counter()
-        scored["latency_ms"] = measure_latency(subnet, tuple(space.example_input.shape[1:]), device=evaluator.device,
-                                               batch=latency_batch, warmup=3, repeats=10)
-        scored["latency_seconds"] = time.perf_counter() - tic
     return scored
 
 

@@ -279,16 +279,16 @@ def test_factory_returning_something_else(tmp_path):
 def test_unknown_source(spec):
     with pytest.raises(UserError) as err:
         load_data(spec)
-    assert str(err.value) == ("unknown data 'mnist' (choose from cifar10, fashion-mnist, imagefolder, npz, "
+    assert str(err.value) == ("unknown data 'mnist' (choose from cifar10, fashion-mnist, imagefolder, npz, synthetic, "
                               "or give package.module:factory / file.py:factory)")
 
 
 def test_every_source_is_registered_with_what_it_needs():
-    assert registry.list_data_sources() == ["cifar10", "fashion-mnist", "imagefolder", "npz"]
+    assert registry.list_data_sources() == ["cifar10", "fashion-mnist", "imagefolder", "npz", "synthetic"]
     sources = {name: registry.get_data_source(name) for name in registry.list_data_sources()}
     assert {name: (s.needs_arg, s.augment) for name, s in sources.items()} == {
         "cifar10": (True, ("crop", "flip")), "fashion-mnist": (False, ("crop", "flip")),
-        "imagefolder": (True, ("crop",)), "npz": (True, ())}
+        "imagefolder": (True, ("crop",)), "npz": (True, ()), "synthetic": (False, ())}
     assert sources["npz"].obj is registry._npz and sources["npz"].name == "npz"
     assert sources["npz"].help == "an .npz file with arrays x_train, y_train, x_test, y_test"
     with pytest.raises(UserError, match="unknown data 'mnist'"):

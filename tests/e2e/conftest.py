@@ -47,6 +47,10 @@ def tiny_weights(tiny_npz, tmp_path_factory) -> str:
 
 
 FMNIST_TRAIN, FMNIST_TEST, FMNIST_HOLDOUT = 1600, 300, 200
+# Latency measured in eager PyTorch, every width kept, no held-out check: each ONNX export takes seconds, and
+# runs compared with each other must search the same widths whatever this machine's timings. The default
+# target, its widths and its check are tested in test_latency_target.py.
+QUICK_LATENCY = ("--target", "torch", "--widths", "all", "--latency-checks", "0")
 SHIPPED = str(SHIPPED_WEIGHTS[("resnet20", "fashion-mnist")])
 
 
@@ -68,7 +72,7 @@ def search_args(fmnist_npz):
     ResNet-20 on Fashion-MNIST images, 200 held out for scoring."""
     return ["search", "--model", "resnet20", "--data", fmnist_npz, "--weights", SHIPPED,
             "--budget", "50%flops", "--holdout", str(FMNIST_HOLDOUT), "--batch-size", "64", "--calib-batches", "2",
-            "--score-images", str(FMNIST_HOLDOUT), "--finetune-epochs", "0.3"]
+            "--score-images", str(FMNIST_HOLDOUT), "--finetune-epochs", "0.3", *QUICK_LATENCY]
 
 
 @pytest.fixture
@@ -77,7 +81,7 @@ def tiny_search_args(tiny_npz, tiny_weights):
     bookkeeping (resume, bounds, phases) that compare no accuracies, at a third of the cost per image."""
     return ["search", "--model", "resnet20", "--data", tiny_npz, "--weights", tiny_weights,
             "--budget", "50%flops", "--holdout", "120", "--batch-size", "64", "--calib-batches", "2",
-            "--score-images", "120", "--finetune-epochs", "0.3"]
+            "--score-images", "120", "--finetune-epochs", "0.3", *QUICK_LATENCY]
 
 
 @pytest.fixture(scope="session")

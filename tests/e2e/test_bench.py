@@ -102,12 +102,20 @@ def test_baselines(bench_args, tmp_path, one_thread):
 
 def test_speedup(bench_args, tmp_path, one_thread, flops_clock):
     out = tmp_path / "speedup"
+    # eager PyTorch on the FLOPs clock (one ms per MFLOP): onnxruntime's passes are not PyTorch's to count
     assert main(bench_args("speedup", out, "--budgets", "50%flops", "--trials", "2", "--latency-budget", "90%latency",
-                           "--latency-batches", "1,16")) == 0
+                           "--latency-batches", "1,16", "--target", "torch")) == 0
     frame = pd.read_csv(out / "speedup.csv").set_index("model")
-    assert list(frame.index) == ["unpruned", "50%flops uniform", "50%flops searched", "90%latency searched"]
+    assert list(frame.index) == ["unpruned", "50%flops uniform", "50%flops searched", "50%flops global",
+                                 "90%latency searched"]
     assert frame.loc["unpruned", "speedup_b1"] == 1.0
-    assert (frame.loc[["50%flops uniform", "50%flops searched"], "macs_reduction"] > 1.9).all()
+    assert (frame.loc[["50%flops uniform", "50%flops searched", "50%flops global"], "macs_reduction"] > 1.9).all()
+    # on the FLOPs clock a pass takes its FLOPs: the speedup is the FLOP reduction, in every round
+    for method in ("uniform", "searched", "global"):
+        row = frame.loc[f"50%flops {method}"]
+        assert row["speedup_b16"] == row["speedup_b16_low"] == row["speedup_b16_high"] > 1.9
+    setup = json.loads((out / "runs" / "widths" / "latency.json").read_text())
+    assert setup["multiple"] in (1, 4, 8, 16) and "Width rule: " in (out / "summary.md").read_text()
     assert frame.loc["90%latency searched", "macs_reduction"] > 1  # how much depends on the timings
     assert _timings(frame["predicted_b16_ms"].dropna())
     assert (out / "speedup.png").stat().st_size > 0

@@ -22,7 +22,7 @@ def _search(tiny_npz, tmp_path, refuse, trials):
     torch.manual_seed(0)
     return search(Picky(refuse), tiny_npz, budget="60%flops", strategy="random", trials=trials, finetune_top=0,
                   holdout=120, batch_size=64, calib_batches=2, score_images=120, out=str(tmp_path / "run"),
-                  quiet=True)
+                  quiet=True, target="torch", widths="all", latency_checks=0)
 
 
 def test_failing_candidates_are_recorded_and_the_search_completes(tiny_npz, tmp_path):
@@ -43,12 +43,22 @@ def test_a_model_that_fails_every_candidate_stops_with_its_error(tiny_npz, tmp_p
                                  "the first, trial 0: ValueError: this model cannot run with (8, 9) channels")
 
 
+def test_the_latency_set_up_measures_only_the_widths_a_model_runs_at(tiny_npz, tmp_path):
+    # timed at a batch of 4, every pruned copy of this model refuses to run: the set-up measures the unpruned one
+    # alone (no rounding, the predictor's scale through it, nothing to check), and the candidates fail as before
+    with pytest.raises(UserError, match="the first 3 candidates within the budget all failed"):
+        search(Picky(pruned), tiny_npz, budget="60%flops", strategy="random", trials=4, finetune_top=0, holdout=120,
+               batch_size=64, calib_batches=2, score_images=120, out=str(tmp_path / "run"), quiet=True,
+               target="torch", latency_batch=4, latency_checks=2)
+
+
 def failing_args(tiny_npz, weights, out, trials: int) -> list[str]:
     """A search, as users type it (progress on), of a model that runs at its full widths only, with a
     tight budget: the first TPE candidates (seed 0) are over the budget, and every one within it fails."""
     return ["search", "--model", f"{CUSTOM_MODELS}:only_unpruned", "--weights", weights, "--data", tiny_npz,
             "--budget", "30%flops", "--trials", str(trials), "--finetune-top", "1", "--holdout", "120",
-            "--batch-size", "64", "--calib-batches", "2", "--score-images", "120", "--out", str(out)]
+            "--batch-size", "64", "--calib-batches", "2", "--score-images", "120", "--out", str(out),
+            "--target", "torch", "--widths", "all", "--latency-checks", "0"]
 
 
 # trials 0-2 over the budget, trials 3 and 4 within it and failed: not "no candidate met the budget"

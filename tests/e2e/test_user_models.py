@@ -47,14 +47,20 @@ def _run(args: list[str], capsys) -> tuple[int, list[str]]:
 
 def _train(model: str, data: str, out: Path, capsys, *extra: str) -> tuple[int, list[str]]:
     return _run(["train", "--model", f"{USER_MODELS / model}", "--data", data, "--epochs", "1", "--holdout", "60",
-                 "--batch-size", "64", "--out", str(out), *extra], capsys)
+                 "--batch-size", "64", "--out", str(out), *QUICK_LATENCY, *extra], capsys)
+
+
+QUICK_LATENCY = ("--target", "torch", "--widths", "all", "--latency-checks", "0")  # as conftest's: seconds, not minutes
 
 
 def _search(model: str, data: str, weights: Path | str, out: Path, capsys, *extra: str) -> tuple[int, list[str]]:
     return _run(["search", "--model", f"{USER_MODELS / model}", "--data", data, "--weights", str(weights),
                  "--budget", "50%flops", "--trials", "4", "--warm-start", "--finetune-top", "1",
                  "--finetune-epochs", "0.2", "--holdout", "60", "--score-images", "60", "--calib-batches", "1",
-                 "--batch-size", "64", "--out", str(out), *extra], capsys)
+                 "--batch-size", "64", "--out", str(out), *QUICK_LATENCY, *extra], capsys)
+
+
+QUICK_LATENCY = ("--target", "torch", "--widths", "all", "--latency-checks", "0")  # as conftest's: seconds, not minutes
 
 
 def _one_subnet(run: Path) -> dict:

@@ -15,6 +15,7 @@ from torch import nn
 from autoprune.measure.cost import Cost, CostModel, LayerCosts, SparseCosts, sum_layers
 from autoprune.measure.latency import LatencyTable
 from autoprune.measure.layers import LayerShape
+from autoprune.measure.target import TorchTarget
 
 
 def _build(in_dim: int, out_dim: int) -> tuple[nn.Module, tuple[int, ...]]:
@@ -53,7 +54,7 @@ class RawTable(LatencyTable):
 
 
 def _table(model: CostModel) -> RawTable:
-    return RawTable(model.latency_layers(), device="cpu", batch=1)
+    return RawTable(model.latency_layers(), TorchTarget(batch=1))
 
 
 def test_sum_layers_adds_every_layer_at_its_widths_and_refuses_a_negative_width():

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from autoprune.measure.latency import LatencyTable, measure_latency
+from autoprune.measure.target import TorchTarget
 from autoprune.models import create_model
 from autoprune.pruning.space import PruningSpace
 
@@ -22,7 +23,7 @@ def model():
 
 def _space_with_table(model, cache=None):
     space = PruningSpace(model, torch.randn(1, *SHAPE))
-    table = LatencyTable(space.latency_layers(), device="cpu", batch=BATCH, cache=cache)
+    table = LatencyTable(space.latency_layers(), TorchTarget(batch=BATCH, threads=1), cache=cache)
     measured = measure_latency(model, SHAPE, batch=BATCH, repeats=10)
     space.attach_latency(table, measured)
     return space, table, measured
@@ -41,7 +42,7 @@ def test_each_shape_is_timed_once_and_cached(model, tmp_path):
     entries = len(table)
     assert space.cost(ratios).latency_ms == first and len(table) == entries
     assert cache.is_file()
-    reread = LatencyTable(space.latency_layers(), device="cpu", batch=BATCH, cache=cache)
+    reread = LatencyTable(space.latency_layers(), TorchTarget(batch=BATCH, threads=1), cache=cache)
     assert len(reread) == entries  # read back, nothing timed again
 
 

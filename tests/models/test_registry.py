@@ -94,17 +94,19 @@ def test_entries_copy_and_pickle():
 
 
 def test_the_zoo_is_registered_with_its_families():
-    assert list_models() == MODELS.names() == ["mobilenet_v2", "resnet20", "resnet32", "resnet56", "vgg11_bn", "vgg16_bn"]
+    assert list_models() == MODELS.names() == ["mobilenet_v2", "mobilenet_v2_imagenet", "resnet18_imagenet",
+                                               "resnet20", "resnet32", "resnet56", "vgg11_bn", "vgg16_bn"]
     assert {name: MODELS.get(name).family for name in MODELS.names()} == {
-        "mobilenet_v2": "mobilenet", "resnet20": "resnet", "resnet32": "resnet", "resnet56": "resnet",
-        "vgg11_bn": "vgg", "vgg16_bn": "vgg"}
+        "mobilenet_v2": "mobilenet", "mobilenet_v2_imagenet": "mobilenet", "resnet18_imagenet": "resnet",
+        "resnet20": "resnet", "resnet32": "resnet", "resnet56": "resnet", "vgg11_bn": "vgg", "vgg16_bn": "vgg"}
     assert model_family("vgg11_bn") == "vgg"
 
 
 def test_an_unknown_zoo_model_lists_the_zoo_and_the_factory_specs():
     with pytest.raises(UserError) as err:
         create_model("resnet18", in_channels=3, num_classes=10)
-    assert str(err.value) == ("unknown model 'resnet18' (choose from mobilenet_v2, resnet20, resnet32, resnet56, "
-                              "vgg11_bn, vgg16_bn, or give package.module:factory / file.py:factory)")
+    assert str(err.value) == ("unknown model 'resnet18' (choose from mobilenet_v2, mobilenet_v2_imagenet, "
+                              "resnet18_imagenet, resnet20, resnet32, resnet56, vgg11_bn, vgg16_bn, "
+                              "or give package.module:factory / file.py:factory)")
     with pytest.raises(UserError, match="unknown model 'resnet18'"):
         model_family("resnet18")

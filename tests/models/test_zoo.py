@@ -10,10 +10,11 @@ from autoprune.models import create_model, list_models, load_weights, model_fami
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 ZOO = ["mobilenet_v2", "resnet20", "resnet32", "resnet56", "vgg11_bn", "vgg16_bn"]
+IMAGENET = ["mobilenet_v2_imagenet", "resnet18_imagenet"]  # tests/models/test_imagenet_models.py
 
 
 def test_zoo_lists_every_model():
-    assert list_models() == ZOO
+    assert list_models() == sorted(ZOO + IMAGENET)
 
 
 @pytest.mark.parametrize("name", ZOO)

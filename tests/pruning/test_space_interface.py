@@ -9,6 +9,7 @@ from torch import nn
 
 from autoprune.measure.cost import Cost, LayerCosts, SparseCosts
 from autoprune.measure.latency import LatencyTable
+from autoprune.measure.target import TorchTarget
 from autoprune.pruning.base import Space
 from autoprune.pruning.config import SpaceConfig
 from autoprune.pruning.space import PruningSpace
@@ -185,7 +186,7 @@ def test_latency_attaches_to_both_spaces(kind):
     ratios = _ratios(space)
     assert set(space.latency_layers()) == {"c1", "c2", "fc"}
     assert space.cost(ratios).latency_ms is None and space.base_cost.latency_ms is None
-    space.attach_latency(RawTable(space.latency_layers(), device="cpu", batch=1), 7.0)
+    space.attach_latency(RawTable(space.latency_layers(), TorchTarget(batch=1)), 7.0)
     assert space.base_cost.latency_ms == pytest.approx(7.0)  # raw: 1 x 6 + 6 x 4 + 16 x 3 = 78
     assert (space.base_cost.macs, space.base_cost.params) == (MACS, PARAMS)
     latency = space.cost(ratios).latency_ms

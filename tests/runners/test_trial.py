@@ -131,20 +131,6 @@ def test_score_times_each_step(monkeypatch):
     assert scored == {"proxy_acc": 0.625, "prune_seconds": 0.5, "recalibrate_seconds": 0.25, "evaluate_seconds": 0.125}
 
 
-def test_score_with_a_latency_batch_measures_the_candidate(monkeypatch):
-    _clock(monkeypatch, 1.0, 1.5, 2.0, 2.75)
-    calls = []
-
-    def fake_latency(model, input_shape, **kwargs):
-        calls.append((model, input_shape, kwargs))
-        return 4.5
-
-    monkeypatch.setattr(trial_module, "measure_latency", fake_latency)
-    scored = score_candidate(FakeSpace(), FakeEvaluator(0.5), {"a": 0.1}, latency_batch=16)
-    assert calls == [(("subnet", {"a": 0.1}), (3, 8, 8), {"device": "cpu", "batch": 16, "warmup": 3, "repeats": 10})]
-    assert scored["latency_ms"] == 4.5 and scored["latency_seconds"] == 0.75
-
-
 # --- finish ----------------------------------------------------------------------------------------
 
 
@@ -157,18 +143,18 @@ def test_finish_records_the_score_and_appends_the_row(monkeypatch, tmp_path):
     study, run = _study(), RunDir(tmp_path)
     pending = _begun(monkeypatch, study, tmp_path)
     _clock(monkeypatch, 12.123456)
-    scored = {"proxy_acc": 0.8, "prune_seconds": 0.123456, "latency_ms": 1.234567}
+    scored = {"proxy_acc": 0.123456789, "prune_seconds": 0.123456}
     candidate = finish_trial(study, FakeStrategy({}), run, ["a", "b"], pending, scored)
     frozen = study.trials[0]
-    assert frozen.state == COMPLETE and frozen.values == [0.8, 100]
-    assert frozen.user_attrs["proxy_acc"] == 0.8 and frozen.user_attrs["prune_seconds"] == 0.1235
-    assert frozen.user_attrs["latency_ms"] == 1.234567  # only the seconds are rounded
+    assert frozen.state == COMPLETE and frozen.values == [0.123456789, 100]
+    assert frozen.user_attrs["proxy_acc"] == 0.123456789  # only the seconds are rounded
+    assert frozen.user_attrs["prune_seconds"] == 0.1235
     assert frozen.user_attrs["seconds"] == 2.1235
-    assert candidate.state == "complete" and candidate.proxy_acc == 0.8 and candidate.seconds == 2.1235
+    assert candidate.state == "complete" and candidate.proxy_acc == 0.123456789 and candidate.seconds == 2.1235
     assert candidate.ratios == {"a": 0.5, "b": 0.5} and candidate.cost == Cost(100, 20)
     row = run.read_trials().iloc[0]
-    assert (row["number"], row["state"], row["macs"], row["proxy_acc"], row["ratio:a"]) == (0, "complete", 100, 0.8,
-                                                                                          0.5)
+    assert (row["number"], row["state"], row["macs"], row["proxy_acc"], row["ratio:a"]) == (0, "complete", 100,
+                                                                                          0.123456789, 0.5)
 
 
 def test_finish_of_an_infeasible_candidate_tells_a_zero_proxy(monkeypatch, tmp_path):
