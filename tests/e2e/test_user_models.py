@@ -47,10 +47,7 @@ def _run(args: list[str], capsys) -> tuple[int, list[str]]:
 
 def _train(model: str, data: str, out: Path, capsys, *extra: str) -> tuple[int, list[str]]:
     return _run(["train", "--model", f"{USER_MODELS / model}", "--data", data, "--epochs", "1", "--holdout", "60",
-                 "--batch-size", "64", "--out", str(out), *QUICK_LATENCY, *extra], capsys)
-
-
-QUICK_LATENCY = ("--target", "torch", "--widths", "all", "--latency-checks", "0")  # as conftest's: seconds, not minutes
+                 "--batch-size", "64", "--out", str(out), *extra], capsys)
 
 
 def _search(model: str, data: str, weights: Path | str, out: Path, capsys, *extra: str) -> tuple[int, list[str]]:
