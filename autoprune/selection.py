@@ -14,11 +14,13 @@ def choose_for_finetune(candidates: Sequence[Candidate], k: int, cost: Callable[
                         spread: bool) -> list[Candidate]:
     """The K candidates worth fine-tuning, of those scored within the budget (state ``complete`` with a proxy
     accuracy): the best proxies (ties: the lower trial number), or (``spread``) the best one plus K-1 spread
-    evenly in ``cost`` along the proxy-vs-cost front. Identical ratios count once, the first kept."""
+    evenly in ``cost`` along the proxy-vs-cost front. One subnet counts once, the first kept: candidates of the
+    same widths in every group (ratios a group's grid or its efficient widths snap together), or of the same
+    ratios where the widths are not recorded."""
     unique: dict[tuple, Candidate] = {}
     for c in sorted(candidates, key=lambda c: c.number):
         if c.state == COMPLETE and c.proxy_acc is not None:
-            unique.setdefault(tuple(sorted(c.ratios.items())), c)
+            unique.setdefault(tuple(sorted((c.widths or c.ratios).items())), c)
     ranked = sorted(unique.values(), key=lambda c: (-c.proxy_acc, c.number))
     if not spread or k <= 1:
         return ranked[:k]

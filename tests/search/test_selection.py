@@ -67,6 +67,17 @@ def test_identical_ratios_count_once_the_first_kept():
     assert [(c.number, c.proxy_acc) for c in picked] == [(0, 0.6), (2, 0.5)]
 
 
+def test_ratios_that_snap_to_the_same_widths_count_once():
+    # three ratios, two of which keep the same widths (a group's efficient widths snap them together)
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    for ratio, widths, proxy in ((0.25, {"g": 16}, 0.6), (0.3, {"g": 16}, 0.7), (0.5, {"g": 8}, 0.5)):
+        study.add_trial(optuna.trial.create_trial(
+            params={"g": ratio}, distributions={"g": G}, state=COMPLETE, values=[proxy, 10],
+            user_attrs={"feasible": True, "macs": 10, "widths": widths, "proxy_acc": proxy}))
+    picked = choose(study, 3, spread=False)
+    assert [(c.number, c.proxy_acc) for c in picked] == [(0, 0.6), (2, 0.5)]
+
+
 def test_spread_of_one_or_two():
     study = _study([*FRONT, DOMINATED])
     assert chosen(study, 1, spread=True) == [(0.9, 50)]
