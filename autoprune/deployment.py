@@ -161,12 +161,7 @@ def _set_up(config: SearchConfig, model: nn.Module, space: Space, input_shape: t
         say(f"timing the half-width network rounded to {', '.join(map(str, MULTIPLES))} channels")
         multiple, roundings = _fastest_multiple(space, target, base_call, input_shape)
         say(f"timing each group's widths on the target (multiples of {multiple})")
-        widths = efficient_widths(space, table, multiple)
-        space.keep_widths(widths)
-        if not budget.feasible(space.smallest_cost(), space.base_cost):
-            widths = _widths_for(space, budget, multiple)
-            say("the budget needs widths the target runs no faster: "
-                + (f"every multiple of {multiple} kept" if widths else "every width kept"))
+        multiple, widths = _widths_for(space, table, budget, multiple)
     say(f"calibrating the latency predictor on {len(CALIBRATION)} subnets")
     at = {name: {g.name: g.low + (g.high - g.low) * share for g in space.groups} for name, share in CALIBRATION.items()}
     base, calibration = measure_beside(target, base_call, _prepared(space, target, at, input_shape))
@@ -213,18 +208,22 @@ def _prepared(space: Space, target: Target, subnets: Mapping[str, Mapping[str, f
     return {name: p for name, p in prepared.items() if p is not None}
 
 
-def _widths_for(space: Space, budget: Budget, multiple: int) -> dict[str, list[int]] | None:
-    """Every width at ``multiple`` where the smallest subnet then meets ``budget``, else no restriction (None);
-    restricts ``space`` so."""
+def _widths_for(space: Space, table: LatencyTable, budget: Budget, multiple: int
+                ) -> tuple[int | None, dict[str, list[int]] | None]:
+    """The widths each group keeps, and the multiple they are of: the efficient widths at ``multiple``, or where
+    the smallest subnet would then miss ``budget`` (groups too narrow to round), at the next smaller multiple of
+    ``MULTIPLES``; every width at ``multiple`` where even the efficient ones at 1 miss it; (None, None), no
+    restriction, where nothing else meets it. Restricts ``space`` so."""
+    for m in [m for m in MULTIPLES if m <= multiple][::-1]:
+        for g in space.groups:
+            g.widths = None
+        widths = efficient_widths(space, table, m)
+        space.keep_widths(widths)
+        if budget.feasible(space.smallest_cost(), space.base_cost):
+            return m, widths
     for g in space.groups:
         g.widths = None
-    rounded = rounded_widths(space, multiple)
-    space.keep_widths(rounded)
-    if budget.feasible(space.smallest_cost(), space.base_cost):
-        return rounded
-    for g in space.groups:
-        g.widths = None
-    return None
+    return None, None
 
 
 def _fastest_multiple(space: Space, target: Target, base_call: Call, input_shape: tuple[int, ...]

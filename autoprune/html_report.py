@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import json
 import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -23,7 +24,17 @@ from autoprune.config import SearchConfig
 from autoprune.errors import UserError
 from autoprune.export import ExportCheck
 from autoprune.pruning.space import Cost
-from autoprune.report import COSTS, as_number, draw_front, pareto_subnets, space_tables
+from autoprune.report import (
+    COSTS,
+    as_number,
+    describe_latency,
+    describe_speedup,
+    draw_front,
+    latency_note,
+    pareto_subnets,
+    predictor_lines,
+    space_tables,
+)
 from autoprune.results import RunDir, SubnetSpec, atomic_write
 from autoprune.runs import read_subnets
 from autoprune.search.sensitivity import GroupSensitivity, plot_sensitivity, read_sensitivity
@@ -58,6 +69,12 @@ class _Run:
     @property
     def path(self) -> Path:
         return self.dir.path
+
+    @property
+    def latency(self) -> dict | None:
+        """The run's latency set-up (latency.json: target, widths, predictor check); None for older runs."""
+        path = self.path / "latency.json"
+        return json.loads(path.read_text()) if path.is_file() else None
 
     @property
     def base(self) -> Cost | None:
@@ -169,19 +186,19 @@ def _notes(run: _Run) -> str:
 
 def _table(run: _Run) -> str:
     b, front = run.baseline, {s.id for s in pareto_subnets(run.subnets, "macs")}
-    head = ("subnet", "MACs (M)", "MACs %", "params (M)", "latency (ms)", "proxy acc", "test acc",
+    head = ("subnet", "MACs (M)", "MACs %", "params (M)", "latency (ms)", "speedup", "proxy acc", "test acc",
             "delta vs baseline", "Pareto", "trained after pruning")
 
-    def row(name: str, r: Mapping, *extra: str) -> list[str]:
+    def row(name: str, r: Mapping, latency: str, speedup: str, *extra: str) -> list[str]:
         share = 100 * r["macs"] / b["macs"] if b else None
         delta = 100 * (r["test_acc"] - b["test_acc"]) if b else None
-        return [name, f"{r['macs'] / 1e6:.2f}", _f(share, ".1f"), f"{r['params'] / 1e6:.3f}",
-                _f(r.get("latency_ms"), ".2f"), _f(r.get("proxy_acc"), ".2%"),
-                _f(r["test_acc"], ".2%"), _f(delta, "+.2f") + (" pp" if delta is not None else ""),
-                *extra]
+        return [name, f"{r['macs'] / 1e6:.2f}", _f(share, ".1f"), f"{r['params'] / 1e6:.3f}", latency, speedup,
+                _f(r.get("proxy_acc"), ".2%"), _f(r["test_acc"], ".2%"),
+                _f(delta, "+.2f") + (" pp" if delta is not None else ""), *extra]
 
-    rows = [(' class="baseline"', row("baseline", b)[:7] + ["", "", ""])] if b else []
-    rows += [("", row(s.id, s.front_record(), "yes" if s.id in front else "no", s.retrain_text))
+    rows = [(' class="baseline"', row("baseline", b, _f(b.get("latency_ms"), ".3f"), "")[:8] + ["", "", ""])] if b else []
+    rows += [("", row(s.id, s.front_record(), describe_latency(s), describe_speedup(s), "yes" if s.id in front else "no",
+                      s.retrain_text))
              for s in sorted(run.subnets, key=lambda s: -s.test_acc)]
     if not rows:
         return ""
@@ -190,8 +207,8 @@ def _table(run: _Run) -> str:
     return ("<h2>Baseline vs fine-tuned subnets</h2>"
             f'<table id="subnets"><tr>{"".join(f"<th>{h}</th>" for h in head)}</tr>{body}</table>'
             '<p class="muted">proxy acc: adaptive-BN score on held-out training images, before '
-            "fine-tuning; test acc: after fine-tuning, on the test split. Latency: median forward "
-            f"pass at batch {_e(run.config['latency_batch'])} on {_e(run.config['device'])}.</p>")
+            f"fine-tuning; test acc: after fine-tuning, on the test split. {_e(latency_note(run.config, run.latency))}"
+            + "".join(f" {_e(line)}" for line in predictor_lines([], run.latency)) + "</p>")
 
 
 def _pareto_plots(run: _Run) -> str:

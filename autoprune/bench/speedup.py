@@ -25,6 +25,7 @@ from autoprune.budget import parse_budget
 from autoprune.config import SearchConfig
 from autoprune.deployment import save_setup, set_up_latency
 from autoprune.errors import UserError
+from autoprune.measure.latency import ROUNDS
 from autoprune.search.allocation import uniform_at_budget
 from autoprune.workbench import load_workbench
 
@@ -109,7 +110,7 @@ def run(config: SearchConfig, bench: BenchDir, *, budgets: list[str], latency_bu
     frame = pd.DataFrame(rows)
     bench.write_csv("speedup.csv", frame)
     _plot(bench, frame, latency_batches)
-    _summary(bench, config, frame, latency_batches, trials, search_batch, latency["target"], setup)
+    _summary(bench, config, frame, latency_batches, trials, search_batch, latency["target"], setup, budgets[-1])
     return frame
 
 
@@ -143,7 +144,7 @@ def _plot(bench: BenchDir, frame: pd.DataFrame, batches: list[int]) -> None:
     bench.save_figure(fig, "speedup.png")
 
 
-def _summary(bench, config, frame, batches, trials, search_batch, targets, setup) -> None:
+def _summary(bench, config, frame, batches, trials, search_batch, targets, setup, setup_budget) -> None:
     head = ("| model | MACs % | MAC reduction | " + " | ".join(f"b{b} ms | b{b} speedup | b{b} speedup / MAC reduction"
                                                           for b in batches) + " |")
     lines = [head, "|---|---:|---:|" + "---:|---:|---:|" * len(batches)]
@@ -162,13 +163,14 @@ def _summary(bench, config, frame, batches, trials, search_batch, targets, setup
                       f"{r[f'speedup_b{search_batch}']:.2f}x ({r[f'speedup_b{search_batch}_low']:.2f}-"
                       f"{r[f'speedup_b{search_batch}_high']:.2f}); it kept {r['macs_pct']:.1f}% of MACs.\n")
     where = "; ".join(f"batch {b}: {targets[str(b)]}" for b in batches)
-    widths = (f"multiples of {setup.multiple} channels, the fastest rounding measured, and only the widths no wider "
-              "one runs faster" if setup.multiple else "every width")
+    widths = (f"multiples of {setup.multiple} channels (the fastest rounding measured that reaches "
+              f"{setup_budget}), and only the widths no wider one runs faster"
+              if setup.widths is not None else "every width (no efficient widths reach the budget)")
     body = f"""
 {config.model} on {config.data}, {config.device}. Target: {where}. Width rule: {widths} (global: rounded to the
 same multiple). `uniform`: one ratio in every group; `searched`: best adaptive-BN proxy of {trials} `random`
 trials at that budget; `global`: Torch-Pruning MagnitudePruner, L1, global threshold. Latency: each model
-exported as it ships and timed beside the unpruned model in 7 interleaved rounds; speedup paired round by
+exported as it ships and timed beside the unpruned model in {ROUNDS} interleaved rounds; speedup paired round by
 round, (lowest-highest round) after it. A speedup / MAC reduction of 1.0 means the time fell as much as the MACs.
 
 """ + "\n".join(lines) + "\n" + extra + """

@@ -94,3 +94,20 @@ def test_the_check_reports_the_mean_absolute_percentage_error_and_spearman():
     assert PredictorCheck.from_record(check.to_record()).subnets == check.subnets
     assert spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
     assert math.isnan(PredictorCheck().mape) and "not checked" in PredictorCheck().describe()
+
+
+def test_a_budget_the_rounding_cannot_reach_takes_the_next_smaller_multiple():
+    from autoprune.budget import parse_budget
+    from autoprune.deployment import _widths_for
+
+    space = _space()
+    table = OddTable(space.latency_layers(), TorchTarget())
+    full = space.base_cost.macs
+    # at multiples of 16 the narrowest subnet keeps 16 of conv 0's 32 channels: half the MACs and more
+    assert _widths_for(space, table, parse_budget("60%flops"), 16) == (16, {"0": [16, 32], "3": [16]})
+    multiple, widths = _widths_for(space, table, parse_budget("30%flops"), 16)
+    assert (multiple, widths) == (8, {"0": [8, 16, 24, 32], "3": [8, 16]})
+    assert space.smallest_cost().macs <= 0.3 * full
+    # beyond every rounding's reach: no restriction at all
+    assert _widths_for(space, table, parse_budget("1%flops"), 16) == (None, None)
+    assert all(g.widths is None for g in space.groups)
