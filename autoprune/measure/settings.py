@@ -49,8 +49,10 @@ class LatencySettings:
     latency_threads: int = setting(0, "threads latency is measured with (0: as many as PyTorch uses here)",
                                    identity=True, commands=(SEARCH, BENCH))
     widths: str = setting("efficient", "efficient: keep only widths no wider one runs faster on the target; "
-                          "all: every multiple of a group's step", identity=True, choices=lambda: ["efficient", "all"])
-    latency_checks: int = setting(4, "held-out subnets measured for real to check the latency predictor")
+                          "all: every multiple of a group's step", identity=True, choices=lambda: ["efficient", "all"],
+                          commands=(SEARCH, BENCH))
+    latency_checks: int = setting(4, "held-out subnets measured for real to check the latency predictor",
+                                  commands=(SEARCH, BENCH))
 
     def check_latency(self) -> None:
         """The latency settings' own checks; raises ``UserError`` on the first that fails."""

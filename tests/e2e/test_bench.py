@@ -18,7 +18,8 @@ def bench_args(tiny_npz, tiny_weights):
     def args(study: str, out, *extra: str) -> list[str]:
         return ["bench", study, "--data", tiny_npz, "--weights", tiny_weights, "--holdout", "120",
                 "--batch-size", "64", "--calib-batches", "2", "--score-images", "120", "--quiet",
-                "--out", str(out), *extra]
+                # the quick latency options of the e2e searches (conftest.py): eager timing, every width, no check
+                "--target", "torch", "--widths", "all", "--latency-checks", "0", "--out", str(out), *extra]
 
     return args
 
@@ -104,7 +105,7 @@ def test_speedup(bench_args, tmp_path, one_thread, flops_clock):
     out = tmp_path / "speedup"
     # eager PyTorch on the FLOPs clock (one ms per MFLOP): onnxruntime's passes are not PyTorch's to count
     assert main(bench_args("speedup", out, "--budgets", "50%flops", "--trials", "2", "--latency-budget", "90%latency",
-                           "--latency-batches", "1,16", "--target", "torch")) == 0
+                           "--latency-batches", "1,16", "--target", "torch", "--widths", "efficient")) == 0
     frame = pd.read_csv(out / "speedup.csv").set_index("model")
     assert list(frame.index) == ["unpruned", "50%flops uniform", "50%flops searched", "50%flops global",
                                  "90%latency searched"]

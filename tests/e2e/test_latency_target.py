@@ -23,7 +23,9 @@ def _args(search_args, out, *extra):
     for option in ("--target", "--widths", "--latency-checks"):
         at = args.index(option)
         del args[at : at + 2]
-    return [*args, "--trials", "3", "--finetune-top", "1", "--finetune-epochs", "0.05", "--out", str(out), *extra]
+    # random draws within the budget: a candidate to fine-tune whatever the widths kept
+    return [*args, "--strategy", "random", "--trials", "3", "--finetune-top", "1", "--finetune-epochs", "0.05",
+            "--out", str(out), *extra]
 
 
 def test_the_default_target_is_onnxruntime_with_efficient_widths_a_checked_predictor_and_a_verdict(
