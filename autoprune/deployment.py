@@ -112,9 +112,9 @@ def set_up_latency(config: SearchConfig, model: nn.Module, space: Space, input_s
                    run_path: Path, budget: Budget, *, quiet: bool = True) -> LatencySetup:
     """Prepare ``model`` for the run's target, time it, and for channel pruning attach the target's latency table
     to ``space``, keep its groups to efficient widths (``config.widths``), calibrate and check the predictor.
-    Where ``budget`` cannot be met with the efficient widths alone, every width at the rounding is kept, or
-    else every width. A run directory that holds latency.json (a resumed run) gives back its widths and
-    calibration."""
+    Where ``budget`` cannot be met with the efficient widths at the fastest rounding, those at the next smaller
+    multiple are kept, and with none of them every width (``_widths_for``). A run directory that holds
+    latency.json (a resumed run) gives back its widths and calibration."""
     with _steps(quiet) as say:
         return _set_up(config, model, space, input_shape, run_path, budget, say)
 
