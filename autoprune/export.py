@@ -9,14 +9,10 @@ PyTorch subnet's, at the same batch, threads and device (the CPU). The record go
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import io
 import json
-import logging
 import os
-import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -25,6 +21,7 @@ from torch import nn
 
 from autoprune.errors import UserError
 from autoprune.measure.latency import time_forward
+from autoprune.measure.target import dynamic_batch, export_onnx, quiet_exporter
 from autoprune.models.contract import CHANNELS_LAST, contract_of, logits_of
 from autoprune.results import RunDir, SubnetSpec, atomic_write, load_subnet
 
@@ -163,31 +160,10 @@ def time_export(run: Runner, input_shape: tuple[int, ...], batch: int, *, channe
     return time_forward(lambda: run(x), "cpu")
 
 
-def _dynamic_batch() -> tuple[dict[int, torch.export.Dim]]:
-    return ({0: torch.export.Dim("batch", min=1)},)
-
-
-@contextlib.contextmanager
-def _quiet_exporter() -> Iterator[None]:
-    """Silence what the exporters print of themselves: their passes (stdout), PyTorch's own
-    deprecations (FutureWarning) and the torchvision operators they skip when it is absent (logs)."""
-    logger = logging.getLogger("torch.onnx")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            yield
-    finally:
-        logger.setLevel(level)
-
-
 def _onnx(model: nn.Module, x: torch.Tensor, tmp: Path):
     import onnxruntime as ort
 
-    with _quiet_exporter():
-        torch.onnx.export(model, (x,), tmp, dynamo=True, dynamic_shapes=_dynamic_batch(), input_names=["input"],
-                          output_names=["logits"], external_data=False)
+    export_onnx(model, x, tmp)
     options = ort.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads()  # the threads PyTorch is timed with
     session = ort.InferenceSession(str(tmp), options, providers=["CPUExecutionProvider"])
@@ -206,10 +182,10 @@ def _onnx(model: nn.Module, x: torch.Tensor, tmp: Path):
 
 
 def _torch_export(model: nn.Module, x: torch.Tensor, tmp: Path):
-    with _quiet_exporter():
-        program = torch.export.export(model, (x,), dynamic_shapes=_dynamic_batch())
+    with quiet_exporter():
+        program = torch.export.export(model, (x,), dynamic_shapes=dynamic_batch())
     torch.export.save(program, tmp)
-    with _quiet_exporter():
+    with quiet_exporter():
         loaded = torch.export.load(tmp).module()
     return f"torch.export.load (torch {torch.__version__})", loaded
 

@@ -89,11 +89,17 @@ class CostModel(ABC):
         return self.check["mode"]
 
     def cost(self, kept: Widths) -> Cost:
-        """``count``, with the predicted latency where a table is attached."""
-        cost = self.count(kept)
+        """``count``, with the predicted latency where a table is attached; the layers' widths are worked out
+        once for both (a bisection to the budget asks for thousands of costs)."""
         if self.latency is None:
-            return cost
-        return Cost(cost.macs, cost.params, self.latency.predict(self.layer_dims(kept)))
+            return self.count(kept)
+        dims = self.layer_dims(kept)
+        cost = self.count_at(kept, dims)
+        return Cost(cost.macs, cost.params, self.latency.predict(dims))
+
+    def count_at(self, kept: Widths, dims: LayerDims) -> Cost:
+        """``count`` of ``kept``, given its ``layer_dims`` already worked out; by default ``count`` itself."""
+        return self.count(kept)
 
     @property
     def base_cost(self) -> Cost:
@@ -163,8 +169,14 @@ class LayerCosts(CostModel):
     def count(self, kept: Widths) -> Cost:
         """The analytic sum; in ``traced`` mode the traced count, or the analytic sum where the model does not
         run at those widths (a candidate there fails when it is scored, with the model's own error)."""
+        return self.count_at(kept, None)
+
+    def count_at(self, kept: Widths, dims: LayerDims | None) -> Cost:
+        """``count``, summing the layers at ``dims`` (``layer_dims(kept)``, worked out here where None)."""
         cost = self.trace(kept) if self.mode == "traced" else None
-        return self.analytic(kept) if cost is None else cost
+        if cost is not None:
+            return cost
+        return sum_layers(self.shapes, self.layer_dims(kept) if dims is None else dims)
 
     def compare(self, subnets: list[Widths]) -> dict:
         """Check the analytic sum against ``trace`` on each of ``subnets`` (the unpruned network first), and
