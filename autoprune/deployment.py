@@ -90,7 +90,7 @@ class LatencySetup:
 def run_target(config: SearchConfig) -> Target:
     """The run's target, at its latency batch and threads, on its device."""
     return make_target(config.target, device=config.device, batch=config.latency_batch,
-                       threads=config.latency_threads or None)
+                       threads=config.latency_threads or None, rounds=config.latency_rounds)
 
 
 def measure_beside(target: Target, base_call: Call, subnets: Mapping[str, tuple[Call, float | None, int | None]]
@@ -99,7 +99,8 @@ def measure_beside(target: Target, base_call: Call, subnets: Mapping[str, tuple[
     rounds on ``target``; returns the baseline's timing and each subnet's measurement with its paired
     speedup."""
     with target.running():
-        rounds = time_interleaved({"": base_call, **{k: v[0] for k, v in subnets.items()}}, target.device)
+        rounds = time_interleaved({"": base_call, **{k: v[0] for k, v in subnets.items()}}, target.device,
+                                  rounds=target.rounds)
     measured = []
     for name, (_, predicted, macs) in subnets.items():
         timing, speedup = Timing.of(rounds[name]), paired_speedup(rounds[""], rounds[name])
@@ -134,13 +135,13 @@ def _set_up(config: SearchConfig, model: nn.Module, space: Space, input_shape: t
     tic = time.perf_counter()
     target = run_target(config)
     if isinstance(target, TorchTarget):
-        target.choose_layout(model, input_shape, lambda calls: {k: Timing.of(v) for k, v in
-                                                               time_interleaved(calls, target.device).items()})
+        target.choose_layout(model, input_shape, lambda calls: {
+            k: Timing.of(v) for k, v in time_interleaved(calls, target.device, rounds=target.rounds).items()})
     say(f"preparing the unpruned model for {target.runtime}")
     base_call = target.prepare(model, input_shape)
     saved = _read(run_path)
     with target.running():
-        baseline = Timing.of(time_interleaved({"": base_call}, target.device)[""])
+        baseline = Timing.of(time_interleaved({"": base_call}, target.device, rounds=target.rounds)[""])
     if not isinstance(space, PruningSpace):  # weight pruning: dense kernels, the same latency at any sparsity
         return LatencySetup(target, base_call, baseline, None, 0.0, 1.0, [], PredictorCheck(),
                             time.perf_counter() - tic)

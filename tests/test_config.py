@@ -100,6 +100,10 @@ def test_validate_returns_a_resolved_copy_and_leaves_the_original(tmp_path, monk
     ({"ray_address": "127.0.0.1:1", "ray_local": 2}, "not both"),
     ({"strategy": "annealing"}, "unknown strategy 'annealing'"),
     ({"budget": "150%flops"}, "150%flops"),
+    ({"latency_batch": 0}, "--latency-batch must be at least 1"),
+    ({"latency_threads": -1}, "--latency-threads must be 0"),
+    ({"latency_checks": -1}, "--latency-checks must be 0 or more"),
+    ({"latency_rounds": 0}, "--latency-rounds must be at least 1"),
 ])
 def test_validate_refuses_each_bad_setting(options, message):
     with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")):

@@ -9,7 +9,7 @@ import os
 import platform
 import statistics
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -196,14 +196,13 @@ def measure_on_target(config: SearchConfig, models: dict[str, nn.Module], input_
     (``autoprune.deployment.measure_beside``): per model and batch, ``ms`` with its ``low``/``high`` round, and the
     ``speedup`` over the first model paired round by round, with its ``speedup_low``/``speedup_high``; and per
     batch the target's description."""
-    from autoprune.deployment import measure_beside
-    from autoprune.measure.target import make_target
+    from autoprune.deployment import measure_beside, run_target
 
     names = list(models)
     out: dict[str, dict[str, dict[str, float]]] = {name: {} for name in names}
     described = {}
     for b in batches:
-        target = make_target(config.target, device=config.device, batch=b, threads=config.latency_threads or None)
+        target = run_target(replace(config, latency_batch=b))
         base_call = target.prepare(models[names[0]], input_shape)
         base, measured = measure_beside(target, base_call, {name: (target.prepare(models[name], input_shape), None, None)
                                                             for name in names[1:]})

@@ -25,7 +25,6 @@ from autoprune.budget import parse_budget
 from autoprune.config import SearchConfig
 from autoprune.deployment import save_setup, set_up_latency
 from autoprune.errors import UserError
-from autoprune.measure.latency import ROUNDS
 from autoprune.search.allocation import uniform_at_budget
 from autoprune.workbench import load_workbench
 
@@ -170,7 +169,7 @@ def _summary(bench, config, frame, batches, trials, search_batch, targets, setup
 {config.model} on {config.data}, {config.device}. Target: {where}. Width rule: {widths} (global: rounded to the
 same multiple). `uniform`: one ratio in every group; `searched`: best adaptive-BN proxy of {trials} `random`
 trials at that budget; `global`: Torch-Pruning MagnitudePruner, L1, global threshold. Latency: each model
-exported as it ships and timed beside the unpruned model in {ROUNDS} interleaved rounds; speedup paired round by
+exported as it ships and timed beside the unpruned model in {config.latency_rounds} interleaved rounds; speedup paired round by
 round, (lowest-highest round) after it. A speedup / MAC reduction of 1.0 means the time fell as much as the MACs.
 
 """ + "\n".join(lines) + "\n" + extra + """

@@ -23,10 +23,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from autoprune.measure.target import Target
+from autoprune.measure.target import ROUNDS, Target
 from autoprune.models.contract import input_to, model_to
 
-ROUNDS = 15  # interleaved rounds of a measurement: short ones, so that a pair of models meets the same moment
 ROUND_MS = 20.0  # each model's share of a round lasts about this long: its passes' median is the round's
 REPEATS = (5, 400)  # the fewest and most timed passes of one model in one round
 OUTLIER = 0.25  # a round more than this far from its model's median (relative) is timed again, once

@@ -38,7 +38,8 @@ def _targets() -> list[str]:
 class LatencySettings:
     """Latency is measured on ``target`` (``autoprune.measure.target``; ``auto``: onnxruntime on the CPU, torch
     on CUDA) at batch ``latency_batch`` with ``latency_threads`` threads (0: PyTorch's default here), and
-    predicted from a per-layer table of that target, checked on ``latency_checks`` held-out subnets. ``widths``:
+    predicted from a per-layer table of that target, checked on ``latency_checks`` held-out subnets; a measurement
+    takes ``latency_rounds`` interleaved rounds (``autoprune.measure.latency.time_interleaved``). ``widths``:
     ``efficient`` keeps only the widths no wider one runs faster on the target; ``all``, every multiple of a
     group's step."""
 
@@ -53,6 +54,8 @@ class LatencySettings:
                           commands=(SEARCH, BENCH))
     latency_checks: int = setting(4, "held-out subnets measured for real to check the latency predictor",
                                   commands=(SEARCH, BENCH))
+    latency_rounds: int = setting(15, "interleaved rounds of about 20 ms a model in each latency measurement: "
+                                  "more narrow the spread on a noisy machine", commands=(SEARCH, BENCH))
 
     def check_latency(self) -> None:
         """The latency settings' own checks; raises ``UserError`` on the first that fails."""
@@ -62,3 +65,5 @@ class LatencySettings:
             raise UserError("--latency-threads must be 0 (PyTorch's default) or more")
         if self.latency_checks < 0:
             raise UserError("--latency-checks must be 0 or more")
+        if self.latency_rounds < 1:
+            raise UserError("--latency-rounds must be at least 1")

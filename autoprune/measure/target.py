@@ -35,21 +35,24 @@ from autoprune.registry import Registry
 Call = Callable[[], object]  # one forward pass at the target's batch
 TARGETS: Registry[type[Target]] = Registry("target")
 AUTO = "auto"  # --target's default: onnxruntime on the CPU, torch elsewhere
+ROUNDS = 15  # interleaved rounds of a measurement (--latency-rounds): short ones, so that models meet the same moments
 
 
 class Target(ABC):
     """Where latency is measured: ``prepare`` a model, ``prepare_layer`` a layer, ``describe`` it.
 
     ``device``: where the runtime runs (``cpu``, ``cuda``...); ``batch``: the batch of every timed pass;
-    ``threads``: intra-op threads (``torch.get_num_threads()`` where None).
+    ``threads``: intra-op threads (``torch.get_num_threads()`` where None); ``rounds``: the interleaved rounds
+    of a measurement of whole models (``autoprune.measure.latency.time_interleaved``).
     """
 
     name: ClassVar[str]
 
-    def __init__(self, *, device: str = "cpu", batch: int = 1, threads: int | None = None) -> None:
+    def __init__(self, *, device: str = "cpu", batch: int = 1, threads: int | None = None, rounds: int = ROUNDS) -> None:
         self.device = device
         self.batch = batch
         self.threads = threads or torch.get_num_threads()
+        self.rounds = rounds
 
     @abstractmethod
     def prepare(self, model: nn.Module, input_shape: tuple[int, ...]) -> Call:
@@ -96,13 +99,14 @@ class Target(ABC):
                 "threads": self.threads}
 
 
-def make_target(name: str, *, device: str = "cpu", batch: int = 1, threads: int | None = None) -> Target:
+def make_target(name: str, *, device: str = "cpu", batch: int = 1, threads: int | None = None,
+                rounds: int = ROUNDS) -> Target:
     """The target ``name`` (``auto``: ``onnxruntime`` on the CPU, ``torch`` elsewhere). Raises ``UserError`` for an
     unknown name, for onnxruntime on a device other than the CPU, or where onnxruntime is not installed."""
     if name == AUTO:
         name = "onnxruntime" if device == "cpu" else "torch"
     cls = TARGETS.get(name).obj
-    return cls(device=device, batch=batch, threads=threads)
+    return cls(device=device, batch=batch, threads=threads, rounds=rounds)
 
 
 def target_names() -> list[str]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from quick import QUICK_LATENCY
 
 from autoprune.cli import main
 from autoprune.config import SHIPPED_WEIGHTS
@@ -47,10 +48,6 @@ def tiny_weights(tiny_npz, tmp_path_factory) -> str:
 
 
 FMNIST_TRAIN, FMNIST_TEST, FMNIST_HOLDOUT = 1600, 300, 200
-# Latency measured in eager PyTorch, every width kept, no held-out check: each ONNX export takes seconds, and
-# runs compared with each other must search the same widths whatever this machine's timings. The default
-# target, its widths and its check are tested in test_latency_target.py.
-QUICK_LATENCY = ("--target", "torch", "--widths", "all", "--latency-checks", "0")
 SHIPPED = str(SHIPPED_WEIGHTS[("resnet20", "fashion-mnist")])
 
 

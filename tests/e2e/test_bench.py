@@ -9,6 +9,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from quick import QUICK_LATENCY
 
 from autoprune.cli import main
 
@@ -18,8 +19,7 @@ def bench_args(tiny_npz, tiny_weights):
     def args(study: str, out, *extra: str) -> list[str]:
         return ["bench", study, "--data", tiny_npz, "--weights", tiny_weights, "--holdout", "120",
                 "--batch-size", "64", "--calib-batches", "2", "--score-images", "120", "--quiet",
-                # the quick latency options of the e2e searches (conftest.py): eager timing, every width, no check
-                "--target", "torch", "--widths", "all", "--latency-checks", "0", "--out", str(out), *extra]
+                *QUICK_LATENCY, "--out", str(out), *extra]
 
     return args
 

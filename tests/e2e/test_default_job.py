@@ -21,13 +21,16 @@ import termios
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
 import autoprune
 from autoprune.config import SHIPPED_WEIGHTS
 from autoprune.data import load_data
+from autoprune.deployment import MULTIPLES
 from autoprune.measure import accuracy
+from autoprune.results import SubnetSpec
 
 AUTOPRUNE = Path(sys.executable).with_name("autoprune")  # the console script pip installed
 LIMIT_TRAIN, LIMIT_TEST, HOLDOUT, BATCH = 1000, 500, 300, 128  # BATCH: the default --batch-size
@@ -103,6 +106,31 @@ def test_the_default_job_as_make_demo_runs_it(tmp_path):
     assert re.search(rf"^\W*baseline\b.*{baseline['test_acc']:.2%}", text, re.MULTILINE), text[-3000:]
     assert re.search(rf"^\W*{spec['id']}\b.*{spec['test_acc']:.2%}.*yes", text, re.MULTILINE), text[-3000:]
     assert f"report: {out / 'report.html'}" in text.replace("\n", "")
+
+    # latency on the default target: onnxruntime at batch 1, efficient widths, the predictor checked on 4
+    # held-out subnets, and the verdict on the fine-tuned subnet in its spec, the table and the report
+    latency = json.loads((out / "latency.json").read_text())
+    assert latency["target"]["target"] == "onnxruntime" and latency["target"]["batch"] == 1
+    assert latency["baseline"]["rounds"] == 15  # --latency-rounds
+    assert latency["multiple"] in MULTIPLES and [int(m["id"]) for m in latency["roundings"]] == list(MULTIPLES)
+    groups = {g["name"]: g for g in config["groups"]}
+    for name, widths in latency["widths"].items():
+        assert widths[-1] == groups[name]["channels"] and widths == sorted(set(widths))
+        assert all(w % latency["multiple"] == 0 for w in widths[:-1])
+    check = latency["check"]
+    assert len(check["subnets"]) == 4 and check["mape"] >= 0 and -1 <= check["spearman"] <= 1
+    assert f"predictor error on 4 held-out subnets: MAPE {check['mape']:.1%}" in text
+    trials = pd.read_csv(out / "trials.csv")
+    assert "latency_ms" not in trials and trials["predicted_latency_ms"].notna().all()
+    subnet = SubnetSpec.load(spec_path.parent)
+    assert subnet.target == latency["describe"] and subnet.target.startswith("onnxruntime")
+    assert subnet.latency_spread[0] <= subnet.latency_ms <= subnet.latency_spread[1]
+    assert subnet.speedup_spread[0] <= subnet.speedup <= subnet.speedup_spread[1] and subnet.predicted_latency_ms > 0
+    for name, kept in subnet.kept.items():
+        assert len(kept) in latency["widths"][name]
+    report = (out / "report.md").read_text()
+    assert "Latency: measured on onnxruntime" in report and "predictor error on 4 held-out subnets" in report
+    assert f"{subnet.speedup:.2f}x" in report and f"{subnet.speedup:.2f}x" in text
 
     # the subnet reloads and scores what was recorded, on the same 500 test images
     test = load_data("fashion-mnist", holdout=HOLDOUT, seed=0, limit_train=LIMIT_TRAIN, limit_test=LIMIT_TEST).test

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import torch
 from custom_models import Picky, odd_first, pruned
+from quick import QUICK_LATENCY
 
 from autoprune.cli import main
 from autoprune.errors import UserError
@@ -58,7 +59,7 @@ def failing_args(tiny_npz, weights, out, trials: int) -> list[str]:
     return ["search", "--model", f"{CUSTOM_MODELS}:only_unpruned", "--weights", weights, "--data", tiny_npz,
             "--budget", "30%flops", "--trials", str(trials), "--finetune-top", "1", "--holdout", "120",
             "--batch-size", "64", "--calib-batches", "2", "--score-images", "120", "--out", str(out),
-            "--target", "torch", "--widths", "all", "--latency-checks", "0"]
+            *QUICK_LATENCY]
 
 
 # trials 0-2 over the budget, trials 3 and 4 within it and failed: not "no candidate met the budget"

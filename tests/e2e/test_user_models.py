@@ -11,6 +11,7 @@ import pytest
 import torch
 import yaml
 from custom_models import USER_MODELS, user_model
+from quick import QUICK_LATENCY
 
 import autoprune
 from autoprune.cli import main
@@ -57,7 +58,6 @@ def _search(model: str, data: str, weights: Path | str, out: Path, capsys, *extr
                  "--batch-size", "64", "--out", str(out), *QUICK_LATENCY, *extra], capsys)
 
 
-QUICK_LATENCY = ("--target", "torch", "--widths", "all", "--latency-checks", "0")  # as conftest's: seconds, not minutes
 
 
 def _one_subnet(run: Path) -> dict:

@@ -356,7 +356,7 @@ def test_a_search_failing_before_its_first_trial_can_be_run_again(tmp_path, monk
     out = tmp_path / "run"
     options = {"model": f"{USER_MODELS / 'dict_output.py'}:build", "data": f"npz:{data}", "weights": str(weights),
                "holdout": 20, "score_images": 20, "calib_batches": 1, "batch_size": 20, "trials": 2, "out": str(out),
-               "quiet": True}
+               "quiet": True, "target": "torch", "widths": "all", "latency_checks": 0, "latency_rounds": 1}
     for _ in range(2):  # the second time is the same command: not "already holds a run"
         with pytest.raises(RuntimeError, match="broken before the first trial"):
             pipeline.search(**options)
