@@ -36,7 +36,14 @@ from autoprune.measure.latency import (
     paired_speedup,
     time_interleaved,
 )
-from autoprune.measure.predictor import Measured, PredictorCheck, efficient_widths, rounded_widths
+from autoprune.measure.predictor import (
+    SMALLEST,
+    Measured,
+    PredictorCheck,
+    ceiling_line,
+    efficient_widths,
+    rounded_widths,
+)
 from autoprune.measure.target import Call, Target, TorchTarget, make_target
 from autoprune.progress import console
 from autoprune.pruning.base import Space
@@ -46,7 +53,7 @@ from autoprune.results import atomic_write
 RECORD = "latency.json"
 MULTIPLES = (1, 4, 8, 16)  # channel roundings compared at set-up; the fastest is kept
 # the subnets the predictor is calibrated on, besides the unpruned model: every group at this share of its range
-CALIBRATION = {"smallest": 1.0, "two-thirds": 2 / 3, "one-third": 1 / 3}
+CALIBRATION = {SMALLEST: 1.0, "two-thirds": 2 / 3, "one-third": 1 / 3}
 
 
 @dataclass
@@ -83,6 +90,9 @@ class LatencySetup:
             kept = sum(len(w) for w in self.widths.values())
             lines.append(f"efficient widths: multiples of {self.multiple} channels (the fastest rounding measured), "
                          f"{kept} kept over {len(self.widths)} groups: none that a wider width runs faster")
+        ceiling = ceiling_line(self.calibration)
+        if ceiling is not None:
+            lines.append(ceiling)
         lines.append(self.check.describe())
         return lines
 

@@ -185,9 +185,12 @@ def predictor_lines(subnets: Sequence[SubnetSpec], latency: Mapping | None, budg
             error = s.predicted_latency_ms / s.latency_ms - 1
             lines.append(f"| {s.id} | {s.predicted_latency_ms:.3f} | {describe_latency(s)} | {error:+.1%} |")
     if latency is not None:
-        from autoprune.measure.predictor import PredictorCheck
+        from autoprune.measure.predictor import Measured, PredictorCheck, ceiling_line
 
         check = PredictorCheck.from_record(latency.get("check"))
+        ceiling = ceiling_line([Measured(**m) for m in latency.get("calibration", [])])
+        if ceiling is not None:
+            lines += ["", f"The {ceiling}."]
         calibrated = ", ".join(m["id"] for m in latency.get("calibration", []))
         lines += ["", (f"The {check.describe()} (subnets drawn across the space before the search, each exported "
                        "and timed beside the unpruned model; the predictor was calibrated on the unpruned model and "

@@ -103,6 +103,20 @@ class Measured:
         return None if self.predicted_ms is None else self.predicted_ms / self.ms - 1
 
 
+SMALLEST = "smallest"  # the calibration subnet with every group at its smallest width
+
+
+def ceiling_line(calibration: Sequence[Measured]) -> str | None:
+    """The most any pruning of the space can gain on the target: the speedup measured of the subnet with every
+    group at its smallest width (the calibration's ``smallest``), in a sentence; None where it was not measured."""
+    smallest = next((m for m in calibration if m.id == SMALLEST), None)
+    if smallest is None:
+        return None
+    return (f"fastest subnet of the space (every group at its smallest width): {smallest.ms:.3f} ms, "
+            f"{smallest.speedup:.2f}x ({smallest.speedup_low:.2f}-{smallest.speedup_high:.2f}) the unpruned model's "
+            "speed: no subnet of this space runs faster on this target")
+
+
 @dataclass
 class PredictorCheck:
     """Predicted against measured latency on held-out subnets (``subnets``, the calibration's excluded):

@@ -261,13 +261,13 @@ def _tune_trials(run: Path) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_trial_resources_decide_how_many_trials_run_at_once_on_ray(tmp_path, search_args):
-    """A local Ray of 2 CPUs and 2 workers: trials of 2 CPUs run one after another; of 1 CPU, two fit at once."""
+def test_trial_resources_decide_how_many_trials_run_at_once_on_ray(head, tmp_path, tiny_search_args):
+    """The module's Ray of 2 CPUs and 2 workers: trials of 2 CPUs run one after another; of 1 CPU, two fit at once."""
     def ray_search(name: str, resources: str) -> list[dict]:
         out = tmp_path / name
-        args = search_args + ["--strategy", "random", "--trials", "2", "--finetune-top", "0", "--out", str(out),
-                              "--ray-local", "2", "--workers", "2", "--trial-resources", resources]
-        # its own process: this one may be connected to this module's cluster
+        args = tiny_search_args + ["--strategy", "random", "--trials", "2", "--finetune-top", "0", "--out", str(out),
+                              "--ray-address", head, "--workers", "2", "--trial-resources", resources]
+        # its own driver process, as a user's: Tune's records of the run are read from its directory
         done = subprocess.run([sys.executable, "-m", "autoprune.cli", *args], capture_output=True, text=True,
                               timeout=400, check=False, env={**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"})
         assert done.returncode == 0, done.stderr[-2000:]

@@ -10,9 +10,11 @@ from torch import nn
 
 from autoprune.measure.latency import LatencyTable
 from autoprune.measure.predictor import (
+    SMALLEST,
     Measured,
     PredictorCheck,
     candidate_widths,
+    ceiling_line,
     efficient_widths,
     spearman,
 )
@@ -94,6 +96,13 @@ def test_the_check_reports_the_mean_absolute_percentage_error_and_spearman():
     assert PredictorCheck.from_record(check.to_record()).subnets == check.subnets
     assert spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
     assert math.isnan(PredictorCheck().mape) and "not checked" in PredictorCheck().describe()
+
+
+def test_the_ceiling_is_the_speedup_measured_of_the_smallest_subnet():
+    smallest = Measured(SMALLEST, 0.39, 0.4, 0.38, 0.45, 1.34, 1.2, 1.41)
+    line = ceiling_line([Measured("one-third", 0.6, 0.61, 0.6, 0.62, 0.9, 0.85, 0.95), smallest])
+    assert line.startswith("fastest subnet of the space (every group at its smallest width): 0.400 ms, 1.34x (1.20-1.41)")
+    assert ceiling_line([]) is None  # weight pruning, or a model that refused its smallest widths: not measured
 
 
 def test_a_budget_the_rounding_cannot_reach_takes_the_next_smaller_multiple():
