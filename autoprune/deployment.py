@@ -9,8 +9,11 @@
    (``LatencyTable.fit``);
 4. the predictor checked on ``latency_checks`` held-out subnets measured for real, beside the baseline.
 
+In 3 and 4 a subnet's latency is the baseline's, as timed in step 1, over the subnet's speedup measured beside
+the baseline (``_beside``): speedups hold from one measurement to the next where a machine's pace does not.
+
 ``measure_beside`` is the measurement every comparison uses: the baseline and the subnets in interleaved
-rounds (``autoprune.measure.latency.time_interleaved``), each subnet's median and spread, and its speedup
+rounds (``Target.time``), each subnet's median and spread, and its speedup
 paired round by round. A resumed run reads the set-up back from ``latency.json`` in its directory.
 """
 
@@ -29,13 +32,7 @@ from torch import nn
 
 from autoprune.budget import Budget
 from autoprune.config import SearchConfig
-from autoprune.measure.latency import (
-    LatencyTable,
-    Timing,
-    default_cache,
-    paired_speedup,
-    time_interleaved,
-)
+from autoprune.measure.latency import LatencyTable, default_cache
 from autoprune.measure.predictor import (
     SMALLEST,
     Measured,
@@ -45,6 +42,7 @@ from autoprune.measure.predictor import (
     rounded_widths,
 )
 from autoprune.measure.target import Call, Target, TorchTarget, make_target
+from autoprune.measure.timing import Timing, paired_speedup
 from autoprune.progress import console
 from autoprune.pruning.base import Space
 from autoprune.pruning.space import PruningSpace
@@ -108,9 +106,7 @@ def measure_beside(target: Target, base_call: Call, subnets: Mapping[str, tuple[
     """Time the baseline and every subnet (``id -> (call, predicted ms or None, MACs or None)``) in interleaved
     rounds on ``target``; returns the baseline's timing and each subnet's measurement with its paired
     speedup."""
-    with target.running():
-        rounds = time_interleaved({"": base_call, **{k: v[0] for k, v in subnets.items()}}, target.device,
-                                  rounds=target.rounds)
+    rounds = target.time({"": base_call, **{k: v[0] for k, v in subnets.items()}})
     measured = []
     for name, (_, predicted, macs) in subnets.items():
         timing, speedup = Timing.of(rounds[name]), paired_speedup(rounds[""], rounds[name])
@@ -145,13 +141,11 @@ def _set_up(config: SearchConfig, model: nn.Module, space: Space, input_shape: t
     tic = time.perf_counter()
     target = run_target(config)
     if isinstance(target, TorchTarget):
-        target.choose_layout(model, input_shape, lambda calls: {
-            k: Timing.of(v) for k, v in time_interleaved(calls, target.device, rounds=target.rounds).items()})
+        target.choose_layout(model, input_shape)
     say(f"preparing the unpruned model for {target.runtime}")
     base_call = target.prepare(model, input_shape)
     saved = _read(run_path)
-    with target.running():
-        baseline = Timing.of(time_interleaved({"": base_call}, target.device, rounds=target.rounds)[""])
+    baseline = Timing.of(target.time({"": base_call})[""])
     if not isinstance(space, PruningSpace):  # weight pruning: dense kernels, the same latency at any sparsity
         return LatencySetup(target, base_call, baseline, None, 0.0, 1.0, [], PredictorCheck(),
                             time.perf_counter() - tic)
@@ -175,8 +169,8 @@ def _set_up(config: SearchConfig, model: nn.Module, space: Space, input_shape: t
         multiple, widths = _widths_for(space, table, budget, multiple)
     say(f"calibrating the latency predictor on {len(CALIBRATION)} subnets")
     at = {name: {g.name: g.low + (g.high - g.low) * share for g in space.groups} for name, share in CALIBRATION.items()}
-    base, calibration = measure_beside(target, base_call, _prepared(space, target, at, input_shape))
-    table.fit([(space.costs.layer_dims({}), base.ms)]
+    calibration = _beside(baseline, target, base_call, _prepared(space, target, at, input_shape))
+    table.fit([(space.costs.layer_dims({}), baseline.ms)]
               + [(space.costs.layer_dims(space.kept_channels(at[m.id])), m.ms) for m in calibration])
     space.costs.forget_base()
     calibration = [dataclasses.replace(m, predicted_ms=space.cost(at[m.id]).latency_ms) for m in calibration]
@@ -184,9 +178,21 @@ def _set_up(config: SearchConfig, model: nn.Module, space: Space, input_shape: t
     if config.latency_checks:
         say(f"checking the predictor on {config.latency_checks} held-out subnets, measured for real")
         held_out = _held_out(space, config.latency_checks, config.seed)
-        _, check.subnets = measure_beside(target, base_call, _prepared(space, target, held_out, input_shape))
+        check.subnets = _beside(baseline, target, base_call, _prepared(space, target, held_out, input_shape))
     return LatencySetup(target, base_call, baseline, widths, table.offset, table.scale, calibration, check,
                         time.perf_counter() - tic, multiple, roundings if multiple else [])
+
+
+def _beside(baseline: Timing, target: Target, base_call: Call,
+            subnets: Mapping[str, tuple[Call, float | None, int | None]]) -> list[Measured]:
+    """``measure_beside``, each subnet's ms taken as ``baseline.ms`` over its paired speedup (its spread likewise):
+    the subnets' latencies at the moment the set-up timed the baseline. A machine's pace drifts from one
+    measurement to the next (a 2-core machine timed ResNet-20 at 0.69 ms, then 0.45 ms a minute later) while
+    the speedups measured beside the baseline hold (2.12x, then 2.01x): the predictor is fitted and checked
+    on these."""
+    _, measured = measure_beside(target, base_call, subnets)
+    return [dataclasses.replace(m, ms=baseline.ms / m.speedup, low=baseline.ms / m.speedup_high,
+                                high=baseline.ms / m.speedup_low) for m in measured]
 
 
 def save_setup(setup: LatencySetup, run_path: Path) -> None:

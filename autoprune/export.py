@@ -20,8 +20,8 @@ import torch
 from torch import nn
 
 from autoprune.errors import UserError
-from autoprune.measure.latency import time_forward
 from autoprune.measure.target import dynamic_batch, export_onnx, quiet_exporter
+from autoprune.measure.timing import time_forward
 from autoprune.models.contract import CHANNELS_LAST, contract_of, logits_of
 from autoprune.results import RunDir, SubnetSpec, atomic_write, load_subnet
 
@@ -157,7 +157,7 @@ def time_export(run: Runner, input_shape: tuple[int, ...], batch: int, *, channe
     if channels_last and x.dim() == 4:
         x = x.contiguous(memory_format=torch.channels_last)
         run = copy.deepcopy(run).to(memory_format=torch.channels_last)
-    return time_forward(lambda: run(x), "cpu")
+    return time_forward(torch.no_grad()(lambda: run(x)), "cpu")
 
 
 def _onnx(model: nn.Module, x: torch.Tensor, tmp: Path):

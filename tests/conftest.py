@@ -48,7 +48,7 @@ def flops_clock(monkeypatch, tmp_path_factory):
     the latency table) that do not depend on this machine's speed or load, for tests whose verdict would.
     A real clock under load once put a 70%-latency budget out of reach of the smallest subnet. The layer
     timings go to a cache of their own: the FLOPs clock's figures are no machine's."""
-    monkeypatch.setattr("autoprune.measure.latency.time_forward", _flops_as_ms)
+    monkeypatch.setattr("autoprune.measure.timing.time_forward", _flops_as_ms)
     monkeypatch.setenv("AUTOPRUNE_CACHE_DIR", str(tmp_path_factory.mktemp("flops-clock-cache")))
 
 

@@ -39,7 +39,7 @@ class LatencySettings:
     """Latency is measured on ``target`` (``autoprune.measure.target``; ``auto``: onnxruntime on the CPU, torch
     on CUDA) at batch ``latency_batch`` with ``latency_threads`` threads (0: PyTorch's default here), and
     predicted from a per-layer table of that target, checked on ``latency_checks`` held-out subnets; a measurement
-    takes ``latency_rounds`` interleaved rounds (``autoprune.measure.latency.time_interleaved``). ``widths``:
+    takes ``latency_rounds`` interleaved rounds (``autoprune.measure.timing.time_interleaved``). ``widths``:
     ``efficient`` keeps only the widths no wider one runs faster on the target; ``all``, every multiple of a
     group's step."""
 

@@ -4,9 +4,10 @@ A target prepares a model, or a single layer for the per-layer latency table, so
 forward pass at the target's batch on a fixed random input, with the target's threads:
 
 - ``onnxruntime`` (the default on the CPU): the model exported with PyTorch's ONNX exporter (dynamo) and run
-  by an onnxruntime ``InferenceSession`` on its CPU execution provider, graph optimisations on. A layer of
-  the table is built directly as a one-node ONNX graph (``Conv``, ``ConvTranspose`` or ``MatMul`` + ``Add``),
-  so timing a width costs milliseconds, not an export.
+  by an onnxruntime ``InferenceSession`` on its CPU execution provider, graph optimisations on, in a timing
+  process whose sessions share one thread pool (``autoprune.measure.sessions``). A layer of the table is built
+  directly as a one-node ONNX graph (``Conv``, ``ConvTranspose`` or ``MatMul`` + ``Add``), so timing a width
+  costs milliseconds, not an export.
 - ``torch`` (the default on CUDA): eager PyTorch in eval mode, in the memory layout that runs the unpruned
   model fastest (``choose_layout``: channels_last or contiguous, where the model's contract allows both).
 
@@ -19,9 +20,10 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import statistics
 import warnings
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import ClassVar
 
@@ -29,13 +31,14 @@ import torch
 from torch import nn
 
 from autoprune.errors import UserError
+from autoprune.measure import timing
+from autoprune.measure.timing import ROUNDS
 from autoprune.models.contract import CHANNELS_LAST, CONTIGUOUS, contract_of, input_to
 from autoprune.registry import Registry
 
 Call = Callable[[], object]  # one forward pass at the target's batch
 TARGETS: Registry[type[Target]] = Registry("target")
 AUTO = "auto"  # --target's default: onnxruntime on the CPU, torch elsewhere
-ROUNDS = 15  # interleaved rounds of a measurement (--latency-rounds): short ones, so that models meet the same moments
 
 
 class Target(ABC):
@@ -43,7 +46,7 @@ class Target(ABC):
 
     ``device``: where the runtime runs (``cpu``, ``cuda``...); ``batch``: the batch of every timed pass;
     ``threads``: intra-op threads (``torch.get_num_threads()`` where None); ``rounds``: the interleaved rounds
-    of a measurement of whole models (``autoprune.measure.latency.time_interleaved``).
+    of a measurement of whole models (``time``).
     """
 
     name: ClassVar[str]
@@ -77,6 +80,17 @@ class Target(ABC):
     def describe(self) -> str:
         """One line for the reports: ``onnxruntime 1.20.1 (CPU), batch 1, 2 threads``."""
         return f"{self.runtime}, batch {self.batch}, {self.threads} thread{'s' if self.threads != 1 else ''}"
+
+    def time(self, calls: Mapping[str, Call]) -> dict[str, list[float]]:
+        """The prepared ``calls`` timed against each other in ``rounds`` interleaved rounds
+        (``autoprune.measure.timing.time_interleaved``): each call's round medians in ms, in round order."""
+        with self.running():
+            return timing.time_interleaved(calls, self.device, rounds=self.rounds)
+
+    def time_layer(self, call: Call) -> float:
+        """Median ms of a prepared layer's pass (5 warm-up and 25 timed passes)."""
+        with self.running():
+            return timing.time_forward(call, self.device, warmup=5, repeats=25)
 
     @contextlib.contextmanager
     def running(self) -> Iterator[None]:
@@ -146,9 +160,9 @@ class TorchTarget(Target):
         x = input_to(_random(self.batch, input_shape, self.device), layout)
         return torch.no_grad()(lambda: module(x))
 
-    def choose_layout(self, model: nn.Module, input_shape: tuple[int, ...], timer: Callable) -> dict[str, float]:
-        """Time ``model`` in each layout its contract allows with ``timer`` (``calls -> {name: Timing}``) and
-        keep the faster; returns the median ms of each layout timed."""
+    def choose_layout(self, model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, float]:
+        """Time ``model`` in each layout its contract allows (``time``) and keep the faster; returns the median ms
+        of each layout timed."""
         if contract_of(model).layout == CONTIGUOUS or len(input_shape) != 3:
             self.layout = CONTIGUOUS
             return {}
@@ -156,15 +170,16 @@ class TorchTarget(Target):
         for layout in (CHANNELS_LAST, CONTIGUOUS):
             self.layout = layout
             calls[layout] = self.prepare(model, input_shape)
-        with self.running():
-            timings = timer(calls)
-        self.layout = min(timings, key=lambda k: timings[k].ms)
-        return {k: t.ms for k, t in timings.items()}
+        medians = {layout: statistics.median(rounds) for layout, rounds in self.time(calls).items()}
+        self.layout = min(medians, key=medians.__getitem__)
+        return medians
 
 
 @TARGETS.register("onnxruntime", "the model exported to ONNX, run by onnxruntime on the CPU")
 class OnnxRuntimeTarget(Target):
-    """onnxruntime's CPU execution provider, ``threads`` intra-op threads, graph optimisations on."""
+    """onnxruntime's CPU execution provider, ``threads`` intra-op threads, graph optimisations on. Sessions live
+    in this process's ``autoprune.measure.sessions.SessionProcess`` of ``threads`` threads, and are timed
+    there."""
 
     name = "onnxruntime"
 
@@ -184,25 +199,28 @@ class OnnxRuntimeTarget(Target):
 
         return f"onnxruntime {ort.__version__} (CPU)"
 
-    def session(self, model_bytes: bytes):
-        """An ``InferenceSession`` of the serialised ONNX model, with the target's threads."""
-        import onnxruntime as ort
+    def _load(self, model_bytes: bytes, input_shape: tuple[int, ...], name: str) -> Call:
+        from autoprune.measure.sessions import session_process
 
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = self.threads
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3
-        return ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+        feed = {name: _random(self.batch, input_shape, "cpu").numpy()}
+        return session_process(self.threads).load(model_bytes, feed)
 
     def prepare(self, model: nn.Module, input_shape: tuple[int, ...]) -> Call:
-        session = self.session(onnx_bytes(model, _random(self.batch, input_shape, "cpu"), dynamic=False))
-        feed = {session.get_inputs()[0].name: _random(self.batch, input_shape, "cpu").numpy()}
-        return lambda: session.run(None, feed)
+        model_bytes = onnx_bytes(model, _random(self.batch, input_shape, "cpu"), dynamic=False)
+        return self._load(model_bytes, input_shape, "input")
 
     def prepare_layer(self, module: nn.Module, input_shape: tuple[int, ...]) -> Call:
-        session = self.session(layer_graph(module, (self.batch, *input_shape)))
-        feed = {"x": _random(self.batch, input_shape, "cpu").numpy()}
-        return lambda: session.run(None, feed)
+        return self._load(layer_graph(module, (self.batch, *input_shape)), input_shape, "x")
+
+    def time(self, calls: Mapping[str, Call]) -> dict[str, list[float]]:
+        from autoprune.measure.sessions import session_process
+
+        return session_process(self.threads).time(calls, self.rounds)
+
+    def time_layer(self, call: Call) -> float:
+        from autoprune.measure.sessions import session_process
+
+        return session_process(self.threads).time_forward(call, warmup=5, repeats=25)
 
 
 def _random(batch: int, shape: tuple[int, ...], device: str) -> torch.Tensor:
