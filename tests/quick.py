@@ -6,4 +6,6 @@ The default target, its widths, its check and its 15 rounds are tested in test_l
 test_default_job.py.
 """
 
-QUICK_LATENCY = ("--target", "torch", "--widths", "all", "--latency-checks", "0", "--latency-rounds", "3")
+QUICK_OPTIONS = {"target": "torch", "widths": "all", "latency_checks": 0, "latency_rounds": 3}  # the Python API's
+QUICK_LATENCY = tuple(word for name, value in QUICK_OPTIONS.items()  # the command line's
+                      for word in (f"--{name.replace('_', '-')}", str(value)))

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 from custom_models import Picky, odd_first, pruned
-from quick import QUICK_LATENCY
+from quick import QUICK_LATENCY, QUICK_OPTIONS
 
 from autoprune.cli import main
 from autoprune.errors import UserError
@@ -23,7 +23,7 @@ def _search(tiny_npz, tmp_path, refuse, trials):
     torch.manual_seed(0)
     return search(Picky(refuse), tiny_npz, budget="60%flops", strategy="random", trials=trials, finetune_top=0,
                   holdout=120, batch_size=64, calib_batches=2, score_images=120, out=str(tmp_path / "run"),
-                  quiet=True, target="torch", widths="all", latency_checks=0)
+                  quiet=True, **QUICK_OPTIONS)
 
 
 def test_failing_candidates_are_recorded_and_the_search_completes(tiny_npz, tmp_path):

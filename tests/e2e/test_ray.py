@@ -29,7 +29,7 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "token")  # as Ray's default; said explicitly so head and drivers agree
 
 from custom_models import MARKS, Picky, odd_first, slow
-from quick import QUICK_LATENCY
+from quick import QUICK_LATENCY, QUICK_OPTIONS
 from test_failures import EVERY_CANDIDATE_FAILED, failing_args
 
 from autoprune.cli import main
@@ -198,7 +198,7 @@ def test_a_trial_that_raises_is_recorded_and_the_search_goes_on(head, tiny_npz, 
     torch.manual_seed(0)
     result = search(Picky(odd_first), tiny_npz, budget="60%flops", strategy="random", trials=8, finetune_top=0,
                     holdout=120, batch_size=64, calib_batches=2, score_images=120, out=str(tmp_path / "run"),
-                    quiet=True, ray_address=head, workers=2)
+                    quiet=True, ray_address=head, workers=2, **QUICK_OPTIONS)
     trials = pd.read_csv(result.run_dir / "trials.csv")
     assert len(trials) == 8
     failed = trials[trials["state"] == "fail"]

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from quick import QUICK_OPTIONS
 from run_checks import best_by_proxy, non_dominated, subnet_specs
 
 import autoprune
@@ -97,8 +98,7 @@ def test_python_api_with_a_model_object(tmp_path, fmnist_npz):
     model = create_model("resnet20", in_channels=1, num_classes=data.num_classes)
     load_weights(model, SHIPPED)
     result = autoprune.search(model, fmnist_npz, budget="40%params", trials=3, finetune_top=1, finetune_epochs=0.2,
-                              holdout=200, batch_size=64, calib_batches=2, score_images=200, target="torch",
-                              widths="all", latency_checks=0,
+                              holdout=200, batch_size=64, calib_batches=2, score_images=200, **QUICK_OPTIONS,
                               out=str(tmp_path / "api"), quiet=True)
     assert result.best is not None and len(result.pareto) >= 1
     assert result.best.params <= 0.4 * result.baseline["params"]

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from quick import QUICK_OPTIONS
 from torch import nn
 
 from autoprune.data.bundle import DataBundle, Split
@@ -356,7 +357,7 @@ def test_a_search_failing_before_its_first_trial_can_be_run_again(tmp_path, monk
     out = tmp_path / "run"
     options = {"model": f"{USER_MODELS / 'dict_output.py'}:build", "data": f"npz:{data}", "weights": str(weights),
                "holdout": 20, "score_images": 20, "calib_batches": 1, "batch_size": 20, "trials": 2, "out": str(out),
-               "quiet": True, "target": "torch", "widths": "all", "latency_checks": 0, "latency_rounds": 1}
+               "quiet": True, **QUICK_OPTIONS}
     for _ in range(2):  # the second time is the same command: not "already holds a run"
         with pytest.raises(RuntimeError, match="broken before the first trial"):
             pipeline.search(**options)
