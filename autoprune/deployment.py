@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from torch import nn
 
 from autoprune.budget import Budget
@@ -53,6 +54,7 @@ MULTIPLES = (1, 4, 8, 16)  # channel roundings compared at set-up; the fastest i
 SPREAD = 0.2  # a verdict whose speedup spreads more than this (relative, highest round less lowest) is timed again
 # the subnets the predictor is calibrated on, besides the unpruned model: every group at this share of its range
 CALIBRATION = {SMALLEST: 1.0, "two-thirds": 2 / 3, "one-third": 1 / 3}
+NEAR_BUDGET = 3  # and these many subnets drawn within the budget, where the search's candidates will be
 
 
 @dataclass
@@ -171,9 +173,13 @@ def _set_up(config: SearchConfig, model: nn.Module, space: Space, input_shape: t
     say(f"calibrating the latency predictor on {len(CALIBRATION)} subnets")
     at = {name: {g.name: g.low + (g.high - g.low) * share for g in space.groups} for name, share in CALIBRATION.items()}
     calibration = _beside(baseline, target, base_call, _prepared(space, target, at, input_shape))
-    table.fit([(space.costs.layer_dims({}), baseline.ms)]
-              + [(space.costs.layer_dims(space.kept_channels(at[m.id])), m.ms) for m in calibration])
-    space.costs.forget_base()
+    _fit(space, table, baseline, at, calibration)
+    near = _near_budget(space, budget, config.seed)
+    if near:  # where the search will draw: the line fitted again with these
+        say(f"calibrating the latency predictor on {len(near)} subnets within the budget")
+        at.update(near)
+        calibration += _beside(baseline, target, base_call, _prepared(space, target, near, input_shape))
+        _fit(space, table, baseline, at, calibration)
     calibration = [dataclasses.replace(m, predicted_ms=space.cost(at[m.id]).latency_ms) for m in calibration]
     check = PredictorCheck()
     if config.latency_checks:
@@ -182,6 +188,30 @@ def _set_up(config: SearchConfig, model: nn.Module, space: Space, input_shape: t
         check.subnets = _beside(baseline, target, base_call, _prepared(space, target, held_out, input_shape))
     return LatencySetup(target, base_call, baseline, widths, table.offset, table.scale, calibration, check,
                         time.perf_counter() - tic, multiple, roundings if multiple else [])
+
+
+def _fit(space: PruningSpace, table: LatencyTable, baseline: Timing, at: Mapping[str, Mapping[str, float]],
+         measured: list[Measured]) -> None:
+    """Fit the table's line on the unpruned model and the ``measured`` subnets (at the ratios ``at`` their ids
+    name)."""
+    table.fit([(space.costs.layer_dims({}), baseline.ms)]
+              + [(space.costs.layer_dims(space.kept_channels(at[m.id])), m.ms) for m in measured])
+    space.costs.forget_base()
+
+
+def _near_budget(space: Space, budget: Budget, seed: int) -> dict[str, dict[str, float]]:
+    """``NEAR_BUDGET`` subnets drawn as the random strategy draws them (``draw_in_budget``: a random direction
+    scaled onto ``budget``), seeded; fewer where no draw fits."""
+    from autoprune.search.allocation import draw_in_budget
+
+    rng = np.random.default_rng(seed)
+    near = {}
+    for i in range(NEAR_BUDGET):
+        try:
+            near[f"near{i + 1}"] = draw_in_budget(space, budget, 0.05, rng)[0]
+        except RuntimeError:  # nothing within the budget in its draws
+            break
+    return near
 
 
 def _beside(baseline: Timing, target: Target, base_call: Call,

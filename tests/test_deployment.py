@@ -45,3 +45,21 @@ def test_a_verdict_spread_wide_is_timed_again_and_the_narrower_kept():
     assert count == 2 and measured.speedup == 2.0 and measured.ms == 1.0
     count, measured = _verdict([BUSY, BUSY])
     assert count == 2 and round(measured.speedup, 2) == 1.43  # no third time
+
+
+def test_a_share_of_latency_is_judged_by_the_paired_speedup_and_a_ceiling_in_ms_by_the_ms(subnet_spec):
+    from autoprune.budget import parse_budget
+    from autoprune.measure.cost import Cost
+    from autoprune.report import latency_verdicts
+
+    base = Cost(macs=1000, params=100, latency_ms=10.0)
+    # measured when the machine ran slower than at set-up: 5.5 ms, but 2.05x the unpruned model beside it
+    fast = subnet_spec(id="t0001", latency_ms=5.5, speedup=2.05, speedup_spread=[1.95, 2.1])
+    slow = subnet_spec(id="t0002", latency_ms=4.9, speedup=1.9, speedup_spread=[1.8, 2.0])
+    (a, b) = latency_verdicts([fast, slow], parse_budget("50%latency"), base)
+    assert a == (fast, "2.05x (1.95-2.10) measured beside the unpruned model against the 2.00x that 50%latency asks",
+                 True)
+    assert b[2] is False
+    (c, d) = latency_verdicts([fast, slow], parse_budget("5ms"), base)
+    assert c == (fast, "5.500 ms measured against 5.000 ms", False) and d[2] is True
+    assert latency_verdicts([fast], parse_budget("50%flops"), base) == []

@@ -121,7 +121,7 @@ def test_the_default_job_as_make_demo_runs_it(tmp_path):
     assert len(check["subnets"]) == 4 and check["mape"] >= 0 and -1 <= check["spearman"] <= 1
     assert f"predictor error on 4 held-out subnets: MAPE {check['mape']:.1%}" in text
     smallest = next(m for m in latency["calibration"] if m["id"] == "smallest")
-    assert f"fastest subnet of the space (every group at its smallest width): {smallest['ms']:.3f} ms" in text
+    assert f"smallest subnet of the space (every group at its smallest width): {smallest['ms']:.3f} ms" in text
     trials = pd.read_csv(out / "trials.csv")
     assert "latency_ms" not in trials and trials["predicted_latency_ms"].notna().all()
     subnet = SubnetSpec.load(spec_path.parent)

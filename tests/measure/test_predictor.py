@@ -101,7 +101,7 @@ def test_the_check_reports_the_mean_absolute_percentage_error_and_spearman():
 def test_the_ceiling_is_the_speedup_measured_of_the_smallest_subnet():
     smallest = Measured(SMALLEST, 0.39, 0.4, 0.38, 0.45, 1.34, 1.2, 1.41)
     line = ceiling_line([Measured("one-third", 0.6, 0.61, 0.6, 0.62, 0.9, 0.85, 0.95), smallest])
-    assert line.startswith("fastest subnet of the space (every group at its smallest width): 0.400 ms, 1.34x (1.20-1.41)")
+    assert line.startswith("smallest subnet of the space (every group at its smallest width): 0.400 ms, 1.34x (1.20-1.41)")
     assert ceiling_line([]) is None  # weight pruning, or a model that refused its smallest widths: not measured
 
 
