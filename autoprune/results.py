@@ -265,8 +265,12 @@ class SubnetSpec:
             tmp = directory / f".{name}.tmp"
             torch.save(content, tmp)
             os.replace(tmp, directory / name)
-        atomic_write(directory / "spec.json", json.dumps(spec.to_json(), indent=2) + "\n")
+        spec.write()
         return spec
+
+    def write(self) -> None:
+        """Write spec.json into the spec's directory (``path``), at once."""
+        atomic_write(Path(self.path) / "spec.json", json.dumps(self.to_json(), indent=2) + "\n")
 
     @classmethod
     def load(cls, directory: str | Path) -> SubnetSpec:

@@ -46,3 +46,27 @@ def test_a_latency_budget_is_judged_by_the_measurement_and_a_resume_keeps_the_se
     assert latency["check"]["mape"] < 0.2 and math.isclose(latency["check"]["spearman"], 1.0)
     assert main([*args, "--quiet", "--resume", "--trials", "4"]) == 0
     assert json.loads((out / "latency.json").read_text()) == latency  # read back, not measured again
+
+
+def test_the_subnets_fine_tuned_in_a_run_are_timed_again_together(search_args, tmp_path, monkeypatch):
+    from autoprune import finetuning
+
+    joint = []
+
+    def spy(target, base_call, subnets):
+        base, measured = real(target, base_call, subnets)
+        joint.append(measured)
+        return base, measured
+
+    real = finetuning.measure_beside
+    monkeypatch.setattr(finetuning, "measure_beside", spy)
+    out = tmp_path / "run"
+    assert main([*search_args, "--strategy", "random", "--trials", "3", "--finetune-top", "2", "--finetune-epochs",
+                 "0.05", "--out", str(out), "--quiet"]) == 0
+    (measured,) = joint  # one measurement of both, after both were fine-tuned
+    specs = {s.id: s for s in (SubnetSpec.load(p.parent) for p in out.glob("subnets/*/spec.json"))}
+    assert len(specs) == 2 and sorted(m.id for m in measured) == sorted(specs)
+    for m in measured:  # what spec.json, the table and the report show
+        spec = specs[m.id]
+        assert (spec.latency_ms, spec.latency_spread, spec.speedup, spec.speedup_spread) == (
+            m.ms, [m.low, m.high], m.speedup, [m.speedup_low, m.speedup_high])
