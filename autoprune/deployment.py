@@ -91,6 +91,9 @@ class LatencySetup:
             kept = sum(len(w) for w in self.widths.values())
             lines.append(f"efficient widths: multiples of {self.multiple} channels (the fastest rounding measured), "
                          f"{kept} kept over {len(self.widths)} groups: none that a wider width runs faster")
+        elif self.roundings:  # efficient widths were looked for
+            lines.append("efficient widths: none kept, as the budget is out of reach with them at every rounding: "
+                         "every width is searched")
         ceiling = ceiling_line(self.calibration)
         if ceiling is not None:
             lines.append(ceiling)
@@ -164,7 +167,7 @@ def _set_up(config: SearchConfig, model: nn.Module, space: Space, input_shape: t
                             [Measured(**m) for m in saved["calibration"]],
                             PredictorCheck.from_record(saved["check"]), saved["seconds"],
                             saved.get("multiple"), [Measured(**m) for m in saved.get("roundings", [])])
-    widths, multiple = None, None
+    widths, multiple, roundings = None, None, []
     if config.widths == "efficient":
         say(f"timing the half-width network rounded to {', '.join(map(str, MULTIPLES))} channels")
         multiple, roundings = _fastest_multiple(space, target, base_call, input_shape)
@@ -187,7 +190,7 @@ def _set_up(config: SearchConfig, model: nn.Module, space: Space, input_shape: t
         held_out = _held_out(space, config.latency_checks, config.seed)
         check.subnets = _beside(baseline, target, base_call, _prepared(space, target, held_out, input_shape))
     return LatencySetup(target, base_call, baseline, widths, table.offset, table.scale, calibration, check,
-                        time.perf_counter() - tic, multiple, roundings if multiple else [])
+                        time.perf_counter() - tic, multiple, roundings)
 
 
 def _fit(space: PruningSpace, table: LatencyTable, baseline: Timing, at: Mapping[str, Mapping[str, float]],

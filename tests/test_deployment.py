@@ -63,3 +63,14 @@ def test_a_share_of_latency_is_judged_by_the_paired_speedup_and_a_ceiling_in_ms_
     (c, d) = latency_verdicts([fast, slow], parse_budget("5ms"), base)
     assert c == (fast, "5.500 ms measured against 5.000 ms", False) and d[2] is True
     assert latency_verdicts([fast], parse_budget("50%flops"), base) == []
+
+
+def test_the_set_up_says_where_no_efficient_widths_were_kept():
+    from autoprune.measure.predictor import Measured
+
+    rounding = Measured("8", None, 1.0, 0.9, 1.1, 1.5, 1.4, 1.6)
+    setup = LatencySetup(TorchTarget(threads=1), lambda: None, Timing(2.0, 2.0, 2.0, 3), None, 0.0, 1.0, [],
+                         PredictorCheck(), 0.0, None, [rounding])
+    assert any(line.startswith("efficient widths: none kept") for line in setup.describe())
+    setup.roundings = []  # --widths all: nothing looked for, nothing said
+    assert not any("efficient widths" in line for line in setup.describe())

@@ -112,9 +112,14 @@ def test_the_default_job_as_make_demo_runs_it(tmp_path):
     latency = json.loads((out / "latency.json").read_text())
     assert latency["target"]["target"] == "onnxruntime" and latency["target"]["batch"] == 1
     assert latency["baseline"]["rounds"] == 15  # --latency-rounds
-    assert latency["multiple"] in MULTIPLES and [int(m["id"]) for m in latency["roundings"]] == list(MULTIPLES)
+    assert [int(m["id"]) for m in latency["roundings"]] == list(MULTIPLES)
     groups = {g["name"]: g for g in config["groups"]}
-    for name, widths in latency["widths"].items():
+    # the widths kept rest on layer timings: on a busy machine the budget may be out of their reach, and then
+    # every width is searched, and said so
+    if latency["multiple"] is None:
+        assert latency["widths"] is None and "efficient widths: none kept" in text
+    for name, widths in (latency["widths"] or {}).items():
+        assert latency["multiple"] in MULTIPLES
         assert widths[-1] == groups[name]["channels"] and widths == sorted(set(widths))
         assert all(w % latency["multiple"] == 0 for w in widths[:-1])
     check = latency["check"]
@@ -129,7 +134,7 @@ def test_the_default_job_as_make_demo_runs_it(tmp_path):
     assert subnet.latency_spread[0] <= subnet.latency_ms <= subnet.latency_spread[1]
     assert subnet.speedup_spread[0] <= subnet.speedup <= subnet.speedup_spread[1] and subnet.predicted_latency_ms > 0
     for name, kept in subnet.kept.items():
-        assert len(kept) in latency["widths"][name]
+        assert latency["widths"] is None or len(kept) in latency["widths"][name]
     report = (out / "report.md").read_text()
     assert "Latency: measured on onnxruntime" in report and "predictor error on 4 held-out subnets" in report
     assert f"{subnet.speedup:.2f}x" in report and f"{subnet.speedup:.2f}x" in text
