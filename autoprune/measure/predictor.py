@@ -12,7 +12,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -40,16 +40,18 @@ def rounded_widths(space: Space, multiple: int) -> dict[str, list[int]]:
     return {g.name: candidate_widths(space, g.name, multiple) for g in space.groups}
 
 
-def group_ms(space: Space, table: LatencyTable, name: str, widths: Sequence[int]) -> dict[int, float]:
+def group_ms(space: Space, table: LatencyTable, name: str, widths: Sequence[int],
+             again: Collection[int] = ()) -> dict[int, float]:
     """Per width of ``widths``: the table's ms of the layers group ``name`` cuts at that width, the other groups
-    whole (not calibrated: only their order matters)."""
+    whole (not calibrated: only their order matters). The layers of the widths in ``again`` are timed once more
+    (``LatencyTable.layer_ms``)."""
     full = space.costs.layer_dims({})
     narrowest = space.costs.layer_dims({name: min(widths)})
     cut = [layer for layer in table.layers if narrowest[layer] != full[layer]]
     times = {}
     for width in widths:
         dims = space.costs.layer_dims({name: width})
-        times[width] = sum(table.layer_ms(layer, *dims[layer]) for layer in cut)
+        times[width] = sum(table.layer_ms(layer, *dims[layer], again=width in again) for layer in cut)
     table.save()
     return times
 
@@ -58,19 +60,31 @@ def efficient_widths(space: Space, table: LatencyTable, multiple: int = 1,
                      tolerance: float = TOLERANCE) -> dict[str, list[int]]:
     """Per group of ``space``: its candidate widths at ``multiple`` that no wider width runs more than
     ``tolerance`` faster, ascending, ending at the full width. Times each width's layers on the table's target
-    (cached)."""
+    (cached); a width about to be dropped is timed again, with the wider one that beats it, so that a timing
+    taken while the machine was busy does not drop it."""
     kept = {}
     for group in space.groups:
-        times = group_ms(space, table, group.name, candidate_widths(space, group.name, multiple))
-        widths = sorted(times)
-        fastest_wider = math.inf
-        efficient = []
-        for width in reversed(widths):  # widest first: the fastest of the wider ones is known at each step
-            if times[width] <= fastest_wider * (1 + tolerance):
-                efficient.append(width)
-            fastest_wider = min(fastest_wider, times[width])
-        kept[group.name] = sorted(efficient)
+        widths = candidate_widths(space, group.name, multiple)
+        times = group_ms(space, table, group.name, widths)
+        beaten = _beaten(times, tolerance)
+        if beaten:
+            times = group_ms(space, table, group.name, widths, again={*beaten, *beaten.values()})
+            beaten = _beaten(times, tolerance)
+        kept[group.name] = [w for w in widths if w not in beaten]
     return kept
+
+
+def _beaten(times: Mapping[int, float], tolerance: float) -> dict[int, int]:
+    """Each width of ``times`` (width -> ms) that a wider one runs more than ``tolerance`` faster, with the
+    fastest of the wider ones."""
+    beaten = {}
+    fastest = None
+    for width in sorted(times, reverse=True):  # widest first: the fastest of the wider ones is known at each step
+        if fastest is not None and times[width] > times[fastest] * (1 + tolerance):
+            beaten[width] = fastest
+        if fastest is None or times[width] < times[fastest]:
+            fastest = width
+    return beaten
 
 
 def spearman(a: Sequence[float], b: Sequence[float]) -> float:

@@ -33,7 +33,7 @@ class OddTable(LatencyTable):
     """A layer takes in x out units of time, doubled where a width is not a multiple of 8: a runtime whose
     kernels run multiples of 8 fast."""
 
-    def layer_ms(self, name, in_dim, out_dim):
+    def layer_ms(self, name, in_dim, out_dim, *, again=False):
         slow = 2.0 if in_dim % 8 or out_dim % 8 else 1.0
         return slow * max(in_dim, 1) * out_dim
 
@@ -50,6 +50,46 @@ def test_efficient_widths_drop_every_width_a_wider_one_beats():
     # 4 (288) and 8 (320) beat everything wider; 9 (648) is within 5% of 16 (640), so kept; 10 (720) is not
     assert widths["3"] == [4, 8, 9, 16]
     assert efficient_widths(space, table, 8) == {"0": [8, 16, 24, 32], "3": [8, 16]}
+
+
+class BusyTarget(TorchTarget):
+    """A layer takes in x out units of time, but the first timing of each layer in ``busy`` (widths (in, out))
+    takes ``busy``'s factor longer, as when other work shares the machine; ``timed`` counts the timings."""
+
+    def __init__(self, busy: dict[tuple[int, int], float]):
+        super().__init__()
+        self.busy = dict(busy)
+        self.timed: dict[tuple[int, int], int] = {}
+
+    def prepare_layer(self, module, input_shape):
+        dims = (module.in_channels, module.out_channels) if isinstance(module, nn.Conv2d) else \
+            (module.in_features, module.out_features)
+        return dims
+
+    def time_layer(self, dims):
+        self.timed[dims] = self.timed.get(dims, 0) + 1
+        return dims[0] * dims[1] * (self.busy.pop(dims, 1.0))
+
+
+def test_a_width_timed_while_the_machine_was_busy_is_timed_again_before_it_is_dropped():
+    space = _space()
+    # group 0 cuts conv 0 (1 -> w) and conv 3 (w -> 16): 17w, every width faster than any wider one. Conv 3 at
+    # width 12 is first timed 3x slower (12 + 3 x 192 = 588 > 13's 221, 14's, ...): timed again, 204, kept.
+    target = BusyTarget({(12, 16): 3.0})
+    widths = efficient_widths(space, LatencyTable(space.latency_layers(), target))
+    assert widths["0"] == candidate_widths(space, "0")
+    assert target.timed[12, 16] == 2 and target.timed[1, 12] == 2  # the beaten width's layers, and
+    assert target.timed[1, 13] == 2 and target.timed[1, 14] == 1  # the fastest wider width's, once more
+    # a width slow on every timing is still dropped, and the retiming keeps the lower of the two timings
+    target = BusyTarget({})
+    table = OddTable(space.latency_layers(), target)
+    assert efficient_widths(space, table)["0"] == [8, 16, 24, 32]
+    target = BusyTarget({(1, 20): 5.0})
+    table = LatencyTable(space.latency_layers(), target)
+    first = table.layer_ms("0", 1, 20)
+    assert (first, table.layer_ms("0", 1, 20, again=True), table.layer_ms("0", 1, 20)) == (100.0, 20.0, 20.0)
+    target.busy[1, 20] = 5.0  # busy on the third timing: the second, lower, stays
+    assert table.layer_ms("0", 1, 20, again=True) == 20.0 and target.timed[1, 20] == 3
 
 
 def test_kept_widths_snap_a_ratio_to_the_nearest_the_wider_on_a_tie():
