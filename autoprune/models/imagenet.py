@@ -4,7 +4,7 @@ Each takes images ``(N, C, H, W)`` and returns logits ``(N, classes)``; both ada
 channels and classes. Both downsample 32x (224x224 -> 7x7) and end in global average pooling, so any input
 size runs, but they are built for 224x224. The blocks are the CIFAR zoo's own: ``BasicBlock`` and
 ``InvertedResidual`` are the papers' blocks unchanged (only the stems and strides of the CIFAR networks
-differ from the papers), and ``_init`` is the usual Kaiming-normal (fan_out) / BN 1, 0 initialisation.
+differ from the papers; the ImageNet MobileNetV2 is the CIFAR one with the paper's strides), and ``_init`` is the usual Kaiming-normal (fan_out) / BN 1, 0 initialisation.
 The layers are named as in the CIFAR networks, so the ``resnet`` and ``mobilenet`` search spaces apply.
 """
 
@@ -15,7 +15,7 @@ from typing import ClassVar
 from torch import nn
 
 from autoprune.models.registry import register_model
-from autoprune.models.zoo import BasicBlock, InvertedResidual, _init
+from autoprune.models.zoo import BasicBlock, CifarMobileNetV2, _init
 
 
 class ImageNetResNet(nn.Module):
@@ -63,8 +63,9 @@ def resnet18_imagenet(in_channels: int = 3, num_classes: int = 1000) -> nn.Modul
     return ImageNetResNet((2, 2, 2, 2), in_channels, num_classes)
 
 
-class ImageNetMobileNetV2(nn.Module):
-    """MobileNetV2 (Sandler et al. 2018, table 2) at width multiplier 1.0 for 224x224 images.
+class ImageNetMobileNetV2(CifarMobileNetV2):
+    """MobileNetV2 (Sandler et al. 2018, table 2) at width multiplier 1.0 for 224x224 images: the CIFAR zoo's
+    ``CifarMobileNetV2`` with the paper's strides (a stride-2 first conv, and the 24-channel stage at stride 2).
 
     ``features``: a 3x3 stride-2 conv of 32 channels with BN and ReLU6, the paper's 17 inverted residual blocks
     (``_CFG``: expansion, channels, blocks, stride of the first block), a 1x1 conv to 1280 channels with BN and
@@ -72,32 +73,13 @@ class ImageNetMobileNetV2(nn.Module):
     ``(N, in_channels, H, W)`` -> ``(N, num_classes)``; the feature map before pooling is
     ``(N, 1280, ceil(H / 32), ceil(W / 32))`` (7x7 at 224x224). Where it departs from the paper: the paper's
     final 1x1 conv classifier is a linear layer here (the same arithmetic on a pooled 1x1 map), with no
-    dropout before it; the layers are named as in the CIFAR zoo's ``CifarMobileNetV2``.
+    dropout before it.
     """
 
     # (expansion, channels, blocks, stride): the paper's table 2.
     _CFG: ClassVar[list[tuple[int, int, int, int]]] = [
         (1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)]
-
-    def __init__(self, in_channels: int, num_classes: int) -> None:
-        super().__init__()
-        layers: list[nn.Module] = [
-            nn.Conv2d(in_channels, 32, 3, 2, 1, bias=False), nn.BatchNorm2d(32), nn.ReLU6(inplace=True)
-        ]
-        channels = 32
-        for expand, out, blocks, stride in self._CFG:
-            for i in range(blocks):
-                layers.append(InvertedResidual(channels, out, stride if i == 0 else 1, expand))
-                channels = out
-        layers += [nn.Conv2d(channels, 1280, 1, bias=False), nn.BatchNorm2d(1280), nn.ReLU6(inplace=True)]
-        self.features = nn.Sequential(*layers)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.classifier = nn.Linear(1280, num_classes)
-        _init(self)
-
-    def forward(self, x):
-        """Images ``(N, in_channels, H, W)`` -> logits ``(N, num_classes)``."""
-        return self.classifier(self.pool(self.features(x)).flatten(1))
+    _STEM_STRIDE: ClassVar[int] = 2
 
 
 @register_model(family="mobilenet")

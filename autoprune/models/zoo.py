@@ -190,11 +190,12 @@ class CifarMobileNetV2(nn.Module):
 
     # (expansion, channels, blocks, stride); strides of the first stages are 1 for small images.
     _CFG: ClassVar[list[tuple[int, int, int, int]]] = [(1, 16, 1, 1), (6, 24, 2, 1), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)]
+    _STEM_STRIDE: ClassVar[int] = 1
 
     def __init__(self, in_channels: int, num_classes: int) -> None:
         super().__init__()
         layers: list[nn.Module] = [
-            nn.Conv2d(in_channels, 32, 3, 1, 1, bias=False), nn.BatchNorm2d(32), nn.ReLU6(inplace=True)
+            nn.Conv2d(in_channels, 32, 3, self._STEM_STRIDE, 1, bias=False), nn.BatchNorm2d(32), nn.ReLU6(inplace=True)
         ]
         channels = 32
         for expand, out, blocks, stride in self._CFG:
