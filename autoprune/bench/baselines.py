@@ -20,12 +20,15 @@ from autoprune.bench.common import (
     best_searched,
     figure,
     finetuned_accuracy,
-    measure_latencies,
+    measure_on_target,
+    set_up_widths,
 )
 from autoprune.budget import Budget, parse_budget
 from autoprune.config import SearchConfig
 from autoprune.errors import UserError
+from autoprune.measure.cost import Cost
 from autoprune.measure.count import count_cost
+from autoprune.measure.layers import built_dims
 from autoprune.pruning.space import PruningSpace
 from autoprune.search import list_strategies
 from autoprune.search.allocation import bisect_budget, uniform_at_budget
@@ -50,15 +53,20 @@ def run(config: SearchConfig, bench: BenchDir, *, budgets: list[str], strategy: 
     """Fine-tune the searched, uniform, global-magnitude and unpruned models alike at each budget, with
     ``finetune_seeds`` seeds; returns the table of baselines.csv.
 
-    Per budget and method: MACs of one sample, MACs as % of the unpruned model, params, the adaptive-BN proxy
-    accuracy and the test accuracy's mean, min and max over the seeds (fractions in [0, 1]), and the
-    latency in ms at each of ``latency_batches``. A method that cannot meet a budget is skipped. Also
-    writes runs.csv (per seed), baselines.png and summary.md, and journals every unit of work in ``bench``.
+    Every method keeps the width rule a search sets up on the target at the first of ``latency_batches``
+    (``set_up_widths``); a latency budget is predicted there for all three (global: each bisection step's layer
+    widths), and the measurement shows how near to equal latency they came. Per budget and method: MACs of one
+    sample, MACs as % of the unpruned model, params, the adaptive-BN proxy accuracy and the test accuracy's mean,
+    min and max over the seeds (fractions in [0, 1]), and at each of ``latency_batches`` the latency in ms and
+    the speedup over the unpruned model, measured on the target beside it, with their lowest and highest
+    rounds. A method that cannot meet a budget is skipped. Also writes runs.csv (per seed), baselines.png and
+    summary.md, and journals every unit of work in ``bench``.
     """
     parsed = {b: parse_budget(b) for b in budgets}
-    config = replace(config, finetune_epochs=finetune_epochs)
+    config = replace(config, finetune_epochs=finetune_epochs, latency_batch=latency_batches[0])
     data, _, space = load_workbench(config)
     evaluator = make_evaluator(config, data)
+    setup = set_up_widths(config, bench, space, data.input_shape, latency_batches[0], budgets[-1], quiet=quiet)
     seeds = [config.seed + 1 + j for j in range(finetune_seeds)]
     arms: list[tuple[str, str, nn.Module | None]] = [("100%", "unpruned", copy.deepcopy(space.model))]
     for text, budget in parsed.items():
@@ -66,13 +74,17 @@ def run(config: SearchConfig, bench: BenchDir, *, budgets: list[str], strategy: 
         arms.append((text, "searched", None if best is None else space.prune(best[0])[0]))
         uniform = uniform_at_budget(space, budget)
         arms.append((text, "uniform", None if uniform is None else space.prune(uniform)[0]))
-        arms.append((text, "global", _global_magnitude(space, budget)))
+        arms.append((text, "global", _global_magnitude(space, budget, round_to=setup.multiple or 1)))
     skipped = [f"{text} {method}" for text, method, model in arms if model is None]
     for name in skipped:
         bench.log(f"{name}: cannot meet the budget, skipped")
     arms = [(text, method, model) for text, method, model in arms if model is not None]
-    latency = bench.done("latency") or bench.record("latency", measure_latencies(
-        {f"{text} {method}": model for text, method, model in arms}, data.input_shape, latency_batches, config.device))
+    latency = bench.done("latency")
+    if latency is None:
+        bench.log(f"timing {len(arms)} models at batch {', '.join(map(str, latency_batches))}")
+        timed, described = measure_on_target(config, {f"{text} {method}": model for text, method, model in arms},
+                                             data.input_shape, latency_batches)
+        latency = bench.record("latency", {"models": timed, "target": described})
     rows = []
     for text, method, model in arms:
         arm = bench.done(f"{text} {method}")
@@ -80,21 +92,30 @@ def run(config: SearchConfig, bench: BenchDir, *, budgets: list[str], strategy: 
             cost = count_cost(model, space.example_input)
             arm = bench.record(f"{text} {method}", {"macs": cost.macs, "params": cost.params,
                                                     "proxy_acc": evaluator.score(copy.deepcopy(model))})
+        timed = {f"{key}_b{b}": value for b in latency_batches
+                 for key, value in _latency_columns(latency["models"][f"{text} {method}"][str(b)]).items()}
         for seed in seeds:
             key = f"{text} {method} seed {seed}"
             result, trained = finetuned_accuracy(bench, key, model, config, data, evaluator, seed=seed)
             if trained:
                 bench.log(f"{key}: {result['test_acc']:.2%} after {finetune_epochs} epochs")
-            rows.append({"budget": text, "method": method, "seed": seed, **arm,
-                         **{f"latency_b{b}_ms": latency[f"{text} {method}"][str(b)] for b in latency_batches}, **result})
+            rows.append({"budget": text, "method": method, "seed": seed, **arm, **timed, **result})
     runs = pd.DataFrame(rows)
     runs["macs_pct"] = 100 * runs["macs"] / space.base_cost.macs
     bench.write_csv("runs.csv", runs)
     table = _table(runs)
     bench.write_csv("baselines.csv", table)
-    _plot(bench, table)
-    _summary(bench, config, table, seeds, strategy, trials, latency_batches)
+    _plot(bench, table, latency_batches[0])
+    _summary(bench, config, table, seeds, strategy, trials, latency_batches, latency["target"], setup)
     return table
+
+
+def _latency_columns(measured: dict[str, float]) -> dict[str, float]:
+    """One model's measurement at one batch (``measure_on_target``) as columns: latency (ms) and speedup, each
+    with its lowest and highest round."""
+    return {"latency": measured["ms"], "latency_low": measured["low"], "latency_high": measured["high"],
+            "speedup": measured["speedup"], "speedup_low": measured["speedup_low"],
+            "speedup_high": measured["speedup_high"]}
 
 
 def _global_magnitude(space: PruningSpace, budget: Budget, round_to: int = 1) -> nn.Module | None:
@@ -102,9 +123,11 @@ def _global_magnitude(space: PruningSpace, budget: Budget, round_to: int = 1) ->
     rounded to a multiple of ``round_to``.
 
     Each group may lose at most the space's largest ratio, and the classifier is kept, as in the
-    search. None when the budget needs latency (no model for it here) or cannot be met.
+    search. A latency budget is judged by the space's predictor at each step's layer widths (``built_dims``).
+    None when the budget needs latency and the space has no predictor, or cannot be met.
     """
-    if budget.needs_latency:
+    table = space.costs.latency
+    if budget.needs_latency and table is None:
         return None
     base = space.base_cost
     cap = max(g.high for g in space.groups)
@@ -120,14 +143,17 @@ def _global_magnitude(space: PruningSpace, budget: Budget, round_to: int = 1) ->
         return model
 
     def fits(model: nn.Module) -> bool:
-        return budget.feasible(count_cost(model, space.example_input), base)
+        cost = count_cost(model, space.example_input)
+        if budget.needs_latency:
+            cost = Cost(cost.macs, cost.params, table.predict(built_dims(model, table.layers)))
+        return budget.feasible(cost, base)
 
     found = bisect_budget(pruned, fits, 0.0, cap, iterations=14)
     return None if found is None else found[1]
 
 
 def _table(runs: pd.DataFrame) -> pd.DataFrame:
-    latency = [c for c in runs if c.startswith("latency_b")]
+    latency = [c for c in runs if c.startswith(("latency", "speedup"))]
     grouped = runs.groupby(["budget", "method"], sort=False)
     table = grouped.agg(macs=("macs", "first"), macs_pct=("macs_pct", "first"), params=("params", "first"),
                         proxy_acc=("proxy_acc", "first"), test_mean=("test_acc", "mean"), test_min=("test_acc", "min"),
@@ -136,36 +162,39 @@ def _table(runs: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
-def _plot(bench: BenchDir, table: pd.DataFrame) -> None:
-    fig, axes = figure(1, width=7.0)
-    ax = axes[0][0]
+def _plot(bench: BenchDir, table: pd.DataFrame, batch: int) -> None:
+    fig, axes = figure(2, width=6.0)
     base = table[table["method"] == "unpruned"]
-    if len(base):
-        b = base.iloc[0]
-        ax.axhspan(100 * b["test_min"], 100 * b["test_max"], color="grey", alpha=0.2)
-        ax.axhline(100 * b["test_mean"], color="grey", linestyle="--", label="unpruned (fine-tuned alike)")
-    for method, marker in (("searched", "o"), ("uniform", "s"), ("global", "^")):
-        t = table[table["method"] == method].sort_values("macs_pct")
-        if len(t):
-            ax.errorbar(t["macs_pct"], 100 * t["test_mean"],
-                        yerr=[100 * (t["test_mean"] - t["test_min"]), 100 * (t["test_max"] - t["test_mean"])],
-                        fmt=f"-{marker}", capsize=3, label=method)
-    ax.set_xlabel("MACs (% of the unpruned model)")
-    ax.set_ylabel("test accuracy (%; mean and range over fine-tune seeds)")
-    ax.grid(alpha=0.3)
-    ax.legend()
+    for ax, x, label in ((axes[0][0], "macs_pct", "MACs (% of the unpruned model)"),
+                         (axes[0][1], f"speedup_b{batch}", f"speedup at batch {batch}, measured on the target")):
+        if len(base):
+            b = base.iloc[0]
+            ax.axhspan(100 * b["test_min"], 100 * b["test_max"], color="grey", alpha=0.2)
+            ax.axhline(100 * b["test_mean"], color="grey", linestyle="--", label="unpruned (fine-tuned alike)")
+        for method, marker in (("searched", "o"), ("uniform", "s"), ("global", "^")):
+            t = table[table["method"] == method].sort_values(x)
+            if len(t):
+                ax.errorbar(t[x], 100 * t["test_mean"],
+                            yerr=[100 * (t["test_mean"] - t["test_min"]), 100 * (t["test_max"] - t["test_mean"])],
+                            fmt=marker, capsize=3, label=method)
+        ax.set_xlabel(label)
+        ax.set_ylabel("test accuracy (%; mean and range over fine-tune seeds)")
+        ax.grid(alpha=0.3)
+        ax.legend()
     bench.save_figure(fig, "baselines.png")
 
 
-def _summary(bench, config, table, seeds, strategy, trials, latency_batches) -> None:
-    lat_cols = [f"latency_b{b}_ms" for b in latency_batches]
+def _summary(bench, config, table, seeds, strategy, trials, latency_batches, targets, setup) -> None:
     lines = ["| budget | method | MACs (M) | MACs % | params (M) | proxy before fine-tuning | test accuracy (mean, range) | "
-             + " | ".join(f"latency b{b} (ms)" for b in latency_batches) + " |",
-             "|---|---|---:|---:|---:|---:|---:|" + "---:|" * len(lat_cols)]
-    for r in table.itertuples():
-        lines.append(f"| {r.budget} | {r.method} | {r.macs / 1e6:.2f} | {r.macs_pct:.1f} | {r.params / 1e6:.3f} | "
-                     f"{r.proxy_acc:.2%} | {r.test_mean:.2%} ({r.test_min:.2%}-{r.test_max:.2%}) | "
-                     + " | ".join(f"{getattr(r, c):.2f}" for c in lat_cols) + " |")
+             + " | ".join(f"b{b} ms | b{b} speedup" for b in latency_batches) + " |",
+             "|---|---|---:|---:|---:|---:|---:|" + "---:|---:|" * len(latency_batches)]
+    for _, r in table.iterrows():
+        cells = " | ".join(f"{r[f'latency_b{b}']:.3f} | {r[f'speedup_b{b}']:.2f}x ({r[f'speedup_low_b{b}']:.2f}-"
+                           f"{r[f'speedup_high_b{b}']:.2f})" for b in latency_batches)
+        lines.append(f"| {r['budget']} | {r['method']} | {r['macs'] / 1e6:.2f} | {r['macs_pct']:.1f} | "
+                     f"{r['params'] / 1e6:.3f} | {r['proxy_acc']:.2%} | {r['test_mean']:.2%} ({r['test_min']:.2%}-"
+                     f"{r['test_max']:.2%}) | {cells} |")
+    first = latency_batches[0]
     verdicts = []
     for budget, group in table[table["method"] != "unpruned"].groupby("budget", sort=False):
         rows = group.set_index("method")
@@ -179,19 +208,28 @@ def _summary(bench, config, table, seeds, strategy, trials, latency_batches) -> 
             gap = 100 * (s["test_mean"] - o["test_mean"])
             overlap = s["test_min"] <= o["test_max"] and o["test_min"] <= s["test_max"]
             verdicts.append(f"- {budget}: searched vs {other} {gap:+.2f} pp"
-                            + (" (seed ranges overlap: not a clear difference)" if overlap else ""))
+                            + (" (seed ranges overlap: not a clear difference)" if overlap else "")
+                            + (f", at {s[f'speedup_b{first}']:.2f}x vs {o[f'speedup_b{first}']:.2f}x measured"
+                               if parse_budget(budget).needs_latency else ""))
+    where = "; ".join(f"batch {b}: {targets[str(b)]}" for b in latency_batches)
+    widths = (f"multiples of {setup.multiple} channels, only the widths no wider one runs faster (global: rounded "
+              f"to the same multiple)" if setup.widths is not None else "every width")
     body = f"""
 {config.model} on {config.data}. Every model was recalibrated (adaptive BN) and fine-tuned for
 {config.finetune_epochs} epochs (lr {config.finetune_lr}, SGD, cosine) with seeds {', '.join(map(str, seeds))}; test accuracy on
 the test split. `searched`: the best adaptive-BN proxy of {trials} `{strategy}` trials; `uniform`: the same ratio in
 every group (largest within budget, criterion {config.criterion}); `global`: Torch-Pruning MagnitudePruner, L1,
-global threshold, per-group cap as in the search space; `unpruned`: the baseline fine-tuned alike.
-Latency: forward pass on {config.device} (eval mode), median of 3 interleaved rounds per model.
+global threshold, per-group cap as in the search space; `unpruned`: the baseline fine-tuned alike. Width rule, as
+the search set it up at batch {first}: {widths}. A latency budget is predicted at batch {first} for all three
+methods and then measured: the speedups show how near to equal latency they came.
+Target: {where}. Latency: each model exported as it ships and timed beside the unpruned model in
+{config.latency_rounds} interleaved rounds; speedup paired round by round, (lowest-highest round) after it.
 
 """ + "\n".join(lines) + "\n\n" + "\n".join(verdicts) + """
 
-![test accuracy vs MACs](baselines.png)
+![test accuracy vs MACs and vs measured speedup](baselines.png)
 
-Files: baselines.csv (per model), runs.csv (per fine-tune seed), runs/ (the searches).
+Files: baselines.csv (per model), runs.csv (per fine-tune seed), runs/ (the searches; runs/widths/latency.json,
+the width rule).
 """
     bench.write_summary("Searched subnets against baselines", body)

@@ -189,6 +189,23 @@ def finetuned_accuracy(bench: BenchDir, key: str, model: nn.Module, config: Sear
                               "finetune_seconds": round(time.perf_counter() - tic, 1)}), True
 
 
+def set_up_widths(config: SearchConfig, bench: BenchDir, space: Space, input_shape: tuple[int, ...], batch: int,
+                  budget: str, *, quiet: bool = False):
+    """The width rule and latency predictor a search at ``budget`` sets up (``autoprune.deployment``), on the
+    run's target at ``batch``, written to runs/widths/latency.json (read back on a resumed study): restricts
+    ``space`` to its efficient widths and attaches the calibrated predictor, so that the study's uniform and
+    global subnets follow the searched ones' rule. Returns the ``LatencySetup``."""
+    from autoprune.budget import parse_budget
+    from autoprune.deployment import save_setup, set_up_latency
+
+    setup_dir = bench.path / "runs" / "widths"
+    setup_dir.mkdir(parents=True, exist_ok=True)
+    setup = set_up_latency(replace(config, latency_batch=batch, latency_checks=0), space.model, space, input_shape,
+                           setup_dir, parse_budget(budget), quiet=quiet)
+    save_setup(setup, setup_dir)
+    return setup
+
+
 def measure_on_target(config: SearchConfig, models: dict[str, nn.Module], input_shape: tuple[int, ...],
                       batches: list[int]) -> tuple[dict[str, dict[str, dict[str, float]]], dict[str, str]]:
     """Each model at each batch on the run's target (``--target``, ``--latency-threads``), prepared as it would

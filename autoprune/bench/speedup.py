@@ -20,10 +20,9 @@ from dataclasses import replace
 import numpy as np
 import pandas as pd
 
-from autoprune.bench.common import BenchDir, best_searched, figure, measure_on_target
+from autoprune.bench.common import BenchDir, best_searched, figure, measure_on_target, set_up_widths
 from autoprune.budget import parse_budget
 from autoprune.config import SearchConfig
-from autoprune.deployment import save_setup, set_up_latency
 from autoprune.errors import UserError
 from autoprune.search.allocation import uniform_at_budget
 from autoprune.workbench import load_workbench
@@ -59,11 +58,7 @@ def run(config: SearchConfig, bench: BenchDir, *, budgets: list[str], latency_bu
     from autoprune.bench.baselines import _global_magnitude
 
     data, _, space = load_workbench(config)
-    setup_dir = bench.path / "runs" / "widths"
-    setup_dir.mkdir(parents=True, exist_ok=True)
-    setup = set_up_latency(replace(config, latency_batch=latency_batches[0], latency_checks=0), space.model, space,
-                           data.input_shape, setup_dir, parse_budget(budgets[-1]), quiet=quiet)
-    save_setup(setup, setup_dir)
+    setup = set_up_widths(config, bench, space, data.input_shape, latency_batches[0], budgets[-1], quiet=quiet)
     models = {"unpruned": ("", "unpruned", space.model)}
     predicted: dict[str, float] = {}
     for text in budgets:

@@ -14,7 +14,7 @@ and the space counts every candidate by tracing instead.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
@@ -101,6 +101,23 @@ def is_depthwise(module: nn.Module) -> bool:
     """A conv whose every output channel sees one input channel of its own (groups == in == out channels)."""
     return (isinstance(module, CONV_TYPES) and module.groups > 1
             and module.groups == module.in_channels == module.out_channels)
+
+
+def built_dims(model: nn.Module, names: Iterable[str]) -> dict[str, tuple[int, int]]:
+    """The (input, output) width of each conv or linear layer ``names`` of ``model`` as it is built, as
+    ``CostModel.layer_dims`` gives them (a depthwise conv's input is 1): a model pruned by other means than its
+    space's groups, in the latency table's terms. Raises ``KeyError`` for a name ``model`` lacks."""
+    modules = dict(model.named_modules())
+    dims = {}
+    for name in names:
+        module = modules[name]
+        if is_depthwise(module):
+            dims[name] = (1, module.out_channels)
+        elif isinstance(module, CONV_TYPES):
+            dims[name] = (module.in_channels, module.out_channels)
+        else:
+            dims[name] = (module.in_features, module.out_features)
+    return dims
 
 
 def trace_layers(model: nn.Module, example_input: torch.Tensor, names: dict[nn.Module, str],
