@@ -17,7 +17,8 @@ from dataclasses import dataclass
 
 ROUNDS = 15  # interleaved rounds of a measurement (--latency-rounds): short ones, so that models meet the same moments
 ROUND_MS = 20.0  # each model's share of a round lasts about this long: its passes' median is the round's
-REPEATS = (5, 400)  # the fewest and most timed passes of one model in one round
+REPEATS = (1, 400)  # the fewest and most timed passes of one model in one round
+SETTLE = 3  # untimed passes before a model's share of a round (fewer where its share is fewer passes)
 OUTLIER = 0.25  # a round more than this far from its model's median (relative) is timed again, once
 
 
@@ -67,17 +68,25 @@ def time_interleaved(calls: Mapping[str, Callable[[], object]], device: str = "c
     """Each round times every call of ``calls`` for about ``ROUND_MS`` (within ``REPEATS`` passes; the median
     pass kept), in an order rotated from round to round; ``rounds`` rounds. A round in which some call is more
     than ``OUTLIER`` from that call's median of rounds (the machine was busy) is timed again, once. Returns each
-    call's round medians in ms, in round order, so that two calls' rounds pair up (``paired_speedup``)."""
+    call's round medians in ms, in round order, so that two calls' rounds pair up (``paired_speedup``).
+
+    The passes scale with a call's length: one first pass tells it, a call shorter than ``ROUND_MS`` is warmed up
+    (``warmup``) and timed 3 times for its share of a round, and each share starts with up to ``SETTLE`` untimed
+    passes, no more than it times. A call of seconds (an ImageNet-sized network at batch 64 on a CPU) thus takes
+    2 passes a round rather than 8."""
     names = list(calls)
     repeats = {}
     for name in names:
-        once = time_forward(calls[name], device, warmup=warmup, repeats=3)
+        once = time_forward(calls[name], device, warmup=0, repeats=1)
+        if once < ROUND_MS:
+            once = time_forward(calls[name], device, warmup=warmup, repeats=3)
         repeats[name] = int(min(max(ROUND_MS / max(once, 1e-3), REPEATS[0]), REPEATS[1]))
 
     def one_round(index: int) -> dict[str, float]:
         order = names[index % len(names):] + names[:index % len(names)]
         # a few passes first: caches and the runtime's threads settle on this model
-        return {name: time_forward(calls[name], device, warmup=3, repeats=repeats[name]) for name in order}
+        return {name: time_forward(calls[name], device, warmup=min(SETTLE, repeats[name]), repeats=repeats[name])
+                for name in order}
 
     results = [one_round(i) for i in range(rounds)]
     medians = {name: statistics.median(r[name] for r in results) for name in names}

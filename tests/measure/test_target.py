@@ -79,13 +79,16 @@ def test_auto_is_onnxruntime_on_the_cpu_and_onnxruntime_runs_only_there():
         make_target("tvm")
 
 
-def _scripted(monkeypatch, script: dict[str, list[float]]):
-    """time_forward returns each call's next scripted value (the first of each: the repeats estimate)."""
+def _scripted(monkeypatch, script: dict[str, list[float]], passes: list | None = None):
+    """time_forward returns each call's next scripted value (the first of each: its first pass; for a pass
+    under ROUND_MS, the second: the repeats estimate); ``passes`` collects (name, warmup, repeats) of each."""
     calls = []
 
     def fake(fn, device, warmup=5, repeats=30):
         name = fn()
         calls.append(name)
+        if passes is not None:
+            passes.append((name, warmup, repeats))
         return script[name].pop(0)
 
     monkeypatch.setattr(timing_module, "time_forward", fake)
@@ -94,10 +97,19 @@ def _scripted(monkeypatch, script: dict[str, list[float]]):
 
 def test_interleaved_rounds_rotate_and_time_a_stray_round_again(monkeypatch):
     # per call: the estimate, then 3 rounds; b's second round strays (x2), so round 2 is timed again
-    calls = _scripted(monkeypatch, {"a": [1.0, 1.0, 1.1, 0.9, 1.05], "b": [2.0, 2.0, 4.0, 2.2, 2.1]})
+    calls = _scripted(monkeypatch, {"a": [1.0, 1.0, 1.0, 1.1, 0.9, 1.05], "b": [2.0, 2.0, 2.0, 4.0, 2.2, 2.1]})
     rounds = time_interleaved({"a": lambda: "a", "b": lambda: "b"}, rounds=3)
     assert rounds == {"a": [1.0, 1.05, 0.9], "b": [2.0, 2.1, 2.2]}
-    assert calls == ["a", "b", "a", "b", "b", "a", "a", "b", "b", "a"]  # the order rotates each round
+    assert calls == ["a", "a", "b", "b", "a", "b", "b", "a", "a", "b", "b", "a"]  # the order rotates each round
+
+
+def test_the_passes_of_a_round_scale_with_the_length_of_a_pass(monkeypatch):
+    # a 1 ms pass: 20 timed passes a round after 3 settling ones; a 3 s pass: one after one
+    passes = []
+    _scripted(monkeypatch, {"short": [1.0, 1.0] + [1.0] * 2, "long": [3000.0] + [3000.0] * 2}, passes)
+    time_interleaved({"short": lambda: "short", "long": lambda: "long"}, rounds=2)
+    assert passes == [("short", 0, 1), ("short", 5, 3), ("long", 0, 1),
+                      ("short", 3, 20), ("long", 1, 1), ("long", 1, 1), ("short", 3, 20)]
 
 
 def test_a_speedup_pairs_the_rounds():
