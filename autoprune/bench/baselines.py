@@ -22,6 +22,7 @@ from autoprune.bench.common import (
     finetuned_accuracy,
     measure_on_target,
     set_up_widths,
+    timing_columns,
 )
 from autoprune.budget import Budget, parse_budget
 from autoprune.config import SearchConfig
@@ -71,7 +72,7 @@ def run(config: SearchConfig, bench: BenchDir, *, budgets: list[str], strategy: 
     arms: list[tuple[str, str, nn.Module | None]] = [("100%", "unpruned", copy.deepcopy(space.model))]
     for text, budget in parsed.items():
         best = best_searched(config, bench, space, text, quiet=quiet, strategy=strategy, trials=trials)
-        arms.append((text, "searched", None if best is None else space.prune(best[0])[0]))
+        arms.append((text, "searched", None if best is None else best.model))
         uniform = uniform_at_budget(space, budget)
         arms.append((text, "uniform", None if uniform is None else space.prune(uniform)[0]))
         arms.append((text, "global", _global_magnitude(space, budget, round_to=setup.multiple or 1)))
@@ -92,8 +93,8 @@ def run(config: SearchConfig, bench: BenchDir, *, budgets: list[str], strategy: 
             cost = count_cost(model, space.example_input)
             arm = bench.record(f"{text} {method}", {"macs": cost.macs, "params": cost.params,
                                                     "proxy_acc": evaluator.score(copy.deepcopy(model))})
-        timed = {f"{key}_b{b}": value for b in latency_batches
-                 for key, value in _latency_columns(latency["models"][f"{text} {method}"][str(b)]).items()}
+        measured = latency["models"][f"{text} {method}"]
+        timed = {k: v for b in latency_batches for k, v in timing_columns(measured[str(b)], b).items()}
         for seed in seeds:
             key = f"{text} {method} seed {seed}"
             result, trained = finetuned_accuracy(bench, key, model, config, data, evaluator, seed=seed)
@@ -108,14 +109,6 @@ def run(config: SearchConfig, bench: BenchDir, *, budgets: list[str], strategy: 
     _plot(bench, table, latency_batches[0])
     _summary(bench, config, table, seeds, strategy, trials, latency_batches, latency["target"], setup)
     return table
-
-
-def _latency_columns(measured: dict[str, float]) -> dict[str, float]:
-    """One model's measurement at one batch (``measure_on_target``) as columns: latency (ms) and speedup, each
-    with its lowest and highest round."""
-    return {"latency": measured["ms"], "latency_low": measured["low"], "latency_high": measured["high"],
-            "speedup": measured["speedup"], "speedup_low": measured["speedup_low"],
-            "speedup_high": measured["speedup_high"]}
 
 
 def _global_magnitude(space: PruningSpace, budget: Budget, round_to: int = 1) -> nn.Module | None:
@@ -189,8 +182,8 @@ def _summary(bench, config, table, seeds, strategy, trials, latency_batches, tar
              + " | ".join(f"b{b} ms | b{b} speedup" for b in latency_batches) + " |",
              "|---|---|---:|---:|---:|---:|---:|" + "---:|---:|" * len(latency_batches)]
     for _, r in table.iterrows():
-        cells = " | ".join(f"{r[f'latency_b{b}']:.3f} | {r[f'speedup_b{b}']:.2f}x ({r[f'speedup_low_b{b}']:.2f}-"
-                           f"{r[f'speedup_high_b{b}']:.2f})" for b in latency_batches)
+        cells = " | ".join(f"{r[f'latency_b{b}_ms']:.3f} | {r[f'speedup_b{b}']:.2f}x ({r[f'speedup_b{b}_low']:.2f}-"
+                           f"{r[f'speedup_b{b}_high']:.2f})" for b in latency_batches)
         lines.append(f"| {r['budget']} | {r['method']} | {r['macs'] / 1e6:.2f} | {r['macs_pct']:.1f} | "
                      f"{r['params'] / 1e6:.3f} | {r['proxy_acc']:.2%} | {r['test_mean']:.2%} ({r['test_min']:.2%}-"
                      f"{r['test_max']:.2%}) | {cells} |")

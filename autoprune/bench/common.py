@@ -11,7 +11,7 @@ import statistics
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pandas as pd
 import torch
@@ -153,11 +153,24 @@ def figure(ncols: int = 1, width: float = 6.0, height: float = 4.5):
     return plt.subplots(1, ncols, figsize=(width * ncols, height), dpi=110, squeeze=False)
 
 
+class Searched(NamedTuple):
+    """The best-proxy candidate of a study's search (``best_searched``)."""
+
+    ratios: dict[str, float]  # per group: 1 - its searched width / its channels, the search's widths in any space
+    row: pd.Series  # its row of trials.csv
+    run_dir: Path  # the search's run directory
+    model: nn.Module  # the subnet as the search built it, under the search's own width rule
+
+
 def best_searched(config: SearchConfig, bench: BenchDir, space: Space, budget: str, *, quiet: bool = False,
-                  **options: Any) -> tuple[dict[str, float], pd.Series, Path] | None:
-    """Ratios and trials.csv row of the best-proxy candidate of a real search at ``budget``, and
-    the search's run directory (``autoprune search`` with fine-tuning off, in
-    ``runs/search-<budget>``; resumed if cut short). None where the search scored no candidate."""
+                  **options: Any) -> Searched | None:
+    """The best-proxy candidate of a real search at ``budget`` (``autoprune search`` with fine-tuning off, in
+    ``runs/search-<budget>``; resumed if cut short). None where the search scored no candidate.
+
+    A search snaps ratios to the widths its own latency set-up kept (its latency.json), which another set-up
+    (the study's, ``set_up_widths``) may not share: the subnet is built under the search's widths, and the
+    ratios returned give those widths exactly in a space of every width, so that the study measures the
+    candidate the search scored."""
     run_dir = bench.path / "runs" / ("search-" + "".join(c if c.isalnum() else "_" for c in budget.replace("%", "pct")))
     settings = {k: v for k, v in asdict(config).items() if k not in ("model", "data", "budget", "out")}
     settings.update(finetune_top=0, **options)
@@ -171,7 +184,13 @@ def best_searched(config: SearchConfig, bench: BenchDir, space: Space, budget: s
     if scored.empty:
         return None
     best = scored.sort_values(["proxy_acc", "number"], ascending=[False, True]).iloc[0]
-    return {g: float(best[f"ratio:{g}"]) for g in space.group_names}, best, run_dir
+    setup = run_dir / "latency.json"
+    widths = json.loads(setup.read_text())["widths"] if setup.is_file() else None
+    ratios = {g: float(best[f"ratio:{g}"]) for g in space.group_names}
+    with space.widths_of(widths):
+        kept = space.kept_channels(ratios)
+        model = space.prune(ratios)[0]
+    return Searched({g.name: 1.0 - kept[g.name] / g.channels for g in space.groups}, best, run_dir, model)
 
 
 def finetuned_accuracy(bench: BenchDir, key: str, model: nn.Module, config: SearchConfig, data, evaluator, *,
@@ -230,6 +249,14 @@ def measure_on_target(config: SearchConfig, models: dict[str, nn.Module], input_
                                  "speedup_low": m.speedup_low, "speedup_high": m.speedup_high}
         described[str(b)] = target.describe()
     return out, described
+
+
+def timing_columns(measured: dict[str, float], batch: int) -> dict[str, float]:
+    """One model's measurement at ``batch`` (``measure_on_target``) as a table's columns: ``latency_b{batch}_ms``
+    and ``speedup_b{batch}``, each with its ``_low`` and ``_high`` round."""
+    return {f"latency_b{batch}_ms": measured["ms"], f"latency_b{batch}_low": measured["low"],
+            f"latency_b{batch}_high": measured["high"], f"speedup_b{batch}": measured["speedup"],
+            f"speedup_b{batch}_low": measured["speedup_low"], f"speedup_b{batch}_high": measured["speedup_high"]}
 
 
 def measure_latencies(models: dict[str, nn.Module], input_shape: tuple[int, ...], batches: list[int], device: str,

@@ -54,7 +54,7 @@ def run(config: SearchConfig, bench: BenchDir, *, budget: str, criteria: list[st
     seeds = [config.seed + 1 + j for j in range(finetune_seeds)]
     ratio_sets = {"uniform": uniform_at_budget(space, parse_budget(budget))}
     best = best_searched(config, bench, space, budget, quiet=quiet, strategy="random", trials=trials)
-    ratio_sets["searched"] = None if best is None else best[0]
+    ratio_sets["searched"] = None if best is None else best.ratios
     ratio_sets = {kind: ratios for kind, ratios in ratio_sets.items() if ratios is not None}
     if not ratio_sets:
         raise UserError(f"no uniform ratio and no searched candidate meets {budget}")

@@ -20,7 +20,14 @@ from dataclasses import replace
 import numpy as np
 import pandas as pd
 
-from autoprune.bench.common import BenchDir, best_searched, figure, measure_on_target, set_up_widths
+from autoprune.bench.common import (
+    BenchDir,
+    best_searched,
+    figure,
+    measure_on_target,
+    set_up_widths,
+    timing_columns,
+)
 from autoprune.budget import parse_budget
 from autoprune.config import SearchConfig
 from autoprune.errors import UserError
@@ -68,7 +75,7 @@ def run(config: SearchConfig, bench: BenchDir, *, budgets: list[str], latency_bu
             models[f"{text} uniform"] = (text, "uniform", space.prune(uniform)[0])
         best = best_searched(config, bench, space, text, quiet=quiet, strategy="random", trials=trials)
         if best is not None:
-            models[f"{text} searched"] = (text, "searched", space.prune(best[0])[0])
+            models[f"{text} searched"] = (text, "searched", best.model)
         pruned = _global_magnitude(space, budget, round_to=setup.multiple or 1)
         if pruned is not None:
             models[f"{text} global"] = (text, "global", pruned)
@@ -78,8 +85,8 @@ def run(config: SearchConfig, bench: BenchDir, *, budgets: list[str], latency_bu
                              strategy="random", trials=trials, warm_start=True)
         if best is not None:
             name = f"{latency_budget} searched"
-            models[name] = (latency_budget, "latency search", space.prune(best[0])[0])
-            predicted[name] = float(best[1]["predicted_latency_ms"])
+            models[name] = (latency_budget, "latency search", best.model)
+            predicted[name] = float(best.row["predicted_latency_ms"])
     latency = bench.done("latency")
     if latency is None:
         bench.log(f"timing {len(models)} models at batch {', '.join(map(str, latency_batches))}")
@@ -93,11 +100,8 @@ def run(config: SearchConfig, bench: BenchDir, *, budgets: list[str], latency_bu
         row = {"model": name, "budget": budget, "method": method, "macs": macs, "macs_pct": 100 * macs / base[0],
                "params": params, "macs_reduction": base[0] / macs}
         for b in latency_batches:
-            m = latency["models"][name][str(b)]
-            row.update({f"latency_b{b}_ms": m["ms"], f"latency_b{b}_low": m["low"], f"latency_b{b}_high": m["high"],
-                        f"speedup_b{b}": m["speedup"], f"speedup_b{b}_low": m["speedup_low"],
-                        f"speedup_b{b}_high": m["speedup_high"],
-                        f"speedup_per_mac_reduction_b{b}": m["speedup"] / row["macs_reduction"]})
+            row.update(timing_columns(latency["models"][name][str(b)], b))
+            row[f"speedup_per_mac_reduction_b{b}"] = row[f"speedup_b{b}"] / row["macs_reduction"]
         if name in predicted:
             row[f"predicted_b{search_batch}_ms"] = predicted[name]
         rows.append(row)

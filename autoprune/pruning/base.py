@@ -9,9 +9,10 @@ and the benches use only this interface. ``autoprune.pruning.space.PruningSpace`
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -108,6 +109,21 @@ class Space(ABC):
         for name, allowed in widths.items():
             group = self._by_name[name]
             group.widths = sorted({*map(int, allowed), group.channels})
+
+    @contextlib.contextmanager
+    def widths_of(self, widths: Mapping[str, list[int]] | None) -> Iterator[None]:
+        """Within the block, the groups keep ``widths`` (as ``keep_widths``; None: every width) in place of their
+        own: the space as another run restricted it (its latency.json). Their own are restored after."""
+        own = {g.name: g.widths for g in self.groups}
+        for g in self.groups:
+            g.widths = None
+        try:
+            if widths is not None:
+                self.keep_widths(widths)
+            yield
+        finally:
+            for g in self.groups:
+                g.widths = own[g.name]
 
     def uniform_ratios(self, ratio: float) -> dict[str, float]:
         """``ratio`` for every group, clipped to each group's bounds."""

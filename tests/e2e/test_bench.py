@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-from quick import QUICK_LATENCY
+from quick import QUICK_LATENCY, QUICK_OPTIONS
 
 from autoprune.cli import main
 
@@ -101,12 +101,35 @@ def test_baselines(bench_args, tmp_path, one_thread, flops_clock):
         # speedup of 1 / 0.6 or more, and not far beyond it (each uses most of the budget)
         assert 1 / 0.6 * 0.97 <= table.loc[("60%latency", method), "speedup_b1"] <= 2.3
     assert (table["seeds"] == 2).all()
-    assert _timings(table["latency_b1"])
-    assert (table["speedup_low_b1"] <= table["speedup_b1"]).all() and (table["speedup_b1"] <= table["speedup_high_b1"]).all()
+    assert _timings(table["latency_b1_ms"])
+    assert (table["speedup_b1_low"] <= table["speedup_b1"]).all() and (table["speedup_b1"] <= table["speedup_b1_high"]).all()
     summary = (out / "summary.md").read_text()
     assert "- 60%latency: searched vs uniform" in summary and "x measured" in summary
     runs = pd.read_csv(out / "runs.csv")
     assert len(runs) == 14 and runs["test_acc"].between(0, 1).all()
+
+
+def test_the_searched_subnet_is_the_one_its_search_scored_whatever_widths_the_study_keeps(tiny_npz, tiny_weights,
+                                                                                          tmp_path, one_thread):
+    from autoprune.bench.common import BenchDir, best_searched
+    from autoprune.config import SearchConfig
+    from autoprune.measure.count import count_cost
+    from autoprune.workbench import load_workbench
+
+    config = SearchConfig(model="resnet20", data=tiny_npz, weights=tiny_weights, holdout=120, batch_size=64,
+                          calib_batches=2, score_images=120, **QUICK_OPTIONS)  # the search keeps every width
+    _, _, space = load_workbench(config)
+    # the study's own set-up kept other widths (as another rounding would): multiples of 8
+    study_widths = {g.name: [w for w in range(8, g.channels, 8)] for g in space.groups}
+    space.keep_widths(study_widths)
+    bench = BenchDir(tmp_path / "study", "speedup", {}, resume=False, command="test")
+    best = best_searched(config, bench, space, "50%flops", quiet=True, strategy="random", trials=3)
+    assert count_cost(best.model, space.example_input).macs == best.row["macs"]  # what the search scored
+    with space.widths_of(None):
+        searched = space.kept_channels(best.ratios)
+    assert any(w % 8 for w in searched.values())  # widths the study's rule would have snapped elsewhere
+    assert searched == {g: best.model.get_submodule(g).out_channels for g in space.group_names}
+    assert [g.widths for g in space.groups] == [sorted({*study_widths[g.name], g.channels}) for g in space.groups]
 
 
 def test_speedup(bench_args, tmp_path, one_thread, flops_clock):
