@@ -11,7 +11,7 @@ import statistics
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import pandas as pd
 import torch
@@ -25,6 +25,9 @@ from autoprune.measure.latency import measure_latency
 from autoprune.pipeline import search
 from autoprune.progress import console
 from autoprune.pruning.base import Space
+
+if TYPE_CHECKING:
+    from autoprune.deployment import LatencySetup
 
 
 def machine() -> str:
@@ -209,7 +212,7 @@ def finetuned_accuracy(bench: BenchDir, key: str, model: nn.Module, config: Sear
 
 
 def set_up_widths(config: SearchConfig, bench: BenchDir, space: Space, input_shape: tuple[int, ...], batch: int,
-                  budget: str, *, quiet: bool = False):
+                  budget: str, *, quiet: bool = False) -> LatencySetup:
     """The width rule and latency predictor a search at ``budget`` sets up (``autoprune.deployment``), on the
     run's target at ``batch``, written to runs/widths/latency.json (read back on a resumed study): restricts
     ``space`` to its efficient widths and attaches the calibrated predictor, so that the study's uniform and
