@@ -70,14 +70,14 @@ def time_interleaved(calls: Mapping[str, Callable[[], object]], device: str = "c
     than ``OUTLIER`` from that call's median of rounds (the machine was busy) is timed again, once. Returns each
     call's round medians in ms, in round order, so that two calls' rounds pair up (``paired_speedup``).
 
-    The passes scale with a call's length: one first pass tells it, a call shorter than ``ROUND_MS`` is warmed up
+    The passes scale with a call's length: one pass after a cold one tells it, a call shorter than ``ROUND_MS`` is warmed up
     (``warmup``) and timed 3 times for its share of a round, and each share starts with up to ``SETTLE`` untimed
     passes, no more than it times. A call of seconds (an ImageNet-sized network at batch 64 on a CPU) thus takes
     2 passes a round rather than 8."""
     names = list(calls)
     repeats = {}
     for name in names:
-        once = time_forward(calls[name], device, warmup=0, repeats=1)
+        once = time_forward(calls[name], device, warmup=1, repeats=1)  # the first pass of a session can be far slower
         if once < ROUND_MS:
             once = time_forward(calls[name], device, warmup=warmup, repeats=3)
         repeats[name] = int(min(max(ROUND_MS / max(once, 1e-3), REPEATS[0]), REPEATS[1]))

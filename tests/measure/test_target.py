@@ -104,11 +104,12 @@ def test_interleaved_rounds_rotate_and_time_a_stray_round_again(monkeypatch):
 
 
 def test_the_passes_of_a_round_scale_with_the_length_of_a_pass(monkeypatch):
-    # a 1 ms pass: 20 timed passes a round after 3 settling ones; a 3 s pass: one after one
+    # a 1 ms pass: 20 timed passes a round after 3 settling ones; a 3 s pass: one after one. The length is
+    # judged on a pass after a cold one, which can take far longer than the rest (a session's first run)
     passes = []
     _scripted(monkeypatch, {"short": [1.0, 1.0] + [1.0] * 2, "long": [3000.0] + [3000.0] * 2}, passes)
     time_interleaved({"short": lambda: "short", "long": lambda: "long"}, rounds=2)
-    assert passes == [("short", 0, 1), ("short", 5, 3), ("long", 0, 1),
+    assert passes == [("short", 1, 1), ("short", 5, 3), ("long", 1, 1),
                       ("short", 3, 20), ("long", 1, 1), ("long", 1, 1), ("short", 3, 20)]
 
 
