@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from autoprune.errors import UserError
 from autoprune.pruning.space import Cost
@@ -67,6 +67,14 @@ class Budget:
     def feasible(self, cost: Cost, base: Cost) -> bool:
         """Whether ``cost`` meets every constraint (``base``: the unpruned model's cost), to within 1e-12."""
         return all(v <= 1e-12 for v in self.violations(cost, base).values())
+
+    def scaled(self, level: float) -> Budget:
+        """This budget with its first constraint's limit times ``level`` (a fraction, 1: unchanged) and the others
+        as they are: the share of the budget a candidate of NSGA-II's front fills."""
+        first, *rest = self.constraints
+        fraction = None if first.fraction is None else first.fraction * level
+        absolute = None if first.absolute is None else first.absolute * level
+        return Budget((replace(first, fraction=fraction, absolute=absolute), *rest), self.text)
 
     def loose(self, base: Cost) -> list[Constraint]:
         """The constraints the unpruned model ``base`` already meets (limit >= its value): they prune nothing."""

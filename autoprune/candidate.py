@@ -100,12 +100,13 @@ class Candidate:
     # --- the study and trials.csv --------------------------------------------------------------------
 
     def user_attrs(self) -> dict[str, Any]:
-        """The Optuna user attributes that record it, those known so far: ``macs``, ``params``, ``widths``,
+        """The Optuna user attributes that record it, those known so far: once costed, its ``ratios`` (a sampler's
+        trial has other parameters: ``autoprune.search.base.Strategy.propose``), ``macs``, ``params``, ``widths``,
         ``predicted_latency_ms`` (unrounded: it is compared with the budget) and ``feasible`` once costed;
         then the score, the seconds, ``draws`` and ``error`` where it has them. ``from_trial`` reads them."""
         attrs: dict[str, Any] = {}
         if self.cost is not None:
-            attrs.update(macs=self.cost.macs, params=self.cost.params)
+            attrs.update(ratios=dict(self.ratios), macs=self.cost.macs, params=self.cost.params)
         if self.widths is not None:
             attrs["widths"] = dict(self.widths)
         if self.cost is not None:
@@ -129,18 +130,19 @@ class Candidate:
     @classmethod
     def from_trial(cls, t: optuna.trial.FrozenTrial, group_names: Iterable[str] | None = None) -> Candidate:
         """The candidate a trial of the run's study records. ``ratios`` has one entry per name of
-        ``group_names`` (None where the trial has no such parameter), or the trial's parameters when None.
+        ``group_names`` (None where the trial has no ratio for it), or one per group it has a ratio for.
         A complete trial marked ``feasible`` false is ``infeasible``; one without the mark (an older run),
         complete."""
         attrs = t.user_attrs
         state = t.state.name.lower()
         if t.state == optuna.trial.TrialState.COMPLETE and not attrs.get("feasible", True):
             state = INFEASIBLE
-        names = t.params if group_names is None else group_names
+        recorded = attrs.get("ratios") or t.params  # an older run, or a trial closed before its ratios were written
+        names = recorded if group_names is None else group_names
         cost = None
         if "macs" in attrs or "params" in attrs:
             cost = Cost(attrs.get("macs"), attrs.get("params"), attrs.get("predicted_latency_ms"))
-        return cls(number=t.number, ratios={name: t.params.get(name) for name in names}, state=state,
+        return cls(number=t.number, ratios={name: recorded.get(name) for name in names}, state=state,
                    widths=attrs.get("widths"), cost=cost,
                    **{key: attrs.get(key) for key in (*SCORE_FIELDS, "seconds", "draws", "error")})
 

@@ -39,7 +39,7 @@ def test_a_scored_candidate_reads_back_from_its_trial_as_it_was_told(study):
     trial, asked = _asked(study, {"conv1": 0.0, "fc": 0.0})
     costed = asked.costed({"conv1": 14, "fc": 32}, Cost(130, 26, 3.25), feasible=True)
     written = costed.write_attrs(trial)
-    assert written == {"macs": 130, "params": 26, "widths": {"conv1": 14, "fc": 32}, "predicted_latency_ms": 3.25,
+    assert written == {"ratios": {"conv1": 0.123456789, "fc": 0.5}, "macs": 130, "params": 26, "widths": {"conv1": 14, "fc": 32}, "predicted_latency_ms": 3.25,
                        "feasible": True}
     told = costed.scored(REPORT, seconds=2.123456)
     assert (told.state, told.proxy_acc, told.seconds, told.prune_seconds, told.recalibrate_seconds,
@@ -64,10 +64,10 @@ def test_each_attribute_is_written_once(study):
     real = trial.set_user_attr
     trial.set_user_attr = lambda key, value: (writes.append(key), real(key, value))
     written = asked.costed({"conv1": 3}, Cost(10, 2), feasible=True).write_attrs(trial)
-    assert writes == ["macs", "params", "widths", "feasible"]  # no predicted latency: no latency table
+    assert writes == ["ratios", "macs", "params", "widths", "feasible"]  # no predicted latency: no latency table
     asked.costed({"conv1": 3}, Cost(10, 2), feasible=True).scored({"proxy_acc": 0.5}, seconds=1.0).write_attrs(
         trial, written)
-    assert writes == ["macs", "params", "widths", "feasible", "proxy_acc", "seconds"]
+    assert writes == ["ratios", "macs", "params", "widths", "feasible", "proxy_acc", "seconds"]
 
 
 def test_an_infeasible_candidate_stays_infeasible_and_unscored(study):

@@ -6,11 +6,11 @@ import numpy as np
 import optuna
 
 from autoprune.search.allocation import along_safe_ratios, neighbourhood
-from autoprune.search.base import Strategy, ask_fixed, register_strategy, study_has_attr
+from autoprune.search.base import FixedStrategy, ask_fixed, register_strategy, study_has_attr
 
 
 @register_strategy("binary", "per-group binary search for the largest safe ratio (AOFP), then the budget allocated along those ratios")
-class BinaryStrategy(Strategy):
+class BinaryStrategy(FixedStrategy):
     """Needs ``context.safe_ratios`` (from the sensitivity phase).
 
     The first candidate scales the safe ratios together until the budget is met: groups that
@@ -20,10 +20,6 @@ class BinaryStrategy(Strategy):
     """
 
     _allocated: bool | None = None  # the first allocation was proposed (looked up once per run)
-
-    def sampler(self) -> optuna.samplers.BaseSampler:
-        """Optuna's random sampler, seeded (the candidates themselves are enqueued, not sampled)."""
-        return optuna.samplers.RandomSampler(seed=self.context.seed)
 
     def propose(self, study: optuna.Study) -> tuple[optuna.Trial, dict[str, float]]:
         """The allocation first (trial attribute ``allocation`` true), then its neighbours. Raises

@@ -8,15 +8,18 @@ from autoprune.pruning.space import Cost
 from autoprune.search.base import Strategy, register_strategy
 
 
-@register_strategy("nsga2", "Optuna NSGA-II: proxy accuracy vs cost, a whole front of candidates under the budget")
+@register_strategy("nsga2", "Optuna NSGA-II: proxy accuracy vs cost, a whole front of candidates from the smallest subnet up to the budget")
 class NSGA2Strategy(Strategy):
-    """One run yields a front of candidates at different costs; the budget is a ceiling constraint.
+    """One run yields a front of candidates at different costs, every one within the budget.
 
-    The cost objective is the metric of the budget's first constraint (MACs or params).
+    The cost objective is the metric of the budget's first constraint (MACs, params or latency). Each trial
+    chooses a direction over the groups and the share of that constraint to fill (``Strategy.propose``), so
+    the front spans the costs from the smallest subnet's up to the budget.
     """
 
     directions = ("maximize", "minimize")
     spread_finetune = True
+    spans_budget = True
 
     def sampler(self) -> optuna.samplers.BaseSampler:
         # a few generations even in short runs: 40 trials -> populations of 10

@@ -20,8 +20,8 @@ import torch
 
 from autoprune.search.allocation import bisect_budget, neighbourhood, snap
 from autoprune.search.base import (
+    FixedStrategy,
     SearchContext,
-    Strategy,
     ask_fixed,
     register_strategy,
     study_has_attr,
@@ -79,17 +79,13 @@ def allocate_at_budget(context: SearchContext, factors: Mapping[str, float]) -> 
 @register_strategy("pfp", "provable filter pruning's allocation (needs --criterion pfp): every group keeps what its "
                    "sensitivities need for one error bound, --pfp-eps or the one that meets the budget; then its "
                    "neighbourhood")
-class PFPStrategy(Strategy):
+class PFPStrategy(FixedStrategy):
     """The first candidate is PFP's allocation: one error bound for every group, ``--pfp-eps`` if given,
     otherwise the smallest that meets the budget. Later candidates scale each group's bound by a
     random factor in [0.5, 1.5] (and, without ``--pfp-eps``, fit the budget again), searching the
     neighbourhood of that allocation as the binary strategy does around its own."""
 
     _allocated: bool | None = None  # the first allocation was proposed (looked up once per run)
-
-    def sampler(self) -> optuna.samplers.BaseSampler:
-        """Optuna's random sampler, seeded (the candidates themselves are enqueued, not sampled)."""
-        return optuna.samplers.RandomSampler(seed=self.context.seed)
 
     def propose(self, study: optuna.Study) -> tuple[optuna.Trial, dict[str, float]]:
         """The allocation first (trial attribute ``allocation`` true), then its neighbours; each trial

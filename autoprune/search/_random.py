@@ -6,11 +6,11 @@ import numpy as np
 import optuna
 
 from autoprune.search.allocation import draw_in_budget
-from autoprune.search.base import Strategy, ask_fixed, register_strategy
+from autoprune.search.base import FixedStrategy, ask_fixed, register_strategy
 
 
 @register_strategy("random", "EagleEye: random per-group ratios, landing within --tolerance below the budget")
-class RandomStrategy(Strategy):
+class RandomStrategy(FixedStrategy):
     """Random candidates in the budget band by construction.
 
     EagleEye draws ratios uniformly and rejects all but those within a tolerance of the target
@@ -20,10 +20,6 @@ class RandomStrategy(Strategy):
     the band, and such draws are rejected (92% of draws are kept at +-2%, 41% at +-0.5%). The
     generator is seeded by (seed, trial number), so the same seed draws the same candidates.
     """
-
-    def sampler(self) -> optuna.samplers.BaseSampler:
-        """Optuna's random sampler, seeded (the candidates themselves are enqueued, not sampled)."""
-        return optuna.samplers.RandomSampler(seed=self.context.seed)
 
     def propose(self, study: optuna.Study) -> tuple[optuna.Trial, dict[str, float]]:
         """An EagleEye draw; the trial records its ``draws`` and ``budget_use``."""

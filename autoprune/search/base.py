@@ -16,7 +16,11 @@ from autoprune.budget import Budget
 from autoprune.pruning.base import Space
 from autoprune.pruning.space import Cost
 from autoprune.registry import Registry
-from autoprune.search.allocation import grid_top, uniform_at_budget
+from autoprune.search.allocation import grid_top, scale_to_budget, uniform_at_budget
+
+DIRECTION = "direction:"  # a sampled parameter per group: its weight in the direction scaled onto the budget
+DIRECTION_RANGE = (0.01, 1.0)  # the weights' range: positive, so that every direction reaches the smallest subnet
+BUDGET_LEVEL = "budget_level"  # the sampled share of the budget's first constraint (``Strategy.spans_budget``)
 
 
 @dataclass
@@ -36,12 +40,18 @@ class SearchContext:
 
 
 class Strategy(ABC):
-    """Chooses the next candidate. ``directions``/``objectives`` say what the study optimises."""
+    """Chooses the next candidate. ``directions``/``objectives`` say what the study optimises.
+
+    A strategy is an Optuna sampler (``sampler``) whose choices ``propose`` maps onto the budget, so that
+    every candidate is within it by construction; ``FixedStrategy`` is the kind that chooses ratios itself.
+    """
 
     name: str = ""
     directions: tuple[str, ...] = ("maximize",)
     # Fine-tune candidates spread along the proxy-vs-cost front rather than the top K by proxy.
     spread_finetune: bool = False
+    # Each trial also chooses how much of the budget to fill (``propose``): a front below the budget.
+    spans_budget: bool = False
 
     def __init__(self, context: SearchContext) -> None:
         self.context = context
@@ -60,15 +70,74 @@ class Strategy(ABC):
         if not self._warm_started:
             self._warm_started = True
             if not study_has_attr(study, "warm_start"):
-                ratios = uniform_at_budget(self.context.space, self.context.budget)
-                if ratios is not None:
-                    return ask_fixed(study, self.context.space, ratios, {"warm_start": True})
+                return self.warm_start(study)
+        return self.propose(study)
+
+    def warm_start(self, study: optuna.Study) -> tuple[optuna.Trial, dict[str, float]]:
+        """The uniform candidate (``allocation.uniform_at_budget``): here every group's weight of the direction
+        equal, and the whole budget, enqueued as the sampler's parameters so that the sampler learns from it."""
+        params = {DIRECTION + name: DIRECTION_RANGE[1] for name in sampled_groups(self.context.space)}
+        if self.spans_budget:
+            params[BUDGET_LEVEL] = 1.0
+        study.enqueue_trial(params, user_attrs={"warm_start": True})
         return self.propose(study)
 
     def propose(self, study: optuna.Study) -> tuple[optuna.Trial, dict[str, float]]:
-        """The next candidate after the warm start: here the sampler's, on the ratio grid."""
+        """The sampler's candidate, within the budget by construction: the sampler chooses a direction over the
+        groups (a weight in ``DIRECTION_RANGE`` each, parameters ``direction:<group>``), and the ratios along it
+        are scaled onto the budget (``allocation.scale_to_budget``, every constraint at once, latency included).
+        With ``spans_budget`` the sampler also chooses the share of the budget's first constraint to fill
+        (``budget_level``, from the smallest subnet's share up to 1), so that a front spans the costs below
+        the budget. Where no ratios along the direction fit (the budget is out of the space's reach), the
+        smallest subnet is returned, and recorded as over the budget."""
         trial = study.ask()
-        return trial, suggest_ratios(trial, self.context.space)
+        ctx = self.context
+        direction = {name: trial.suggest_float(DIRECTION + name, *DIRECTION_RANGE)
+                     for name in sampled_groups(ctx.space)}
+        budget = ctx.budget
+        if self.spans_budget:
+            lowest = lowest_level(ctx.space, budget)
+            if lowest < 1.0:
+                budget = budget.scaled(trial.suggest_float(BUDGET_LEVEL, lowest, 1.0))
+        ratios = scale_to_budget(ctx.space, budget, direction)
+        return trial, smallest_ratios(ctx.space) if ratios is None else ratios
+
+
+class FixedStrategy(Strategy):
+    """A strategy that chooses each candidate's ratios itself and enqueues them (``ask_fixed``): the trial's
+    parameters are the ratios, one per group, and Optuna's sampler only records them."""
+
+    def sampler(self) -> optuna.samplers.BaseSampler:
+        """Optuna's random sampler, seeded (the candidates themselves are enqueued, not sampled)."""
+        return optuna.samplers.RandomSampler(seed=self.context.seed)
+
+    def warm_start(self, study: optuna.Study) -> tuple[optuna.Trial, dict[str, float]]:
+        """The uniform ratios (``allocation.uniform_at_budget``) as a fixed candidate, where they fit."""
+        ratios = uniform_at_budget(self.context.space, self.context.budget)
+        if ratios is None:
+            return self.propose(study)
+        return ask_fixed(study, self.context.space, ratios, {"warm_start": True})
+
+    @abstractmethod
+    def propose(self, study: optuna.Study) -> tuple[optuna.Trial, dict[str, float]]:
+        """The next candidate after the warm start, through ``ask_fixed``."""
+
+
+def sampled_groups(space: Space) -> list[str]:
+    """The groups a sampler chooses a direction weight for: those whose grid has more than one point."""
+    step = space.config.step
+    return [g.name for g in space.groups if grid_top(g.low, g.high, step) > g.low]
+
+
+def smallest_ratios(space: Space) -> dict[str, float]:
+    """Every group at the top of its grid: the smallest subnet of the space."""
+    return {g.name: grid_top(g.low, g.high, space.config.step) for g in space.groups}
+
+
+def lowest_level(space: Space, budget: Budget) -> float:
+    """The share of the budget's first constraint that the smallest subnet uses (cost / limit)."""
+    metric = budget.primary.metric
+    return getattr(space.cost(smallest_ratios(space)), metric) / budget.primary.limit(space.base_cost)
 
 
 def study_has_attr(study: optuna.Study, key: str) -> bool:

@@ -10,10 +10,10 @@ a channel.
 from __future__ import annotations
 
 import pytest
+from tables import RawTable
 from torch import nn
 
 from autoprune.measure.cost import Cost, CostModel, LayerCosts, SparseCosts, sum_layers
-from autoprune.measure.latency import LatencyTable
 from autoprune.measure.layers import LayerShape
 from autoprune.measure.target import TorchTarget
 
@@ -44,13 +44,6 @@ def _written_out(conv: int) -> Cost:
 
 def _truth(kept) -> Cost:
     return _written_out(kept.get("conv", 8))
-
-
-class RawTable(LatencyTable):
-    """A latency table whose raw time of a network is the sum of in x out over its timed layers (no timing)."""
-
-    def raw_ms(self, dims) -> float:
-        return float(sum(dims[name][0] * dims[name][1] for name in self.layers))
 
 
 def _table(model: CostModel) -> RawTable:

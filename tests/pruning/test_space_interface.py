@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tables import RawTable
 from torch import nn
 
 from autoprune.measure.cost import Cost, LayerCosts, SparseCosts
-from autoprune.measure.latency import LatencyTable
 from autoprune.measure.target import TorchTarget
 from autoprune.pruning.base import Space
 from autoprune.pruning.config import SpaceConfig
@@ -171,13 +171,6 @@ def test_a_weight_space_prunes_further_by_counts_not_indices():
     space.prune_further(subnet, current, space.kept({GLOBAL: 0.5}))
     assert sum(int((getattr(subnet, n).weight != 0).sum()) for n in space.layers) == space.kept_channels(
         {GLOBAL: 0.5})[GLOBAL] == 159
-
-
-class RawTable(LatencyTable):
-    """Raw time: the sum of in x out over the timed layers (nothing is timed)."""
-
-    def raw_ms(self, dims) -> float:
-        return float(sum(dims[name][0] * dims[name][1] for name in self.layers))
 
 
 @pytest.mark.parametrize("kind", KINDS)

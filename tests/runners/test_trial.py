@@ -104,7 +104,8 @@ def test_begin_records_cost_widths_and_each_constraint(monkeypatch):
     assert candidate.cost == Cost(130, 26) and candidate.feasible is False  # 130 <= 140 MACs, 26 > 16 params
     assert candidate.state == "infeasible" and candidate.widths == {"a": 5, "b": 8}
     trial = study.trials[0]
-    assert trial.user_attrs == {"macs": 130, "params": 26, "widths": {"a": 5, "b": 8}, "feasible": False}
+    assert trial.user_attrs == {"ratios": {"a": 0.5, "b": 0.2}, "macs": 130, "params": 26, "widths": {"a": 5, "b": 8},
+                                "feasible": False}
     assert pending.written == trial.user_attrs
     assert trial.constraints == {"70%flops": pytest.approx(130 / 140 - 1), "40%params": pytest.approx(26 / 16 - 1)}
 

@@ -13,7 +13,7 @@ from autoprune.errors import UserError
 from autoprune.models import create_model
 from autoprune.pruning.config import SpaceConfig
 from autoprune.pruning.space import PruningSpace
-from autoprune.runners.trial import close_left_behind, finished_count
+from autoprune.runners.trial import begin_trial, close_left_behind, finished_count
 from autoprune.search import SearchContext, describe_strategies, get_strategy, list_strategies
 from autoprune.search.allocation import (
     along_safe_ratios,
@@ -33,7 +33,7 @@ def _context(space, budget="50%flops", **kw):
 def test_registry_lists_every_strategy():
     assert list_strategies() == ["binary", "nsga2", "pfp", "random", "tpe"]
     assert list(describe_strategies()) == list_strategies()
-    assert describe_strategies()["tpe"] == "Optuna TPE (multivariate), the budget as a constraint"
+    assert describe_strategies()["tpe"] == "Optuna TPE (multivariate) over directions between the groups, each scaled onto the budget"
 
 
 def test_a_strategy_is_built_by_name_and_knows_its_name(space):
@@ -90,18 +90,19 @@ def test_sampled_ratios_stay_on_each_groups_grid():
     config = SpaceConfig(ratio_min=0.1, ratio_max=0.83, step=0.07, overrides=[{"match": "layer3.*", "max": 0.3},
                                                                               {"match": "conv1", "min": 0.3, "max": 0.33}])
     odd = PruningSpace(create_model("resnet20", in_channels=1, num_classes=10), torch.randn(1, 1, 28, 28), config)
-    strategy = get_strategy("tpe", _context(odd, "70%flops"))
+    context = _context(odd, "25%flops")
+    strategy = get_strategy("tpe", context)
     study = optuna.create_study(sampler=strategy.sampler())
     seen = set()
     for _ in range(12):
-        trial, ratios = strategy.ask(study)
+        pending = begin_trial(study, strategy, odd, context.budget)
+        ratios = pending.candidate.ratios
         for g in odd.groups:
             assert ratios[g.name] in ratio_grid(g.low, g.high, 0.07), (g.name, ratios[g.name])
-        assert ratios["conv1"] == 0.3 and "conv1" not in trial.params  # a grid of one point is not sampled
+        assert ratios["conv1"] == 0.3 and "direction:conv1" not in pending.trial.params  # one grid point: not sampled
         seen |= set(ratios.values())
-        study.tell(trial, float(np.mean(list(ratios.values()))))
+        study.tell(pending.trial, float(np.mean(list(ratios.values()))))
         # read back from the study, the candidate is fine-tuned at the ratios it was asked at, conv1's too
-        # (the study keeps the grid points unrounded: 0.7300000000000001 for 0.73)
         assert candidates(study, odd.group_names)[-1].ratios_to_prune(odd.groups) == pytest.approx(ratios, abs=1e-9)
     assert 0.8 in seen and 0.24 in seen and 0.83 not in seen  # the grid's top, not the bound
 
