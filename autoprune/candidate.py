@@ -20,13 +20,13 @@ from autoprune.measure.cost import Cost
 if TYPE_CHECKING:
     from autoprune.pruning.base import Group
 
-RUNNING, COMPLETE, INFEASIBLE, FAIL = "running", "complete", "infeasible", "fail"
+RUNNING, COMPLETE, STOPPED, INFEASIBLE, FAIL = "running", "complete", "stopped", "infeasible", "fail"
 
 # what scoring a candidate gives (``autoprune.runners.trial.score_candidate``, or a Ray worker's report)
-SCORE_FIELDS = ("proxy_acc", "prune_seconds", "recalibrate_seconds", "evaluate_seconds")
+SCORE_FIELDS = ("proxy_acc", "scored_images", "prune_seconds", "recalibrate_seconds", "evaluate_seconds")
 ERROR_CHARS = 2000  # the end of a failed candidate's error that the study keeps
 
-TRIAL_COLUMNS = ["number", "state", "macs", "params", "proxy_acc", "seconds", "prune_seconds",
+TRIAL_COLUMNS = ["number", "state", "macs", "params", "proxy_acc", "scored_images", "seconds", "prune_seconds",
                  "recalibrate_seconds", "evaluate_seconds", "draws", "predicted_latency_ms", "error"]
 
 
@@ -39,9 +39,10 @@ class Candidate:
     any group of a trial closed before it was asked): ``ratios_to_prune`` fills those in. ``widths``:
     group name -> channels (or weights) kept. ``cost``: MACs (FLOPs = 2 x MACs) and params of one sample,
     and the predicted latency in ms where the space has a latency table; None until costed. ``state``:
-    ``running``, ``complete`` (scored within the budget), ``infeasible`` (over the budget, never scored) or
-    ``fail`` (its error recorded), and Optuna's own ``waiting`` or ``pruned`` for a trial never asked.
-    ``proxy_acc``: the adaptive-BN score, a fraction. Seconds, rounded to 0.1 ms: ``seconds`` from ask to tell,
+    ``running``, ``complete`` (scored within the budget), ``stopped`` (its score stopped early by the study's
+    pruner: ``autoprune.search.pruners``; Optuna's ``PRUNED``), ``infeasible`` (over the budget, never scored) or
+    ``fail`` (its error recorded), and Optuna's own ``waiting`` for a trial never asked.
+    ``proxy_acc``: the adaptive-BN score, a fraction (of the ``scored_images`` it saw, fewer where stopped). Seconds, rounded to 0.1 ms: ``seconds`` from ask to tell,
     and the scoring split ``prune_seconds``, ``recalibrate_seconds``, ``evaluate_seconds``. A candidate's latency
     is predicted (``cost.latency_ms``), not measured: the search checks the predictor on held-out subnets
     (``autoprune.deployment``) and measures the fine-tuned subnets. ``draws``: random draws it took
@@ -55,6 +56,7 @@ class Candidate:
     widths: Mapping[str, int] | None = None
     cost: Cost | None = None
     proxy_acc: float | None = None
+    scored_images: int | None = None
     seconds: float | None = None
     prune_seconds: float | None = None
     recalibrate_seconds: float | None = None
@@ -85,12 +87,12 @@ class Candidate:
         return replace(self, widths=dict(widths), cost=cost, state=self.state if feasible else INFEASIBLE)
 
     def scored(self, result: Mapping[str, Any], *, seconds: float) -> Candidate:
-        """This candidate told: complete, or still infeasible (``result`` empty: it was never scored), with
-        the ``SCORE_FIELDS`` of ``result`` (a worker's report may hold more) and ``seconds`` from ask to
-        tell; seconds are kept to 0.1 ms, the score as given."""
+        """This candidate told: complete, stopped (``result["stopped"]`` true), or still infeasible (``result``
+        empty: it was never scored), with the ``SCORE_FIELDS`` of ``result`` (a worker's report may hold more)
+        and ``seconds`` from ask to tell; seconds are kept to 0.1 ms, the score as given."""
         fields = {key: round(result[key], 4) if key.endswith("_seconds") else result[key]
                   for key in SCORE_FIELDS if key in result}
-        state = INFEASIBLE if self.state == INFEASIBLE else COMPLETE
+        state = INFEASIBLE if self.state == INFEASIBLE else STOPPED if result.get("stopped") else COMPLETE
         return replace(self, state=state, seconds=round(seconds, 4), **fields)
 
     def failed(self, error: str) -> Candidate:
@@ -134,7 +136,7 @@ class Candidate:
         A complete trial marked ``feasible`` false is ``infeasible``; one without the mark (an older run),
         complete."""
         attrs = t.user_attrs
-        state = t.state.name.lower()
+        state = STOPPED if t.state == optuna.trial.TrialState.PRUNED else t.state.name.lower()
         if t.state == optuna.trial.TrialState.COMPLETE and not attrs.get("feasible", True):
             state = INFEASIBLE
         recorded = attrs.get("ratios") or t.params  # an older run, or a trial closed before its ratios were written
@@ -169,4 +171,5 @@ def candidates(study: optuna.Study, group_names: Iterable[str] | None = None,
 def trials_frame(study: optuna.Study, group_names: list[str]) -> pd.DataFrame:
     """trials.csv of ``study``: one ``Candidate.row`` per trial, the ``TRIAL_COLUMNS`` then one ratio per group."""
     columns = TRIAL_COLUMNS + [f"ratio:{n}" for n in group_names]
-    return pd.DataFrame([c.row() for c in candidates(study, group_names)], columns=columns)
+    frame = pd.DataFrame([c.row() for c in candidates(study, group_names)], columns=columns)
+    return frame.astype({"scored_images": "Int64"})  # a count, blank where never scored

@@ -43,7 +43,7 @@ def summarize(run_dir: Path) -> dict:
     """One line of ``autoprune runs``: what was searched, how far it got, the best subnet."""
     run = RunDir(run_dir)
     config, status = run.read_config(), run.read_status()
-    done = int(run.read_trials()["state"].isin(["complete", "infeasible", "fail"]).sum())
+    done = int(run.read_trials()["state"].isin(["complete", "stopped", "infeasible", "fail"]).sum())
     subnets = read_subnets(run_dir)
     best = max(subnets, key=lambda s: s.test_acc) if subnets else None
     base_macs = (run.read_baseline() or {}).get("macs")

@@ -12,11 +12,11 @@ import pytest
 from autoprune.candidate import TRIAL_COLUMNS, Candidate, candidates, trials_frame
 from autoprune.measure.cost import Cost
 
-COMPLETE, FAIL = optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL
+COMPLETE, FAIL, PRUNED = optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL, optuna.trial.TrialState.PRUNED
 NAMES = ["conv1", "fc"]
 Group = namedtuple("Group", "name low")  # what ratios_to_prune reads of a space's group
 # a worker's report: the score, each step's seconds unrounded, and a key of Tune's own
-REPORT = {"proxy_acc": 0.8125, "prune_seconds": 0.123456, "recalibrate_seconds": 0.254321,
+REPORT = {"proxy_acc": 0.8125, "scored_images": 2000, "stopped": False, "prune_seconds": 0.123456, "recalibrate_seconds": 0.254321,
           "evaluate_seconds": 0.376543, "time_this_iter_s": 9.0}
 
 
@@ -51,7 +51,8 @@ def test_a_scored_candidate_reads_back_from_its_trial_as_it_was_told(study):
     assert back == replace(told, draws=7)  # and the strategy's draws
     assert frozen.user_attrs == back.user_attrs()
     assert back.row() == {
-        "number": 0, "state": "complete", "macs": 130, "params": 26, "proxy_acc": 0.8125, "seconds": 2.1235,
+        "number": 0, "state": "complete", "macs": 130, "params": 26, "proxy_acc": 0.8125, "scored_images": 2000,
+        "seconds": 2.1235,
         "prune_seconds": 0.1235, "recalibrate_seconds": 0.2543, "evaluate_seconds": 0.3765,
         "draws": 7, "predicted_latency_ms": 3.25, "error": None,
         "ratio:conv1": 0.123457, "ratio:fc": 0.5}
@@ -144,15 +145,17 @@ def test_trials_frame_is_trials_csv_of_the_study(tmp_path):
                             draws=2))
     study.add_trial(_frozen(1, FAIL, {"g": 0.125}, feasible=True, macs=4, params=2, error="Trace\nE: x\n"))
     study.add_trial(_frozen(2, COMPLETE, {"g": 0.0}, feasible=False, macs=9, params=5, seconds=0.0012))
+    study.add_trial(_frozen(3, PRUNED, {"g": 0.5}, feasible=True, macs=2, params=1, proxy_acc=0.25, scored_images=512))
     frame = trials_frame(study, ["g"])
     assert list(frame.columns) == [*TRIAL_COLUMNS, "ratio:g"]
     frame.to_csv(tmp_path / "trials.csv", index=False)
     assert (tmp_path / "trials.csv").read_text() == (
-        "number,state,macs,params,proxy_acc,seconds,prune_seconds,recalibrate_seconds,evaluate_seconds,"
+        "number,state,macs,params,proxy_acc,scored_images,seconds,prune_seconds,recalibrate_seconds,evaluate_seconds,"
         "draws,predicted_latency_ms,error,ratio:g\n"
-        "0,complete,3,1,0.5,1.5,,,,2.0,,,0.25\n"
-        "1,fail,4,2,,,,,,,,E: x,0.125\n"
-        "2,infeasible,9,5,,0.0012,,,,,,,0.0\n")
+        "0,complete,3,1,0.5,,1.5,,,,2.0,,,0.25\n"
+        "1,fail,4,2,,,,,,,,,E: x,0.125\n"
+        "2,infeasible,9,5,,,0.0012,,,,,,,0.0\n"
+        "3,stopped,2,1,0.25,512,,,,,,,,0.5\n")
     assert trials_frame(optuna.create_study(), ["g"]).columns.tolist() == [*TRIAL_COLUMNS, "ratio:g"]
 
 

@@ -27,7 +27,7 @@ IDENTITY = {"model", "data", "budget", "strategy", "criterion", "granularity", "
             "sparsity_train", "sparsity_lambda", "pfp_eps", "seed", "weights", "space", "output_key", "calib_batches",
             "score_images", "adaptive_bn", "tolerance", "holdout", "limit_train", "batch_size", "limit_test",
             "warm_start", "damage", "bounds_from_sensitivity", "sensitivity_from", "latency_batch",
-            "target", "latency_threads", "widths"}
+            "target", "latency_threads", "widths", "pruner"}
 
 
 def _options(parser, command: str) -> set[str]:

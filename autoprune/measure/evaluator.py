@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from functools import partial
 
 import torch
@@ -50,21 +51,30 @@ def _in_layout(batches: list[tuple[torch.Tensor, torch.Tensor]], layout: str) ->
     return [(input_to(x, layout), y) for x, y in batches]
 
 
+# ``stop(step, batch_accuracy, running_accuracy)`` after each scoring batch (step 0, 1, ...): True stops scoring
+StopRule = Callable[[int, float, float], bool]
+
+
 @torch.no_grad()
-def _top1(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
+def _top1(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]],
+          stop: StopRule | None = None) -> tuple[float, int]:
+    """Top-1 over ``batches`` in order, and the images it saw: all of them, or those up to the batch after
+    which ``stop`` said to stop."""
     model.eval()
     key = contract_of(model).output_key
     correct = total = 0
-    for x, y in batches:
-        correct += int((logits_of(model(x), key).argmax(1) == y).sum())
-        total += int(y.numel())
-    return correct / max(total, 1)
+    for step, (x, y) in enumerate(batches):
+        right = int((logits_of(model(x), key).argmax(1) == y).sum())
+        correct, total = correct + right, total + int(y.numel())
+        if stop is not None and step < len(batches) - 1 and stop(step, right / max(int(y.numel()), 1), correct / total):
+            break
+    return correct / max(total, 1), total
 
 
 def accuracy(model: nn.Module, split: Split, *, device: str = "cpu", batch_size: int = 500) -> float:
     """Top-1 accuracy of ``model`` on ``split`` (a fraction in [0, 1])."""
     model = to_device(model, device)
-    return _top1(model, _batches_on(split, batch_size, device, contract_of(model).layout))
+    return _top1(model, _batches_on(split, batch_size, device, contract_of(model).layout))[0]
 
 
 class AdaptiveBNEvaluator:
@@ -98,6 +108,8 @@ class AdaptiveBNEvaluator:
         self._holdout = _batches_on(data.holdout, eval_batch_size, device)
         self._layout = CHANNELS_LAST  # of the batches; a model in another layout gets them converted once
         self.last_seconds: dict[str, float] = {}
+        self.last_images = 0  # scoring images the last score saw
+        self.last_stopped = False  # whether the last score was stopped early
 
     def _batches_for(self, model: nn.Module) -> tuple[list, list]:
         """The calibration and scoring batches in ``model``'s layout, converted on the first model that
@@ -142,25 +154,36 @@ class AdaptiveBNEvaluator:
             bn.running_mean.div_(count)
             bn.running_var.div_(count)
 
-    def score(self, model: nn.Module, calib_batches: int | None = None) -> float:
+    def score(self, model: nn.Module, calib_batches: int | None = None, stop: StopRule | None = None) -> float:
         """Proxy accuracy of ``model`` (modified in place: its BN statistics are re-estimated,
-        on the first ``calib_batches`` calibration batches where given).
+        on the first ``calib_batches`` calibration batches where given), a fraction.
 
-        ``last_seconds`` keeps the time split of this call: the hot path, measured every time.
+        Early-stopped scoring: ``stop(step, batch_accuracy, running_accuracy)`` is called after each scoring
+        batch but the last (``scoring_batches`` in all, always in the same order), and True stops there; the
+        score is then the accuracy on the images seen so far. ``last_seconds`` keeps the time split of this
+        call (the hot path, measured every time), ``last_images`` the scoring images it saw and ``last_stopped``
+        whether ``stop`` stopped it.
         """
         tic = time.perf_counter()
         model = to_device(model, self.device)
         if self.adaptive:
             self.recalibrate(model, calib_batches)
         recalibrated = time.perf_counter()
-        proxy = _top1(model, self._batches_for(model)[1])
+        holdout = self._batches_for(model)[1]
+        proxy, self.last_images = _top1(model, holdout, stop)
+        self.last_stopped = self.last_images < sum(len(y) for _, y in holdout)
         self.last_seconds = {"recalibrate": recalibrated - tic, "evaluate": time.perf_counter() - recalibrated}
         return proxy
+
+    @property
+    def scoring_batches(self) -> int:
+        """The batches of a full score, each one step of an early-stopped one (``score``'s ``stop``)."""
+        return len(self._holdout)
 
     def holdout_accuracy(self, model: nn.Module) -> float:
         """Top-1 on the scoring images, BN statistics as they are (no recalibration)."""
         model = to_device(model, self.device)
-        return _top1(model, self._batches_for(model)[1])
+        return _top1(model, self._batches_for(model)[1])[0]
 
     @torch.no_grad()
     def forward_seconds(self, model: nn.Module) -> float:

@@ -15,7 +15,9 @@ class ScoringSettings:
     with ``adaptive_bn=False``), then its accuracy on the first ``score_images`` held-out training images;
     latency's settings are ``LatencySettings``."""
 
-    calib_batches: int = setting(20, "training batches for adaptive-BN recalibration", identity=True,
+    # 1 batch ranked candidates as well as 20 or 50 in all three fidelity studies (results/bench/fidelity*), at a
+    # fraction of the time: ResNet-20 at 50% and 25% MACs, ResNet-56 at 50%
+    calib_batches: int = setting(1, "training batches for adaptive-BN recalibration", identity=True,
                                  commands=(SEARCH, BENCH))
     score_images: int = setting(2000, "held-out images used to score a candidate", identity=True,
                                 commands=(SEARCH, BENCH))

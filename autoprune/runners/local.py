@@ -21,6 +21,7 @@ from autoprune.runners.trial import (
     score_candidate,
 )
 from autoprune.search import Strategy
+from autoprune.search.pruners import stop_rule
 from autoprune.workbench import Workbench
 
 
@@ -44,7 +45,8 @@ class LocalRunner:
             scored, error = None, None
             if pending.candidate.feasible:
                 try:
-                    scored = score_candidate(space, bench.evaluator, pending.candidate.ratios)
+                    scored = score_candidate(space, bench.evaluator, pending.candidate.ratios,
+                                             stop_rule(pending.trial, bench.config.pruner))
                 except Exception as exc:  # noqa: BLE001  (a custom model that breaks at some widths: record it, go on)
                     error = describe_error(exc)
             on_finish(finish_trial(study, strategy, bench.run, space.group_names, pending, scored, error))

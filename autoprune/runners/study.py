@@ -7,22 +7,24 @@ import logging
 import optuna
 import pandas as pd
 
-from autoprune.candidate import Candidate, candidates, trials_frame
+from autoprune.candidate import COMPLETE, Candidate, candidates, trials_frame
 from autoprune.progress import progress_bar
 from autoprune.results import STUDY_NAME
 from autoprune.runners.trial import close_left_behind, finished_count, none_scored
 from autoprune.search import Strategy
+from autoprune.search.pruners import make_pruner
 from autoprune.workbench import Workbench
 
 
 def open_study(bench: Workbench, strategy: Strategy) -> optuna.Study:
     """The run's study in its ``study.db`` (created, or reopened on resume with the trials a killed run left
-    running closed as failed), with what optuna-dashboard shows of the run as study attributes."""
+    running closed as failed), with the run's pruner (``autoprune.search.pruners``) and what optuna-dashboard
+    shows of the run as study attributes."""
     config, space = bench.config, bench.space
     optuna.logging.set_verbosity(logging.WARNING)
     study = optuna.create_study(storage=bench.run.storage_url, study_name=STUDY_NAME,
                                 directions=list(strategy.directions), sampler=strategy.sampler(),
-                                load_if_exists=True)
+                                pruner=make_pruner(config.pruner), load_if_exists=True)
     close_left_behind(study)
     for key, value in {"model": config.model, "data": config.data, "budget": config.budget,
                        "strategy": config.strategy, "criterion": config.criterion, "base_macs": space.base_cost.macs,
@@ -41,13 +43,14 @@ def run_search(bench: Workbench, strategy: Strategy, runner, *,
     names = bench.space.group_names
     bench.run.write_table("trials.csv", trials_frame(study, names))
     done = finished_count(study)
-    best = max((c.proxy_acc or 0.0 for c in candidates(study)), default=0.0)
+    best = max((c.proxy_acc or 0.0 for c in candidates(study) if c.state == COMPLETE), default=0.0)
     with progress_bar("search", bench.config.trials, quiet=quiet) as bar:
         bar.advance(done)
 
         def finished(candidate: Candidate) -> None:
             nonlocal best
-            best = max(best, candidate.proxy_acc or 0.0)
+            if candidate.state == COMPLETE:  # a stopped score is of fewer images
+                best = max(best, candidate.proxy_acc or 0.0)
             bar.advance()
             bar.note(f"best proxy {best:.2%}")
 

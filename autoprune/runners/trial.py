@@ -16,9 +16,10 @@ from typing import Any
 import optuna
 
 from autoprune.budget import Budget
-from autoprune.candidate import COMPLETE, Candidate, candidates
+from autoprune.candidate import COMPLETE, STOPPED, Candidate, candidates
 from autoprune.errors import UserError, one_line
 from autoprune.measure import AdaptiveBNEvaluator
+from autoprune.measure.evaluator import StopRule
 from autoprune.pruning.base import Space
 from autoprune.results import RunDir
 from autoprune.search import Strategy
@@ -53,24 +54,28 @@ def begin_trial(study: optuna.Study, strategy: Strategy, space: Space, budget: B
     return PendingTrial(trial, candidate, candidate.write_attrs(trial), started)
 
 
-def score_candidate(space: Space, evaluator: AdaptiveBNEvaluator, ratios: dict[str, float]) -> dict[str, float]:
+def score_candidate(space: Space, evaluator: AdaptiveBNEvaluator, ratios: dict[str, float],
+                    stop: StopRule | None = None) -> dict[str, Any]:
     """Prune a copy of the model to ``ratios`` and score it: the hot path, timed step by step. Returns the
-    ``Candidate.SCORE_FIELDS`` it measured (the proxy accuracy, a fraction; seconds of each step), the dict a
-    Ray worker reports back. Its latency is the space's prediction (``Space.cost``), not measured here.
+    ``Candidate.SCORE_FIELDS`` it measured (the proxy accuracy, a fraction, and the images it saw; seconds of
+    each step) and ``stopped`` (whether ``stop``, the study's pruner, stopped the score early: see
+    ``AdaptiveBNEvaluator.score``), the dict a Ray worker reports back. Its latency is the space's prediction
+    (``Space.cost``), not measured here.
     """
     tic = time.perf_counter()
     subnet, _ = space.prune(ratios)
     pruned = time.perf_counter()
-    proxy = evaluator.score(subnet)
-    scored = {"proxy_acc": proxy, "prune_seconds": pruned - tic,
-              **{f"{step}_seconds": seconds for step, seconds in evaluator.last_seconds.items()}}
-    return scored
+    proxy = evaluator.score(subnet, stop=stop)
+    return {"proxy_acc": proxy, "scored_images": evaluator.last_images, "stopped": evaluator.last_stopped,
+            "prune_seconds": pruned - tic,
+            **{f"{step}_seconds": seconds for step, seconds in evaluator.last_seconds.items()}}
 
 
 def finish_trial(study: optuna.Study, strategy: Strategy, run: RunDir, group_names: list[str], pending: PendingTrial,
                  scored: Mapping[str, Any] | None, error: str | None = None) -> Candidate:
-    """Tell the study a scored (or infeasible, ``scored`` None) candidate, or a failed one with its
-    ``error``; append its row to trials.csv. Returns the candidate as the study now records it."""
+    """Tell the study a scored (or infeasible, ``scored`` None) candidate, a stopped one (``scored["stopped"]``:
+    Optuna's ``PRUNED``), or a failed one with its ``error``; append its row to trials.csv. Returns the
+    candidate as the study now records it."""
     trial = pending.trial
     if error is not None:
         pending.candidate.failed(error).write_attrs(trial, pending.written)
@@ -78,7 +83,10 @@ def finish_trial(study: optuna.Study, strategy: Strategy, run: RunDir, group_nam
     else:
         told = pending.candidate.scored(scored or {}, seconds=time.perf_counter() - pending.started)
         told.write_attrs(trial, pending.written)
-        frozen = study.tell(trial, strategy.objectives(told.proxy_acc or 0.0, told.cost))
+        if told.state == STOPPED:
+            frozen = study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        else:
+            frozen = study.tell(trial, strategy.objectives(told.proxy_acc or 0.0, told.cost))
     candidate = Candidate.from_trial(frozen, group_names)
     run.append_trial(candidate.row())
     return candidate
@@ -118,9 +126,10 @@ def close_left_behind(study: optuna.Study) -> None:
 
 
 def finished_count(study: optuna.Study) -> int:
-    """Trials that count toward ``--trials``: complete ones, and those that failed with an error
+    """Trials that count toward ``--trials``: complete and stopped ones, and those that failed with an error
     (a trial left running by a killed run is failed without one, and is done again)."""
-    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    complete = study.get_trials(deepcopy=False,
+                                states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED))
     return len(complete) + len(failed_with_error(study))
 
 

@@ -21,6 +21,19 @@ def _strategy_help() -> str:
     return "; ".join(f"{k}: {v}" for k, v in describe_strategies().items())
 
 
+def _pruners() -> list[str]:
+    from autoprune.search.pruners import list_pruners
+
+    return list_pruners()
+
+
+def _pruner_help() -> str:
+    from autoprune.search.pruners import PRUNERS
+
+    return ("early-stopped scoring, for single-objective strategies (nsga2 scores in full); "
+            + "; ".join(f"{k}: {v}" for k, v in PRUNERS.describe().items()))
+
+
 def _damages() -> tuple[str, ...]:
     from autoprune.search.sensitivity import DAMAGES
 
@@ -30,13 +43,15 @@ def _damages() -> tuple[str, ...]:
 @dataclass(frozen=True)
 class StrategySettings:
     """How candidates are proposed: ``strategy`` (a registered one) for ``trials`` trials; ``tolerance`` (a
-    fraction: random's band below the budget, binary's allowed damage); ``warm_start`` (try the uniform ratios
+    fraction: random's band below the budget, binary's allowed damage); ``pruner``, which stops a candidate's
+    score early (``autoprune.search.pruners``); ``warm_start`` (try the uniform ratios
     first); PFP's error bound ``pfp_eps``; and the binary search's ``damage`` measure, which can also narrow the
     ratio bounds (``bounds_from_sensitivity``) or be read from an earlier run (``sensitivity_from``, a run
     directory)."""
 
     strategy: str = setting("tpe", _strategy_help, identity=True, choices=_strategies)
-    trials: int = setting(40, "trials in the study, infeasible and failed ones included")
+    trials: int = setting(40, "trials in the study, stopped, infeasible and failed ones included")
+    pruner: str = setting("median", _pruner_help, identity=True, choices=_pruners, commands=(SEARCH, BENCH))
     tolerance: float = setting(
         0.02, "random: accept candidates within this fraction below the budget; binary: the damage a group may do "
         "(proxy drop or relative reconstruction error)", identity=True, commands=(SEARCH, BENCH))
@@ -64,6 +79,8 @@ class StrategySettings:
 
         if self.strategy not in _strategies():
             raise UserError(f"unknown strategy '{self.strategy}' (choose from {', '.join(_strategies())})")
+        if self.pruner not in _pruners():
+            raise UserError(f"unknown pruner '{self.pruner}' (choose from {', '.join(_pruners())})")
         if self.trials < 1:
             raise UserError("--trials must be at least 1")
         if not 0 < self.tolerance < 1:

@@ -274,3 +274,27 @@ def test_forward_seconds_times_one_pass_over_every_batch(rgb, monkeypatch):
     monkeypatch.setattr("autoprune.measure.evaluator.time.perf_counter", lambda: next(ticks))
     assert evaluator.forward_seconds(model) == 0.625
     assert calls == [8, 8, 256, 44] and not model.training
+
+
+def test_a_stopped_score_is_the_accuracy_of_the_batches_it_saw(bundle):
+    torch.manual_seed(0)
+    model = create_model("resnet20", in_channels=1, num_classes=3)
+    evaluator = AdaptiveBNEvaluator(bundle, calib_batches=2, batch_size=32, eval_batch_size=16, seed=0)
+    assert evaluator.scoring_batches == 3  # 40 held-out images: 16, 16 and 8
+    full = evaluator.score(copy.deepcopy(model))
+    assert (evaluator.last_images, evaluator.last_stopped) == (40, False)
+    seen = []
+
+    def stop_after_second(step, batch_accuracy, running_accuracy):
+        seen.append((step, batch_accuracy, running_accuracy))
+        return step == 1
+
+    stopped = evaluator.score(copy.deepcopy(model), stop=stop_after_second)
+    assert (evaluator.last_images, evaluator.last_stopped) == (32, True)
+    # the running accuracy of the first two batches, which each batch's own accuracy adds up to
+    assert [s for s, _, _ in seen] == [0, 1]
+    assert stopped == seen[-1][2] == pytest.approx((seen[0][1] + seen[1][1]) / 2)
+    # a rule that never stops is asked after every batch but the last, and changes nothing
+    seen.clear()
+    assert evaluator.score(copy.deepcopy(model), stop=lambda *a: seen.append(a) and False) == full
+    assert len(seen) == 2 and (evaluator.last_images, evaluator.last_stopped) == (40, False)

@@ -77,9 +77,10 @@ class FakeEvaluator:
         self.scored = []
         self.last_seconds = {}
 
-    def score(self, subnet):
+    def score(self, subnet, stop=None):
         self.scored.append(subnet)
         self.last_seconds = {"recalibrate": 0.25, "evaluate": 0.125}
+        self.last_images, self.last_stopped = 2000, False
         return self.proxy
 
 
@@ -129,7 +130,8 @@ def test_score_times_each_step(monkeypatch):
     space, evaluator = FakeSpace(), FakeEvaluator(0.625)
     scored = score_candidate(space, evaluator, {"a": 0.5})
     assert space.pruned == [{"a": 0.5}] and evaluator.scored == [("subnet", {"a": 0.5})]
-    assert scored == {"proxy_acc": 0.625, "prune_seconds": 0.5, "recalibrate_seconds": 0.25, "evaluate_seconds": 0.125}
+    assert scored == {"proxy_acc": 0.625, "scored_images": 2000, "stopped": False, "prune_seconds": 0.5,
+                      "recalibrate_seconds": 0.25, "evaluate_seconds": 0.125}
 
 
 # --- finish ----------------------------------------------------------------------------------------
