@@ -288,13 +288,17 @@ def _progress(run: _Run) -> str:
     from matplotlib.ticker import MaxNLocator
 
     fig, ax = _figure(7.6, 3.6)
-    scored = trials[trials["proxy_acc"].notna()]
+    scored = trials[trials["proxy_acc"].notna() & (trials["state"] != "stopped")]
+    stopped = trials[trials["state"] == "stopped"]
     tuned = scored[scored["number"].isin([s.trial for s in run.subnets])]
     if len(scored):
         ax.scatter(scored["number"], scored["proxy_acc"] * 100, s=16, color="tab:blue",
                    label="scored within budget (proxy)")
         ax.step(scored["number"], scored["proxy_acc"].cummax() * 100, where="post", color="tab:red",
                 label="best so far")
+    if len(stopped):
+        ax.scatter(stopped["number"], stopped["proxy_acc"] * 100, s=16, marker="v", color="tab:gray",
+                   label="stopped early (proxy of the images seen)")
     if len(tuned):
         ax.scatter(tuned["number"], tuned["proxy_acc"] * 100, s=90, facecolors="none",
                    edgecolors="black", label="fine-tuned")

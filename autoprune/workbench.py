@@ -8,6 +8,7 @@ leaves no half-made run behind.
 from __future__ import annotations
 
 import copy
+import math
 import time
 from dataclasses import asdict, dataclass
 
@@ -31,6 +32,9 @@ from autoprune.pruning.weights import WeightSpace
 from autoprune.results import RunDir
 from autoprune.retrain import check_retrain_model
 from autoprune.train import train
+
+SCORING_STEPS = 8  # batches a candidate's score is split into: where a pruner may stop it
+SCORING_BATCH = 256  # the most images a scoring batch holds
 
 
 @dataclass
@@ -186,9 +190,12 @@ def ranking_batches(config: SearchConfig, data: DataBundle) -> list | None:
 def make_evaluator(config: SearchConfig, data: DataBundle, *, calib_batches: int | None = None,
                    adaptive: bool | None = None) -> AdaptiveBNEvaluator:
     """The candidate scorer: ``calib_batches`` (default ``config.calib_batches``) training batches, the first
-    ``config.score_images`` held-out images."""
-    holdout = data.holdout.subset(torch.arange(min(config.score_images, len(data.holdout))))
+    ``config.score_images`` held-out images in ``SCORING_STEPS`` batches (of at most ``SCORING_BATCH``), each one
+    step at which the study's pruner may stop a score (``autoprune.search.pruners``)."""
+    images = min(config.score_images, len(data.holdout))
+    holdout = data.holdout.subset(torch.arange(images))
     scoring = DataBundle(data.name, data.train, holdout, data.test, data.num_classes, data.augment)
     return AdaptiveBNEvaluator(scoring, calib_batches=calib_batches or config.calib_batches,
                                batch_size=config.batch_size, device=config.device, seed=config.seed,
-                               adaptive=config.adaptive_bn if adaptive is None else adaptive)
+                               adaptive=config.adaptive_bn if adaptive is None else adaptive,
+                               eval_batch_size=max(1, min(SCORING_BATCH, math.ceil(images / SCORING_STEPS))))

@@ -1,9 +1,12 @@
 """How fast does each strategy find a good candidate, and what does one candidate cost?
 
 Every strategy runs the real search (the same pipeline as ``autoprune search``, fine-tuning off)
-for the same number of trials over several seeds. The sensitivity that ``tpe-bounded`` (tpe with
-``--bounds-from-sensitivity``) and ``binary`` need is measured once and reused by every seed
-(``--sensitivity-from``); its one-off cost is reported on its own.
+for the same number of trials over several seeds. A label is a strategy, optionally with the pruner
+that stops its scores early (``tpe+median``, ``random+none``; a bare strategy takes the study's
+``--pruner``). The sensitivity that ``tpe-bounded`` (tpe with ``--bounds-from-sensitivity``) and
+``binary`` need is measured once and reused by every seed (``--sensitivity-from``); its one-off cost is
+reported on its own. Only complete candidates count toward the best proxy: a stopped one was scored on
+fewer images.
 """
 
 from __future__ import annotations
@@ -21,20 +24,32 @@ from autoprune.config import SearchConfig
 from autoprune.errors import UserError
 from autoprune.pipeline import search, sensitivity
 from autoprune.search import list_strategies
+from autoprune.search.pruners import list_pruners
 from autoprune.workbench import load_workbench, make_evaluator
 
 BOUNDED = "tpe-bounded"
 _PARTS = ("ask", "cost", "prune", "recalibrate", "evaluate", "bookkeeping")
+_TIME_FRACTIONS = (0.25, 0.5, 1.0)  # of the first label's median search time: where the best proxy is compared
+
+
+def parse_label(label: str, default_pruner: str) -> tuple[str, str]:
+    """``(strategy label, pruner)`` of a label ``strategy[+pruner]``; a bare strategy takes ``default_pruner``."""
+    strategy, _, pruner = label.partition("+")
+    return strategy, pruner or default_pruner
 
 
 def check(*, budget: str, strategies: list[str], trials: int, seeds: int, **_) -> None:
     """Check the study's own options before anything is written; raises ``UserError`` for a malformed
     budget, unknown or no strategies, or fewer than 1 trial or seed."""
     parse_budget(budget)
-    unknown = [s for s in strategies if s not in (*list_strategies(), BOUNDED)]
+    labels = [parse_label(s, "none") for s in strategies]
+    unknown = [s for s, (name, pruner) in zip(strategies, labels, strict=True)
+               if name not in (*list_strategies(), BOUNDED) or pruner not in list_pruners()]
     if unknown or not strategies:
         raise UserError(f"--strategies: unknown {unknown or 'none given'} (choose from "
-                        f"{', '.join([*list_strategies(), BOUNDED])})")
+                        f"{', '.join([*list_strategies(), BOUNDED])}, each optionally +{'/+'.join(list_pruners())})")
+    if len(set(strategies)) < len(strategies):
+        raise UserError("--strategies: a label is given twice")
     if trials < 1 or seeds < 1:
         raise UserError("--trials and --seeds must be at least 1")
 
@@ -54,7 +69,7 @@ def run(config: SearchConfig, bench: BenchDir, *, budget: str, strategies: list[
     base = {k: v for k, v in asdict(config).items() if k not in ("model", "data", "budget", "out")}
     base.update(finetune_top=0, trials=trials)
     sensitivity_dir = None
-    if any(s in (BOUNDED, "binary") for s in strategies):
+    if any(parse_label(s, config.pruner)[0] in (BOUNDED, "binary") for s in strategies):
         sensitivity_dir = runs / "sensitivity"
         if bench.done("sensitivity") is None:
             tic = time.perf_counter()
@@ -66,12 +81,13 @@ def run(config: SearchConfig, bench: BenchDir, *, budget: str, strategies: list[
     for offset in range(seeds):
         for label in strategies:
             seed = config.seed + offset
+            name, pruner = parse_label(label, config.pruner)
             key, run_dir = f"{label} seed {seed}", runs / f"{label}-s{seed}"
             if bench.done(key) is None:
                 bench.log(f"{key}: {trials} trials")
-                options = {**base, "seed": seed, "strategy": "tpe" if label == BOUNDED else label,
-                           "bounds_from_sensitivity": label == BOUNDED,
-                           "sensitivity_from": str(sensitivity_dir) if label in (BOUNDED, "binary") else None}
+                options = {**base, "seed": seed, "strategy": "tpe" if name == BOUNDED else name, "pruner": pruner,
+                           "bounds_from_sensitivity": name == BOUNDED,
+                           "sensitivity_from": str(sensitivity_dir) if name in (BOUNDED, "binary") else None}
                 search(config.model, config.data, budget=budget, out=str(run_dir),
                        resume=(run_dir / "config.yaml").exists(), quiet=quiet, **options)
                 timings = json.loads((run_dir / "run.json").read_text())["timings"]
@@ -81,16 +97,21 @@ def run(config: SearchConfig, bench: BenchDir, *, budget: str, strategies: list[
             frame["search_seconds"] = bench.done(key)["search_seconds"]
             frames.append(frame)
     trials_all = pd.concat(frames, ignore_index=True)
-    trials_all["best_so_far"] = trials_all.groupby(["strategy", "seed"])["proxy_acc"].transform(
-        lambda s: s.fillna(0.0).cummax())
+    complete = trials_all["proxy_acc"].where(trials_all["state"] == "complete")  # a stopped score saw fewer images
+    by_run = complete.groupby([trials_all["strategy"], trials_all["seed"]])
+    trials_all["best_so_far"] = by_run.transform(lambda s: s.fillna(0.0).cummax())
+    trials_all["elapsed_seconds"] = trials_all.groupby(["strategy", "seed"])["seconds"].cumsum()
     bench.write_csv("trials.csv", trials_all.drop(columns=[c for c in trials_all if c.startswith("ratio:")]))
     curves = _curves(trials_all, strategies)
     bench.write_csv("curves.csv", curves)
+    timed = _at_times(trials_all, strategies)
+    bench.write_csv("curves_by_time.csv", timed)
+    reached = _trials_to_reach(trials_all, strategies, strategies[0])
     cost_seconds, overhead = _offline(config, bench, trials_all, strategies, overhead_candidates)
     speed = _throughput(trials_all, strategies, cost_seconds)
     bench.write_csv("throughput.csv", speed)
-    _plot(bench, curves, speed, strategies)
-    _summary(bench, config, budget, trials, seeds, curves, speed, overhead, bench.done("sensitivity"))
+    _plot(bench, curves, timed, speed, strategies)
+    _summary(bench, config, budget, trials, seeds, curves, timed, reached, speed, overhead, bench.done("sensitivity"))
     return speed
 
 
@@ -99,6 +120,39 @@ def _curves(frame: pd.DataFrame, strategies: list[str]) -> pd.DataFrame:
     stats["trial"] = stats["number"] + 1
     stats["strategy"] = pd.Categorical(stats["strategy"], strategies, ordered=True)
     return stats.sort_values(["strategy", "trial"]).drop(columns="number")
+
+
+def _at_times(frame: pd.DataFrame, strategies: list[str]) -> pd.DataFrame:
+    """The best proxy so far of each label at the same wall times, over its seeds (mean, min, max): at
+    ``_TIME_FRACTIONS`` of the first label's median search time (the sum of its trials' seconds), and on a grid of
+    50 times up to the longest search for the plot. A search that ended earlier keeps its last best."""
+    totals = frame.groupby(["strategy", "seed"])["elapsed_seconds"].max()
+    reference = float(totals.loc[strategies[0]].median())
+    grid = sorted({*np.linspace(0, float(totals.max()), 50)[1:], *(f * reference for f in _TIME_FRACTIONS)})
+    rows = []
+    for label in strategies:
+        runs = frame[frame["strategy"] == label]
+        for t in grid:
+            bests = [float(run.loc[run["elapsed_seconds"] <= t, "best_so_far"].max()) if (run["elapsed_seconds"] <= t).any()
+                     else 0.0 for _, run in runs.groupby("seed")]
+            rows.append({"strategy": label, "seconds": round(t, 3), "fraction_of_reference": round(t / reference, 4),
+                         "mean": float(np.mean(bests)), "min": min(bests), "max": max(bests)})
+    return pd.DataFrame(rows)
+
+
+def _trials_to_reach(frame: pd.DataFrame, strategies: list[str], reference: str) -> dict[str, list[int | None]]:
+    """Per label, per seed: the trials it took to reach the reference label's final best proxy of the same seed
+    (None where it never did)."""
+    finals = frame[frame["strategy"] == reference].groupby("seed")["best_so_far"].max()
+    reached: dict[str, list[int | None]] = {}
+    for label in strategies:
+        counts = []
+        for seed, run in frame[frame["strategy"] == label].groupby("seed"):
+            hit = run.sort_values("number").reset_index(drop=True)
+            at = hit.index[hit["best_so_far"] >= finals.get(seed, np.inf) - 1e-12]
+            counts.append(int(at[0]) + 1 if len(at) else None)
+        reached[label] = counts
+    return reached
 
 
 def _throughput(frame: pd.DataFrame, strategies: list[str], cost_seconds: float) -> pd.DataFrame:
@@ -119,6 +173,8 @@ def _throughput(frame: pd.DataFrame, strategies: list[str], cost_seconds: float)
         parts["ask"] = runs["seconds"].sum() / n - sum(parts.values())
         parts["bookkeeping"] = total / n - runs["seconds"].sum() / n
         rows.append({"strategy": label, "trials": len(runs), "scored": len(scored),
+                     "complete": int((runs["state"] == "complete").sum()),
+                     "stopped": int((runs["state"] == "stopped").sum()),
                      "infeasible": int((runs["state"] == "infeasible").sum()),
                      "search_seconds": round(total, 1), "scored_per_minute": 60 * len(scored) / total,
                      "seconds_per_scored": total / n, **{f"{p}_seconds": parts[p] for p in _PARTS}})
@@ -187,54 +243,76 @@ def _overhead(config, bench, data, space, runs, scored, ratios, k, label) -> dic
             "overhead": round(candidate / float(np.mean(forward)), 3)}
 
 
-def _plot(bench: BenchDir, curves: pd.DataFrame, speed: pd.DataFrame, strategies: list[str]) -> None:
-    fig, axes = figure(2, width=6.0)
-    ax = axes[0][0]
-    for label in strategies:
-        c = curves[curves["strategy"] == label]
-        ax.plot(c["trial"], 100 * c["mean"], label=label)
-        ax.fill_between(c["trial"], 100 * c["min"], 100 * c["max"], alpha=0.15)
-    ax.set_xlabel("trials")
-    ax.set_ylabel("best proxy accuracy so far (%; mean, range over seeds)")
-    ax.grid(alpha=0.3)
-    ax.legend()
+def _plot(bench: BenchDir, curves: pd.DataFrame, timed: pd.DataFrame, speed: pd.DataFrame,
+          strategies: list[str]) -> None:
+    fig, axes = figure(3, width=5.5)
     top = curves["max"].max()
-    ax.set_ylim(max(0.0, 100 * top - 25), 100 * top + 2)
-    ax = axes[0][1]
+    for ax, table, x, label_x in ((axes[0][0], curves, "trial", "trials"),
+                                  (axes[0][1], timed, "seconds", "search seconds (sum of its trials')")):
+        for label in strategies:
+            c = table[table["strategy"] == label]
+            ax.plot(c[x], 100 * c["mean"], label=label)
+            ax.fill_between(c[x], 100 * c["min"], 100 * c["max"], alpha=0.15)
+        ax.set_xlabel(label_x)
+        ax.set_ylabel("best proxy accuracy so far (%; mean, range over seeds)")
+        ax.grid(alpha=0.3)
+        ax.set_ylim(max(0.0, 100 * top - 25), 100 * top + 2)
+    axes[0][0].legend(fontsize=7)
+    ax = axes[0][2]
     bottom = np.zeros(len(speed))
     for part in _PARTS:
         values = speed[f"{part}_seconds"].to_numpy()
         ax.bar(speed["strategy"], values, bottom=bottom, label=part)
         bottom += values
     ax.set_ylabel("seconds per scored candidate")
+    ax.tick_params(axis="x", labelrotation=45, labelsize=7)
     ax.legend(fontsize=8)
     bench.save_figure(fig, "efficiency.png")
 
 
-def _summary(bench, config, budget, trials, seeds, curves, speed, overhead, sens) -> None:
+def _cell(row) -> str:
+    return f"{row['mean']:.1%} ({row['min']:.1%}-{row['max']:.1%})"
+
+
+def _summary(bench, config, budget, trials, seeds, curves, timed, reached, speed, overhead, sens) -> None:
     checkpoints = sorted({max(1, trials // 4), max(1, trials // 2), trials})
-    lines = ["| strategy | " + " | ".join(f"best proxy after {n} trials" for n in checkpoints) + " |",
-             "|---|" + "---:|" * len(checkpoints)]
+    reference = speed["strategy"].iloc[0]
+    lines = ["| strategy | " + " | ".join(f"best proxy after {n} trials" for n in checkpoints)
+             + f" | trials to reach {reference}'s best, per seed |",
+             "|---|" + "---:|" * (len(checkpoints) + 1)]
     for label, c in curves.groupby("strategy", observed=True, sort=False):
-        cells = []
-        for n in checkpoints:
-            row = c[c["trial"] == n].iloc[0]
-            cells.append(f"{row['mean']:.1%} ({row['min']:.1%}-{row['max']:.1%})")
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    split = ["| strategy | scored / trials | infeasible | scored per minute | s per scored | "
-             + " | ".join(_PARTS) + " |", "|---|---:|---:|---:|---:|" + "---:|" * len(_PARTS)]
+        cells = [_cell(c[c["trial"] == n].iloc[0]) for n in checkpoints]
+        hits = ", ".join("never" if n is None else str(n) for n in reached[label])
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {hits} |")
+    marks = timed[timed["fraction_of_reference"].isin(_TIME_FRACTIONS)]
+    seconds = sorted(marks["seconds"].unique())
+    by_time = ["| strategy | " + " | ".join(f"best proxy at {t:.0f} s" for t in seconds) + " |",
+               "|---|" + "---:|" * len(seconds)]
+    for label, c in marks.groupby("strategy", sort=False):
+        by_time.append(f"| {label} | " + " | ".join(_cell(c[c["seconds"] == t].iloc[0]) for t in seconds) + " |")
+    split = ["| strategy | scored / trials | stopped | infeasible | scored per minute | s per scored | "
+             + " | ".join(_PARTS) + " |", "|---|---:|---:|---:|---:|---:|" + "---:|" * len(_PARTS)]
     for r in speed.itertuples():
-        split.append(f"| {r.strategy} | {r.scored} / {r.trials} | {r.infeasible} | {r.scored_per_minute:.1f} | "
-                     f"{r.seconds_per_scored:.2f} | " + " | ".join(f"{getattr(r, f'{p}_seconds'):.4f}" for p in _PARTS) + " |")
+        split.append(f"| {r.strategy} | {r.scored} / {r.trials} | {r.stopped} | {r.infeasible} | "
+                     f"{r.scored_per_minute:.1f} | {r.seconds_per_scored:.2f} | "
+                     + " | ".join(f"{getattr(r, f'{p}_seconds'):.4f}" for p in _PARTS) + " |")
     body = f"""
 {', '.join(speed['strategy'])} on {config.model} / {config.data} at {budget}: {trials} trials each, {seeds} seed(s)
-(from {config.seed}), adaptive BN with {config.calib_batches} batches of {config.batch_size} and {config.score_images}
-scoring images. Infeasible trials count as trials with no score.
+(from {config.seed}), adaptive BN with {config.calib_batches} batch(es) of {config.batch_size} and {config.score_images}
+scoring images; a label `strategy+pruner` stops scores early with that pruner (a bare strategy: `--pruner
+{config.pruner}`). Only complete candidates count toward the best proxy: a stopped one was scored on fewer
+images. Infeasible and stopped trials count as trials.
 
-""" + "\n".join(lines) + """
+""" + "\n".join(lines) + f"""
 
-Time per scored candidate (all seeds; infeasible trials' time is spread over the scored ones).
-`ask` is the strategy choosing ratios (random: its draws and bisections), `cost` the exact MAC/param count (timed on the candidates after the searches, so that the
+At equal search time (the sum of the trials' seconds; {', '.join(f'{f:g}' for f in _TIME_FRACTIONS)} of {reference}'s
+median search time):
+
+""" + "\n".join(by_time) + """
+
+Time per scored candidate (all seeds; a stopped candidate counts as scored, and infeasible trials' time is spread
+over the scored ones). `ask` is the strategy choosing ratios (the samplers' and random's bisections onto the budget),
+`cost` the exact MAC/param count (timed on the candidates after the searches, so that the
 searches pay no extra storage write for it),
 `bookkeeping` the Optuna tell and storage writes:
 
@@ -248,5 +326,7 @@ searches pay no extra storage write for it),
                  f"{overhead['candidate_seconds']:.2f} s, against {overhead['forward_seconds']:.2f} s for the bare "
                  f"forward passes of its {overhead['images']} images (eval mode), timed beside it in alternating order: "
                  f"**overhead {overhead['overhead']:.2f}** (target: under 1.25).\n")
-    body += "\n![best proxy vs trials, and time per candidate](efficiency.png)\n\nFiles: curves.csv, throughput.csv, trials.csv (all runs), runs/ (each search's own run directory).\n"
+    body += ("\n![best proxy vs trials and vs search time, and time per candidate](efficiency.png)\n\n"
+             "Files: curves.csv (by trial), curves_by_time.csv, throughput.csv, trials.csv (all runs), runs/ (each "
+             "search's own run directory).\n")
     bench.write_summary("Search efficiency", body)

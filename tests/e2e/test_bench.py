@@ -61,18 +61,34 @@ def test_fidelity(bench_args, tmp_path, one_thread):
 @pytest.mark.slow
 def test_efficiency(bench_args, tmp_path, one_thread):
     out = tmp_path / "efficiency"
-    assert main(bench_args("efficiency", out, "--strategies", "random,tpe-bounded", "--trials", "3",
+    labels = ["random+none", "tpe-bounded", "random+halving"]
+    # a tight budget, so that the candidates of the tiny data score apart (at 50% every one scores 100%)
+    assert main(bench_args("efficiency", out, "--strategies", ",".join(labels), "--trials", "4", "--budget", "25%flops",
                            "--seeds", "2", "--overhead-candidates", "2")) == 0
     curves = pd.read_csv(out / "curves.csv")
-    assert set(curves["strategy"]) == {"random", "tpe-bounded"}
+    assert set(curves["strategy"]) == set(labels)
     for _, c in curves.groupby("strategy"):
-        assert list(c["trial"]) == [1, 2, 3]
+        assert list(c["trial"]) == [1, 2, 3, 4]
         assert c["mean"].is_monotonic_increasing  # best so far never falls
         assert (c["count"] == 2).all()  # every seed ran
     speed = pd.read_csv(out / "throughput.csv").set_index("strategy")
-    assert speed.loc["random", "scored"] == 6  # random candidates are all within budget
+    assert speed.loc["random+none", "scored"] == 8 and speed.loc["random+none", "stopped"] == 0
     parts = ["ask", "cost", "prune", "recalibrate", "evaluate", "bookkeeping"]
     assert np.allclose(speed[[f"{p}_seconds" for p in parts]].sum(axis=1), speed["seconds_per_scored"])
+    # each label ran with its pruner; successive halving stopped some scores, which never count toward the best
+    configs = {label: (out / "runs" / f"{label}-s0" / "config.yaml").read_text() for label in labels}
+    assert "pruner: none" in configs["random+none"] and "pruner: halving" in configs["random+halving"]
+    assert "pruner: median" in configs["tpe-bounded"]  # a bare label: the study's --pruner, here the default
+    trials = pd.read_csv(out / "trials.csv")
+    stopped = trials[trials["state"] == "stopped"]
+    assert len(stopped) > 0 and set(stopped["strategy"]) == {"random+halving"}
+    assert (stopped["scored_images"] < 120).all()
+    complete = trials["proxy_acc"].where(trials["state"] == "complete").fillna(0.0)
+    assert (trials["best_so_far"] == complete.groupby([trials["strategy"], trials["seed"]]).cummax()).all()
+    by_time = pd.read_csv(out / "curves_by_time.csv")
+    assert set(by_time["strategy"]) == set(labels) and (by_time["fraction_of_reference"] == 1.0).sum() == 3
+    for _, c in by_time.groupby("strategy"):
+        assert c.sort_values("seconds")["mean"].is_monotonic_increasing
     overhead = next(json.loads(line)["value"] for line in (out / "journal.jsonl").read_text().splitlines()
                 if json.loads(line)["key"] == "overhead")
     assert 0 <= overhead["overhead"] < math.inf  # a ratio of two timings: its size is the study's finding, not a test's
@@ -82,7 +98,8 @@ def test_efficiency(bench_args, tmp_path, one_thread):
     for seed in (0, 1):
         config = (out / "runs" / f"tpe-bounded-s{seed}" / "config.yaml").read_text()
         assert "sensitivity_from:" in config and "runs/sensitivity" in config
-    assert "overhead" in (out / "summary.md").read_text()
+    summary = (out / "summary.md").read_text()
+    assert "overhead" in summary and "trials to reach random+none's best" in summary
 
 
 def test_baselines(bench_args, tmp_path, one_thread, flops_clock):
@@ -172,6 +189,8 @@ def test_granularity(bench_args, tmp_path, one_thread):
 def test_bench_errors(bench_args, tmp_path, capsys):
     assert main(bench_args("efficiency", tmp_path / "e", "--strategies", "annealing")) == 2
     assert "--strategies: unknown ['annealing']" in capsys.readouterr().err
+    assert main(bench_args("efficiency", tmp_path / "e", "--strategies", "tpe+hyperband")) == 2
+    assert "--strategies: unknown ['tpe+hyperband']" in capsys.readouterr().err
     assert main(bench_args("speedup", tmp_path / "s", "--budgets", "8ms")) == 2
     assert main(bench_args("fidelity", tmp_path / "f", "--resume")) == 2
     assert "holds no benchmark" in capsys.readouterr().err
