@@ -288,8 +288,7 @@ def _progress(run: _Run) -> str:
     from matplotlib.ticker import MaxNLocator
 
     fig, ax = _figure(7.6, 3.6)
-    scored = trials[trials["proxy_acc"].notna() & (trials["state"] != "stopped")]
-    stopped = trials[trials["state"] == "stopped"]
+    scored, stopped = (trials[trials["proxy_acc"].notna() & (trials["state"] == s)] for s in ("complete", "stopped"))
     tuned = scored[scored["number"].isin([s.trial for s in run.subnets])]
     if len(scored):
         ax.scatter(scored["number"], scored["proxy_acc"] * 100, s=16, color="tab:blue",

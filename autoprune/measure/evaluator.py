@@ -51,8 +51,9 @@ def _in_layout(batches: list[tuple[torch.Tensor, torch.Tensor]], layout: str) ->
     return [(input_to(x, layout), y) for x, y in batches]
 
 
-# ``stop(step, batch_accuracy, running_accuracy)`` after each scoring batch (step 0, 1, ...): True stops scoring
-StopRule = Callable[[int, float, float], bool]
+# ``stop(step, images, batch_accuracy, running_accuracy)`` after each scoring batch (step 0, 1, ...; ``images`` seen so
+# far): True stops scoring
+StopRule = Callable[[int, int, float, float], bool]
 
 
 @torch.no_grad()
@@ -66,7 +67,8 @@ def _top1(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]],
     for step, (x, y) in enumerate(batches):
         right = int((logits_of(model(x), key).argmax(1) == y).sum())
         correct, total = correct + right, total + int(y.numel())
-        if stop is not None and step < len(batches) - 1 and stop(step, right / max(int(y.numel()), 1), correct / total):
+        if stop is not None and step < len(batches) - 1 and stop(step, total, right / max(int(y.numel()), 1),
+                                                                 correct / total):
             break
     return correct / max(total, 1), total
 
@@ -158,7 +160,7 @@ class AdaptiveBNEvaluator:
         """Proxy accuracy of ``model`` (modified in place: its BN statistics are re-estimated,
         on the first ``calib_batches`` calibration batches where given), a fraction.
 
-        Early-stopped scoring: ``stop(step, batch_accuracy, running_accuracy)`` is called after each scoring
+        Early-stopped scoring: ``stop(step, images, batch_accuracy, running_accuracy)`` is called after each scoring
         batch but the last (``scoring_batches`` in all, always in the same order), and True stops there; the
         score is then the accuracy on the images seen so far. ``last_seconds`` keeps the time split of this
         call (the hot path, measured every time), ``last_images`` the scoring images it saw and ``last_stopped``

@@ -8,6 +8,11 @@ prune and score: the base model, the driver's channel rankings and the scoring d
 object store once per run (``ship``), and each worker process reads them out once and builds its
 pruning space once for every trial it runs (``reuse_actors``).
 
+Early-stopped scoring: a worker reports each scoring batch to Tune, and a Tune scheduler in the driver
+(``make_scheduler``) asks the run's Optuna pruner, on the trial in the study, whether to go on, and stops the
+trial where it says so: the same pruner and the same decisions as in a local run (Optuna's successive
+halving is the asynchronous kind, ASHA).
+
 Faults: a worker that dies mid-trial has its trial retried by Tune (``FailureConfig``); a trial
 that raises is recorded as failed with its error; a killed driver leaves ``study.db`` with every
 completed trial, and ``--resume`` goes on from there.
@@ -44,6 +49,7 @@ from autoprune.runners.trial import (
     score_candidate,
 )
 from autoprune.search import Strategy
+from autoprune.search.pruners import stop_rule
 
 LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": a local Ray listens on 127.0.0.1 only
 
@@ -136,12 +142,20 @@ def _worker_state(shipped: Shipped) -> tuple[WorkerBench, Space, AdaptiveBNEvalu
 
 
 def _score_trial(config: dict, shipped: Shipped) -> None:
-    """The Tune trainable: prune and score one candidate, report the score or the error."""
+    """The Tune trainable: prune and score one candidate, report the score or the error. With
+    ``config["early_stop"]`` each scoring batch but the last is reported too (``partial``), for the driver's
+    scheduler to stop the trial on (Tune then ends this function at its next report)."""
     from ray import tune
 
     _, space, evaluator = _worker_state(shipped)
+
+    def report(step: int, images: int, batch_accuracy: float, running_accuracy: float) -> bool:
+        tune.report({"partial": True, "scoring_step": step, "scored_images": images,
+                     "batch_accuracy": batch_accuracy, "proxy_acc": running_accuracy})
+        return False  # the driver decides
+
     try:
-        result = score_candidate(space, evaluator, config["ratios"])
+        result = score_candidate(space, evaluator, config["ratios"], report if config["early_stop"] else None)
     except Exception as exc:  # noqa: BLE001  (recorded as a failed trial by the searcher)
         result = {"proxy_acc": 0.0, "error": describe_error(exc)}
     tune.report(result)
@@ -160,11 +174,14 @@ class _Driver:
     run: RunDir
     remaining: int
     on_finish: object  # Callable[[Candidate], None]
+    early_stop: bool = False  # the run's pruner may stop scores: workers report each scoring batch
 
 
 def make_searcher(study: optuna.Study, strategy: Strategy, space: Space, budget: Budget, run: RunDir,
-                  remaining: int, on_finish):
-    """A Tune ``Searcher`` over the run's study; ``on_finish(candidate)`` after each trial.
+                  remaining: int, on_finish, pruner: str = "none"):
+    """A Tune ``Searcher`` over the run's study; ``on_finish(candidate)`` after each trial. Where ``pruner`` may
+    stop scores (one objective, not ``none``), trials ask their workers for each scoring batch, and a trial that
+    ``make_scheduler`` stopped is told as stopped.
     (Defined here so that importing this module does not import Ray.)
 
     ``tune.Tuner`` pickles its search algorithm into ``tuner.pkl`` (for ``Tuner.restore``), so the
@@ -178,11 +195,12 @@ def make_searcher(study: optuna.Study, strategy: Strategy, space: Space, budget:
             super().__init__(metric="proxy_acc", mode="max")
             self.driver: _Driver | None = driver
             self.pending: dict[str, PendingTrial] = {}
+            self.stopped: set[str] = set()  # trials the driver's scheduler stopped early
             self.asked = 0
             self.fatal: UserError | None = None
 
         def __getstate__(self) -> dict:
-            return {**self.__dict__, "driver": None, "pending": {}}
+            return {**self.__dict__, "driver": None, "pending": {}, "stopped": set()}
 
         def suggest(self, trial_id: str):
             d = self.driver
@@ -191,7 +209,7 @@ def make_searcher(study: optuna.Study, strategy: Strategy, space: Space, budget:
                 pending = begin_trial(d.study, d.strategy, d.space, d.budget)
                 if pending.candidate.feasible:
                     self.pending[trial_id] = pending
-                    return {"ratios": pending.candidate.ratios, "trial": pending.number}
+                    return {"ratios": pending.candidate.ratios, "trial": pending.number, "early_stop": d.early_stop}
                 d.on_finish(finish_trial(d.study, d.strategy, d.run, d.space.group_names, pending, None))
             return Searcher.FINISHED
 
@@ -207,7 +225,9 @@ def make_searcher(study: optuna.Study, strategy: Strategy, space: Space, budget:
             elif result.get("error"):
                 candidate = finish_trial(d.study, d.strategy, d.run, names, pending, None, error=result["error"])
             else:  # the worker's report: the score, with Tune's own keys, which the candidate leaves out
-                candidate = finish_trial(d.study, d.strategy, d.run, names, pending, result)
+                stopped = trial_id in self.stopped or bool(result.get("partial"))
+                self.stopped.discard(trial_id)
+                candidate = finish_trial(d.study, d.strategy, d.run, names, pending, {**result, "stopped": stopped})
             d.on_finish(candidate)
             self.fatal = self.fatal or all_failing(d.study)
 
@@ -217,7 +237,39 @@ def make_searcher(study: optuna.Study, strategy: Strategy, space: Space, budget:
         def restore(self, checkpoint_path: str) -> None:
             """Nothing to restore: ``--resume`` reopens the study."""
 
-    return _StudySearcher(_Driver(study, strategy, space, budget, run, remaining, on_finish))
+    return _StudySearcher(_Driver(study, strategy, space, budget, run, remaining, on_finish,
+                                  early_stop=len(study.directions) == 1 and pruner != "none"))
+
+
+def make_scheduler(searcher, pruner: str):
+    """A Tune ``TrialScheduler`` that stops a trial where the run's Optuna pruner (``autoprune.search.pruners``)
+    says to, asked on the trial in the study with each batch the worker reports: the local runner's rule,
+    decided in the driver. Runs trials in submission order otherwise (Tune's FIFO scheduler). Pickles without
+    the searcher, as the searcher does without its driver."""
+    from ray.tune.schedulers import FIFOScheduler, TrialScheduler
+
+    class _PrunerScheduler(FIFOScheduler):
+        def __init__(self) -> None:
+            super().__init__()
+            self._supports_buffered_results = False  # every batch's report, not a buffered few
+            self.searcher = searcher
+            self.pruner = pruner
+
+        def __getstate__(self) -> dict:
+            return {**self.__dict__, "searcher": None}
+
+        def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+            pending = self.searcher.pending.get(trial.trial_id) if self.searcher is not None else None
+            if not result.get("partial") or pending is None or trial.trial_id in self.searcher.stopped:
+                return TrialScheduler.CONTINUE
+            rule = stop_rule(pending.trial, self.pruner)
+            if rule is not None and rule(result["scoring_step"], result["scored_images"], result["batch_accuracy"],
+                                         result["proxy_acc"]):
+                self.searcher.stopped.add(trial.trial_id)
+                return TrialScheduler.STOP
+            return TrialScheduler.CONTINUE
+
+    return _PrunerScheduler()
 
 
 def ship_model_code(model: nn.Module) -> None:
@@ -235,19 +287,20 @@ def ship_model_code(model: nn.Module) -> None:
 
 
 def run_trials(settings: RaySettings, study: optuna.Study, strategy: Strategy, space: Space, budget: Budget,
-               run: RunDir, workbench: WorkerBench, remaining: int, on_finish) -> None:
+               run: RunDir, workbench: WorkerBench, remaining: int, on_finish, pruner: str = "none") -> None:
     """Run ``remaining`` trials as Tune trials, ``settings.workers`` at a time; ``on_finish(candidate)`` after
-    each."""
+    each; ``pruner`` stops scores early (``make_scheduler``)."""
     from ray import tune
 
     connect(settings)
     ship_model_code(workbench.model)
-    searcher = make_searcher(study, strategy, space, budget, run, remaining, on_finish)
+    searcher = make_searcher(study, strategy, space, budget, run, remaining, on_finish, pruner)
     trainable = tune.with_resources(tune.with_parameters(_score_trial, shipped=ship(workbench)),
                                     {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial})
     tuner = tune.Tuner(
         trainable,
-        tune_config=tune.TuneConfig(search_alg=searcher, num_samples=-1, max_concurrent_trials=settings.workers,
+        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=make_scheduler(searcher, pruner), num_samples=-1,
+                                    max_concurrent_trials=settings.workers,
                                     reuse_actors=True,
                                     trial_dirname_creator=lambda trial: f"trial-{trial.config['trial']:04d}"),
         run_config=tune.RunConfig(name="tune", storage_path=str((run.path / "ray").resolve()), verbose=0,
@@ -299,7 +352,7 @@ class RayRunner:
         """Run ``remaining`` trials, ``workers`` at a time; ``on_finish(candidate)`` after each."""
         bench = self.bench
         run_trials(self.settings, study, strategy, bench.space, bench.budget, bench.run, self.worker_bench,
-                   remaining, on_finish)
+                   remaining, on_finish, bench.config.pruner)
 
     def finetune(self, jobs):
         """Fine-tune every job as a parallel Ray task; yields the results in order."""

@@ -72,7 +72,7 @@ def stop_rule(trial: optuna.Trial, name: str) -> StopRule | None:
         return None
     per_batch = PRUNERS.get(name).per_batch
 
-    def stop(step: int, batch_accuracy: float, running_accuracy: float) -> bool:
+    def stop(step: int, images: int, batch_accuracy: float, running_accuracy: float) -> bool:
         trial.report(batch_accuracy if per_batch else running_accuracy, step)
         return trial.should_prune()
 

@@ -287,3 +287,23 @@ def test_trial_resources_decide_how_many_trials_run_at_once_on_ray(head, tmp_pat
     # depends on this machine's speed, so that is not asserted.)
     parallel = ray_search("cpu1", "cpu=1")
     assert len(parallel) == 2 and all(t["resources"] == [{"CPU": 1.0}] for t in parallel)
+
+
+@pytest.mark.slow
+def test_the_runs_pruner_stops_scores_on_the_cluster_as_it_does_here(head, tiny_search_args, tmp_path):
+    # one trial at a time, so that the pruner sees the trials in the same order on both runners; a tight
+    # budget, so that the candidates of the tiny data score apart
+    local, remote = tmp_path / "local", tmp_path / "ray"
+    common = tiny_search_args + ["--strategy", "random", "--trials", "6", "--finetune-top", "0",
+                                 "--budget", "25%flops", "--pruner", "halving"]
+    assert main(common + ["--out", str(local)]) == 0
+    assert main(common + ["--out", str(remote), "--ray-address", head, "--workers", "1"]) == 0
+    ours = pd.read_csv(local / "trials.csv").sort_values("number").reset_index(drop=True)
+    theirs = pd.read_csv(remote / "trials.csv").sort_values("number").reset_index(drop=True)
+    assert (ours["state"] == "stopped").sum() >= 1
+    assert list(theirs["state"]) == list(ours["state"])
+    stopped = theirs["state"] == "stopped"
+    # a stopped trial saw some of the 120 scoring images (the worker may run ahead of the driver's decision)
+    assert theirs.loc[stopped, "scored_images"].between(1, 120).all()
+    assert (theirs.loc[~stopped, "scored_images"] == 120).all()
+    pd.testing.assert_series_equal(ours.loc[~stopped, "proxy_acc"], theirs.loc[~stopped, "proxy_acc"])

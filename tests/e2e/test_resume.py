@@ -38,19 +38,19 @@ def test_resume_after_a_killed_run(tmp_path, search_args, monkeypatch):
     proc.wait()
     assert before is not None, "the search never wrote three trials"
     assert json.loads((run / "run.json").read_text())["status"] == "running"
-    done_before = list(before.loc[before["state"].isin(["complete", "infeasible"]), "number"])
+    done_before = list(before.loc[before["state"].isin(["complete", "stopped", "infeasible"]), "number"])
     records = trial_records(run, done_before)
 
     scores = ScoreCount(monkeypatch)
     assert main(["search", "--out", str(run), "--resume"]) == 0  # bare: the run goes on as recorded
     after = pd.read_csv(run / "trials.csv")
-    finished = after[after["state"].isin(["complete", "infeasible"])]
+    finished = after[after["state"].isin(["complete", "stopped", "infeasible"])]
     assert len(finished) == 8
     assert after["number"].is_unique
     # the trials finished before the kill keep their own records (proxy, seconds, times), not run again
     assert trial_records(run, done_before) == records
-    # only the missing ones are scored: one scoring per feasible trial that had not finished
-    assert scores.calls == len(finished[~finished["number"].isin(done_before) & (finished["state"] == "complete")])
+    # only the missing ones are scored: one scoring (complete or stopped) per feasible trial that had not finished
+    assert scores.calls == len(finished[~finished["number"].isin(done_before) & (finished["state"] != "infeasible")])
     assert json.loads((run / "run.json").read_text())["status"] == "complete"
 
 

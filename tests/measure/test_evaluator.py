@@ -285,15 +285,15 @@ def test_a_stopped_score_is_the_accuracy_of_the_batches_it_saw(bundle):
     assert (evaluator.last_images, evaluator.last_stopped) == (40, False)
     seen = []
 
-    def stop_after_second(step, batch_accuracy, running_accuracy):
-        seen.append((step, batch_accuracy, running_accuracy))
+    def stop_after_second(step, images, batch_accuracy, running_accuracy):
+        seen.append((step, images, batch_accuracy, running_accuracy))
         return step == 1
 
     stopped = evaluator.score(copy.deepcopy(model), stop=stop_after_second)
     assert (evaluator.last_images, evaluator.last_stopped) == (32, True)
     # the running accuracy of the first two batches, which each batch's own accuracy adds up to
-    assert [s for s, _, _ in seen] == [0, 1]
-    assert stopped == seen[-1][2] == pytest.approx((seen[0][1] + seen[1][1]) / 2)
+    assert [(s, images) for s, images, _, _ in seen] == [(0, 16), (1, 32)]
+    assert stopped == seen[-1][3] == pytest.approx((seen[0][2] + seen[1][2]) / 2)
     # a rule that never stops is asked after every batch but the last, and changes nothing
     seen.clear()
     assert evaluator.score(copy.deepcopy(model), stop=lambda *a: seen.append(a) and False) == full

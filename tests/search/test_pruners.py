@@ -33,7 +33,7 @@ class Batches:
         for step in range(BATCHES):
             accuracy = q + (0.01 if step % 2 else -0.01)
             correct, seen = correct + accuracy * BATCH, seen + BATCH
-            if stop is not None and step < BATCHES - 1 and stop(step, accuracy, correct / seen):
+            if stop is not None and step < BATCHES - 1 and stop(step, seen, accuracy, correct / seen):
                 self.last_stopped = True
                 break
         self.last_images, self.last_seconds = seen, {"recalibrate": 0.0, "evaluate": 0.0}
