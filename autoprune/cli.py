@@ -131,6 +131,8 @@ def _add_bench(sub, fmt) -> None:
     f.add_argument("--candidates", type=int, default=30, help="candidates scored and fine-tuned")
     _finetune_options(f, epochs=0.25, what="candidate")
     f.add_argument("--calib-sweep", type=_ints, default="1,5,10,20,50", help="calibration batch counts to compare")
+    f.add_argument("--shortlist-sweep", type=_ints, default="", help="steps of the short fine-tunes to compare as "
+                   "a selection stage (--shortlist-steps), each scored on the held-out images; none by default")
     e = parsers["efficiency"]
     e.add_argument("--budget", default="50%flops", help="the budget of every search")
     e.add_argument("--strategies", type=_words, default="random,tpe,nsga2,tpe-bounded",

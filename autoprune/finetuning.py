@@ -7,6 +7,7 @@ import copy
 from dataclasses import dataclass, replace
 
 import optuna
+import pandas as pd
 from torch import nn
 
 from autoprune.candidate import Candidate, candidates
@@ -28,22 +29,25 @@ from autoprune.workbench import Workbench
 @dataclass(frozen=True)
 class FinetuneJob:
     """One subnet to train: the candidate's ``ratios`` (group name -> fraction of channels removed), the
-    training ``seed`` and the progress bar's ``description``."""
+    training ``seed``, the progress bar's ``description``, and for a short fine-tune of the shortlist its
+    ``epochs`` (None: the run's ``finetune_epochs``) and no test accuracy (``test`` false)."""
 
     ratios: dict[str, float]
     seed: int
     description: str = "fine-tune"
+    epochs: float | None = None
+    test: bool = True
 
 
 @dataclass
 class Finetuned:
     """A trained subnet (on the CPU), its kept channel indices per group, seconds of training, and its test and
-    held-out accuracy (fractions)."""
+    held-out accuracy (fractions; no test accuracy for a short fine-tune of the shortlist)."""
 
     subnet: nn.Module
     kept: dict
     seconds: float
-    test_acc: float
+    test_acc: float | None
     holdout_acc: float
     epochs: float  # epochs trained, every step of an iterative schedule together
 
@@ -57,9 +61,15 @@ def finetune_phase(bench: Workbench, study: optuna.Study, strategy: Strategy, ru
     config, space = bench.config, bench.space
     metric = bench.budget.primary.metric
     scored = candidates(study, space.group_names, states=(optuna.trial.TrialState.COMPLETE,))
-    chosen = choose_for_finetune(scored, config.finetune_top,
-                                 lambda c: getattr(space.cost(c.ratios_to_prune(space.groups)), metric),
-                                 spread=strategy.spread_finetune)
+
+    def cost(c: Candidate) -> float:
+        return getattr(space.cost(c.ratios_to_prune(space.groups)), metric)
+
+    if config.shortlist and config.finetune_top:
+        shortlisted = choose_for_finetune(scored, config.shortlist, cost, spread=strategy.spread_finetune)
+        chosen = shortlist_phase(bench, study, shortlisted, runner, quiet=quiet)
+    else:
+        chosen = choose_for_finetune(scored, config.finetune_top, cost, spread=strategy.spread_finetune)
     specs: dict[int, SubnetSpec] = {}
     todo = []
     for rank, c in enumerate(chosen, 1):
@@ -79,6 +89,35 @@ def finetune_phase(bench: Workbench, study: optuna.Study, strategy: Strategy, ru
     if len(fresh) > 1:
         specs.update(zip(fresh, time_together(bench, [specs[rank] for rank in fresh]), strict=True))
     return [specs[rank] for rank in sorted(specs)]
+
+
+
+
+def shortlist_phase(bench: Workbench, study: optuna.Study, shortlisted: list[Candidate], runner, *,
+                    quiet: bool) -> list[Candidate]:
+    """Multi-fidelity selection: train each shortlisted candidate for ``shortlist_steps`` steps (the run's
+    retraining, at its learning rate) and return the ``finetune_top`` with the best held-out accuracy after it
+    (ties: the better proxy). The accuracies are kept in the study (user attribute ``shortlist_<steps>_steps``), so
+    that a resumed run trains none twice, and written to shortlist.csv. The test split is not touched."""
+    config = bench.config
+    key = f"shortlist_{config.shortlist_steps}_steps"  # trial number -> held-out accuracy after that many steps
+    done = {int(k): v for k, v in study.user_attrs.get(key, {}).items()}
+    todo = [c for c in shortlisted if c.number not in done]
+    epochs = config.shortlist_steps * config.batch_size / len(bench.data.train)
+    jobs = [FinetuneJob(c.ratios_to_prune(bench.space.groups), config.seed, f"shortlist {c.id} ({i}/{len(todo)})",
+                        epochs=epochs, test=False) for i, c in enumerate(todo, 1)]
+    bar_here = not (quiet or runner.shows_finetune_progress)
+    with progress_bar("shortlist on Ray", len(jobs), quiet=not bar_here or not jobs) as bar:
+        for c, trained in zip(todo, runner.finetune(jobs) if jobs else (), strict=True):
+            done[c.number] = trained.holdout_acc
+            study.set_user_attr(key, {str(k): v for k, v in done.items()})
+            bar.advance()
+    ranked = sorted(shortlisted, key=lambda c: (-done[c.number], -(c.proxy_acc or 0.0), c.number))
+    chosen = ranked[:config.finetune_top]
+    rows = [{"number": c.number, "id": c.id, "proxy_acc": c.proxy_acc, "shortlist_holdout_acc": done[c.number],
+             "rank": rank, "finetuned": c in chosen} for rank, c in enumerate(ranked, 1)]
+    bench.run.write_table("shortlist.csv", pd.DataFrame(rows))
+    return chosen
 
 
 def time_together(bench: Workbench, specs: list[SubnetSpec]) -> list[SubnetSpec]:
@@ -114,9 +153,12 @@ def finetune(subnet: nn.Module, config: SearchConfig, data: DataBundle, evaluato
 
 def finetune_candidate(space: Space, evaluator: AdaptiveBNEvaluator, config: SearchConfig, data: DataBundle,
                        ratios: dict[str, float], *, seed: int, description: str = "fine-tune",
-                       quiet: bool = True) -> Finetuned:
+                       quiet: bool = True, epochs: float | None = None, test: bool = True) -> Finetuned:
     """Prune to ``ratios``, train the subnet as ``config`` asks (fine-tune, lottery rewind, from scratch,
-    iteratively; distilled from the unpruned model or not), and measure test and held-out accuracy."""
+    iteratively; distilled from the unpruned model or not) for ``epochs`` (None: ``config.finetune_epochs``), and
+    measure held-out accuracy, and test accuracy where ``test``."""
+    if epochs is not None:
+        config = replace(config, finetune_epochs=epochs)
     teacher = copy.deepcopy(space.model) if config.distill else None  # a copy: training moves it to the device
 
     def fit(subnet: nn.Module, epochs: float) -> TrainResult:
@@ -124,7 +166,7 @@ def finetune_candidate(space: Space, evaluator: AdaptiveBNEvaluator, config: Sea
                         description=description, quiet=quiet)
 
     done = retrain(space, ratios, config, fit, seed=seed)
-    test_acc = accuracy(done.subnet, data.test, device=config.device)
+    test_acc = accuracy(done.subnet, data.test, device=config.device) if test else None
     holdout_acc = accuracy(done.subnet, data.holdout, device=config.device)
     return Finetuned(done.subnet.cpu(), done.kept, done.seconds, test_acc, holdout_acc, done.epochs)
 

@@ -38,13 +38,20 @@ SCHEDULES = ("oneshot", "iterative")
 
 @dataclass(frozen=True)
 class RetrainSettings:
-    """How the ``finetune_top`` best candidates are trained: ``finetune_epochs`` (fractions allowed) of SGD at
+    """How the ``finetune_top`` best candidates are chosen and trained: from the best ``shortlist`` by proxy after a
+    short fine-tune of ``shortlist_steps`` steps each where set (multi-fidelity selection), otherwise by proxy;
+    ``finetune_epochs`` (fractions allowed) of SGD at
     ``finetune_lr``, from their trained weights or rewound (``rewind``, ``rewind_epoch``), in one shot or
     ``steps`` iterative steps (``schedule``), distilled from the unpruned model or not. All of them may change
     when a run is resumed."""
 
     finetune_top: int = setting(3, "fine-tune the best K feasible candidates")
     finetune_epochs: float = setting(0.5, "epochs of each fine-tune; fractions allowed, e.g. 0.1")
+    shortlist: int = setting(
+        0, "multi-fidelity selection: train the best M candidates by proxy for --shortlist-steps steps first, and "
+        "fine-tune the --finetune-top of them with the best held-out accuracy after it (0: the best by proxy)",
+        metavar="M")
+    shortlist_steps: int = setting(100, "training steps of each short fine-tune of --shortlist", metavar="STEPS")
     finetune_lr: float = setting(0.01, "learning rate of the fine-tune (SGD)", commands=(SEARCH, BENCH))
     rewind: str = setting(
         "none", "what the chosen subnets train from: none, their trained weights (fine-tune); lottery, the kept "
@@ -82,6 +89,8 @@ def check_retrain(config: SearchConfig) -> None:
     ``UserError`` (also where ``--rewind lottery`` lacks its saved initialisation file)."""
     if config.finetune_top < 0 or config.finetune_epochs < 0:
         raise UserError("--finetune-top and --finetune-epochs must not be negative")
+    if config.shortlist and (config.shortlist <= config.finetune_top or config.shortlist_steps < 1):
+        raise UserError("--shortlist M must exceed --finetune-top, and --shortlist-steps be at least 1")
     if config.rewind not in REWINDS:
         raise UserError(f"--rewind must be one of {', '.join(REWINDS)}")
     if config.schedule not in SCHEDULES:

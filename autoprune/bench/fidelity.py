@@ -1,9 +1,10 @@
 """Does the adaptive-BN score rank candidates the way fine-tuning does? (EagleEye's central claim)
 
 N candidates are drawn at one budget the way the ``random`` strategy draws them. Each is scored
-without recalibration (vanilla) and with adaptive BN on 1..50 calibration batches, then
-fine-tuned with two seeds. The seed-to-seed correlation of the fine-tuned accuracies is the
-ceiling any score can reach; each score's correlation is reported against it.
+without recalibration (vanilla) and with adaptive BN on 1..50 calibration batches, and (``--shortlist-sweep``)
+by its held-out accuracy after a short fine-tune of each number of steps, the stage that multi-fidelity
+selection (``--shortlist``) chooses by; then fine-tuned with two seeds. The seed-to-seed correlation of the
+fine-tuned accuracies is the ceiling any score can reach; each score's correlation is reported against it.
 """
 
 from __future__ import annotations
@@ -25,18 +26,24 @@ from autoprune.search.allocation import draw_in_budget
 from autoprune.workbench import load_workbench, make_evaluator
 
 
-def check(*, budget: str, candidates: int, finetune_seeds: int, calib_sweep: list[int], **_) -> None:
+def check(*, budget: str, candidates: int, finetune_seeds: int, calib_sweep: list[int],
+          shortlist_sweep: list[int] = (), **_) -> None:
     """Check the study's own options before anything is written; raises ``UserError`` for a malformed
-    budget, fewer than 3 candidates or 1 fine-tune seed, or calibration-batch counts missing or below 1."""
+    budget, fewer than 3 candidates or 1 fine-tune seed, calibration-batch counts missing or below 1, or
+    short fine-tunes of fewer than 1 step."""
     parse_budget(budget)
     if candidates < 3 or finetune_seeds < 1 or not calib_sweep or min(calib_sweep) < 1:
         raise UserError("fidelity needs at least 3 candidates, 1 fine-tune seed and calibration batch counts of 1 or more")
+    if shortlist_sweep and min(shortlist_sweep) < 1:
+        raise UserError("--shortlist-sweep: a short fine-tune takes at least 1 step")
 
 
 def run(config: SearchConfig, bench: BenchDir, *, budget: str, candidates: int, finetune_epochs: float,
-        finetune_seeds: int, calib_sweep: list[int], quiet: bool = False) -> pd.DataFrame:
+        finetune_seeds: int, calib_sweep: list[int], shortlist_sweep: list[int] = (),
+        quiet: bool = False) -> pd.DataFrame:
     """Score ``candidates`` random candidates at ``budget`` without recalibration and by adaptive BN (EagleEye,
-    Li et al. 2020) at each count of ``calib_sweep`` calibration batches, fine-tune each with
+    Li et al. 2020) at each count of ``calib_sweep`` calibration batches and by the held-out accuracy after a
+    short fine-tune of each count of ``shortlist_sweep`` steps (seed ``config.seed``), fine-tune each with
     ``finetune_seeds`` seeds; returns the table of correlations.csv.
 
     Per score (the seed-to-seed ceiling, vanilla, adaptive BN at each count): its Spearman and Pearson
@@ -51,12 +58,13 @@ def run(config: SearchConfig, bench: BenchDir, *, budget: str, candidates: int, 
     rng = np.random.default_rng([config.seed, 2020])
     drawn = [draw_in_budget(space, parse_budget(budget), config.tolerance, rng)[0] for _ in range(candidates)]
     seeds = [config.seed + 1 + j for j in range(finetune_seeds)]
+    short = sorted(set(shortlist_sweep))
     tic, measured, rows = time.perf_counter(), 0, []
     for i, ratios in enumerate(drawn):
         key = f"candidate {i}"
         row = bench.done(key)
         if row is None:
-            row = bench.record(key, _measure(config, data, space, scorer, recalibrator, ratios, sweep, seeds))
+            row = bench.record(key, _measure(config, data, space, scorer, recalibrator, ratios, sweep, short, seeds))
             measured += 1
             eta = (time.perf_counter() - tic) / measured * (candidates - i - 1)
             bench.log(f"candidate {i + 1}/{candidates}: vanilla {row['vanilla']:.1%}, adaptive "
@@ -66,7 +74,7 @@ def run(config: SearchConfig, bench: BenchDir, *, budget: str, candidates: int, 
     frame = pd.DataFrame(rows)
     frame["finetuned_mean"] = frame[[f"test_seed{s}" for s in seeds]].mean(axis=1)
     bench.write_csv("candidates.csv", frame)
-    scores = _correlations(frame, seeds, sweep)
+    scores = _correlations(frame, seeds, sweep, short)
     bench.write_csv("correlations.csv", scores)
     _plot_scatter(bench, frame, scores, config.calib_batches, seeds)
     _plot_sweep(bench, scores)
@@ -74,7 +82,7 @@ def run(config: SearchConfig, bench: BenchDir, *, budget: str, candidates: int, 
     return scores
 
 
-def _measure(config, data, space, scorer, recalibrator, ratios, sweep, seeds) -> dict:
+def _measure(config, data, space, scorer, recalibrator, ratios, sweep, short, seeds) -> dict:
     cost = space.cost(ratios)
     subnet, _ = space.prune(ratios)
     row: dict = {"macs": cost.macs, "macs_pct": 100 * cost.macs / space.base_cost.macs, "params": cost.params,
@@ -82,6 +90,12 @@ def _measure(config, data, space, scorer, recalibrator, ratios, sweep, seeds) ->
     for k in sweep:
         row[f"adaptive_{k}"] = scorer.score(subnet, calib_batches=k)
         row[f"adaptive_{k}_seconds"] = round(sum(scorer.last_seconds.values()), 4)
+    for steps in short:  # the shortlist's stage: as finetuning.shortlist_phase trains and scores it
+        subnet, _ = space.prune(ratios)
+        result = finetune(subnet, config, data, recalibrator, seed=config.seed, quiet=True,
+                          epochs=steps * config.batch_size / len(data.train))
+        row[f"short_{steps}"] = accuracy(subnet, data.holdout, device=config.device)
+        row[f"short_{steps}_seconds"] = round(result.seconds, 2)
     for seed in seeds:
         subnet, _ = space.prune(ratios)
         result = finetune(subnet, config, data, recalibrator, seed=seed, quiet=True)
@@ -98,7 +112,7 @@ def _corr(a: pd.Series, b: pd.Series, method: str) -> float:
     return float(a.corr(b))
 
 
-def _correlations(frame: pd.DataFrame, seeds: list[int], sweep: list[int]) -> pd.DataFrame:
+def _correlations(frame: pd.DataFrame, seeds: list[int], sweep: list[int], short: list[int]) -> pd.DataFrame:
     target = frame["finetuned_mean"]
     pairs = list(combinations(seeds, 2))
     ceiling = {m: float(np.mean([_corr(frame[f"test_seed{a}"], frame[f"test_seed{b}"], m) for a, b in pairs]))
@@ -112,6 +126,11 @@ def _correlations(frame: pd.DataFrame, seeds: list[int], sweep: list[int]) -> pd
                      "spearman": _corr(frame[f"adaptive_{k}"], target, "spearman"),
                      "pearson": _corr(frame[f"adaptive_{k}"], target, "pearson"),
                      "seconds": frame[f"adaptive_{k}_seconds"].median()})
+    for steps in short:
+        rows.append({"score": f"short fine-tune, {steps} steps", "calib_batches": np.nan,
+                     "spearman": _corr(frame[f"short_{steps}"], target, "spearman"),
+                     "pearson": _corr(frame[f"short_{steps}"], target, "pearson"),
+                     "seconds": frame[f"short_{steps}_seconds"].median()})
     scores = pd.DataFrame(rows)
     for m in ("spearman", "pearson"):
         scores[f"{m}_of_ceiling"] = scores[m] / ceiling[m]
@@ -171,6 +190,11 @@ def _summary(bench, config, frame, scores, *, budget, seeds, data_name, space) -
         row = sweep[sweep["spearman"] >= sweep["spearman"].max() - 0.05].iloc[0]
         enough = (f"The fewest calibration batches whose Spearman correlation is within 0.05 of the best: "
                   f"{int(row['calib_batches'])} ({row['seconds']:.2f} s per score).")
+    stages = scores[scores["score"].str.startswith("short fine-tune")]
+    if len(stages):
+        enough += " Short fine-tunes (the --shortlist stage), Spearman as a share of the ceiling: " + ", ".join(
+            f"{r.score.removeprefix('short fine-tune, ')} {r.spearman_of_ceiling:.2f} ({r.seconds:.1f} s)"
+            for r in stages.itertuples()) + "."
     body = f"""
 {len(frame)} candidates of {config.model} on {data_name} at {budget} ({frame['macs'].mean() / space.base_cost.macs:.1%} of
 baseline MACs on average), drawn like the `random` strategy's. Each was scored without recalibration

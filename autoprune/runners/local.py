@@ -59,7 +59,8 @@ class LocalRunner:
         bench = self.bench
         for job in jobs:
             yield finetune_candidate(bench.space, bench.evaluator, bench.config, bench.data, job.ratios,
-                                     seed=job.seed, quiet=self.quiet, description=job.description)
+                                     seed=job.seed, quiet=self.quiet, description=job.description, epochs=job.epochs,
+                                     test=job.test)
 
     def close(self) -> None:
         """Nothing to release."""

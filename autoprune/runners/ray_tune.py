@@ -311,16 +311,17 @@ def run_trials(settings: RaySettings, study: optuna.Study, strategy: Strategy, s
         raise searcher.fatal
 
 
-def _finetune_job(shipped: Shipped, data, config, ratios: dict[str, float], seed: int):
+def _finetune_job(shipped: Shipped, data, config, job):
     from autoprune.finetuning import finetune_candidate
 
     _, space, evaluator = _worker_state(shipped)
-    return finetune_candidate(space, evaluator, config, data, ratios, seed=seed)
+    return finetune_candidate(space, evaluator, config, data, job.ratios, seed=job.seed, epochs=job.epochs,
+                              test=job.test)
 
 
-def finetune_on_ray(settings: RaySettings, workbench: WorkerBench, data, config, jobs: list[tuple[dict[str, float], int]]):
-    """Fine-tune every (ratios, seed) of ``jobs`` as parallel Ray tasks; yields the results in order,
-    each as soon as it and those before it are done."""
+def finetune_on_ray(settings: RaySettings, workbench: WorkerBench, data, config, jobs: list):
+    """Train every ``autoprune.finetuning.FinetuneJob`` of ``jobs`` as parallel Ray tasks; yields the results in
+    order, each as soon as it and those before it are done."""
     import ray
 
     connect(settings)
@@ -328,7 +329,7 @@ def finetune_on_ray(settings: RaySettings, workbench: WorkerBench, data, config,
     task = ray.remote(_finetune_job).options(num_cpus=settings.cpus_per_trial, num_gpus=settings.gpus_per_trial,
                                              max_retries=2)
     shipped, data_ref = ship(workbench), ray.put(data)
-    refs = [task.remote(shipped, data_ref, config, ratios, seed) for ratios, seed in jobs]
+    refs = [task.remote(shipped, data_ref, config, job) for job in jobs]
     for ref in refs:
         yield ray.get(ref)
 
@@ -356,8 +357,7 @@ class RayRunner:
 
     def finetune(self, jobs):
         """Fine-tune every job as a parallel Ray task; yields the results in order."""
-        return finetune_on_ray(self.settings, self.worker_bench, self.bench.data, self.bench.config,
-                               [(job.ratios, job.seed) for job in jobs])
+        return finetune_on_ray(self.settings, self.worker_bench, self.bench.data, self.bench.config, jobs)
 
     def close(self) -> None:
         """Stop the private Ray that ``--ray-local`` started for the run."""

@@ -36,7 +36,8 @@ def _journal(out) -> list[str]:
 
 def test_fidelity(bench_args, tmp_path, one_thread):
     out = tmp_path / "fidelity"
-    args = bench_args("fidelity", out, "--candidates", "3", "--finetune-epochs", "0.1", "--calib-sweep", "1,3")
+    args = bench_args("fidelity", out, "--candidates", "3", "--finetune-epochs", "0.1", "--calib-sweep", "1,3",
+                      "--shortlist-sweep", "2")
     assert main(args) == 0
     candidates = pd.read_csv(out / "candidates.csv")
     assert len(candidates) == 3
@@ -44,7 +45,9 @@ def test_fidelity(bench_args, tmp_path, one_thread):
     assert candidates[["test_seed1", "test_seed2"]].stack().between(0, 1).all()
     scores = pd.read_csv(out / "correlations.csv")
     assert list(scores["score"]) == ["seed-to-seed (ceiling)", "vanilla", "adaptive BN, 1 batches",
-                                     "adaptive BN, 2 batches", "adaptive BN, 3 batches"]
+                                     "adaptive BN, 2 batches", "adaptive BN, 3 batches", "short fine-tune, 2 steps"]
+    assert candidates["short_2"].between(0, 1).all()  # held-out accuracy after 2 steps of training
+    assert "Short fine-tunes (the --shortlist stage)" in (out / "summary.md").read_text()
     assert _timings(scores["seconds"].dropna())
     for name in ("scatter.png", "calibration_sweep.png", "summary.md", "bench.json"):
         assert (out / name).stat().st_size > 0

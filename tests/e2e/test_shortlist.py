@@ -1,0 +1,50 @@
+"""Multi-fidelity selection (--shortlist): the best candidates by proxy are trained briefly, and those with the
+best held-out accuracy after it are fine-tuned; the test split decides nothing, and a resumed run trains no
+candidate of the shortlist twice."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+from run_checks import subnet_specs
+
+from autoprune.cli import main
+from autoprune.runners import local
+
+
+@pytest.mark.slow
+def test_the_shortlist_picks_by_held_out_accuracy_after_a_short_fine_tune(tiny_search_args, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    # a tight budget, so that the candidates of the tiny data score apart
+    args = tiny_search_args + ["--budget", "25%flops", "--strategy", "random", "--trials", "6", "--shortlist", "3",
+                               "--shortlist-steps", "4", "--finetune-epochs", "0.1", "--out", str(run)]
+    jobs = []
+    finetune_candidate = local.finetune_candidate
+    monkeypatch.setattr(local, "finetune_candidate",
+                        lambda *a, **k: jobs.append((k["epochs"], k["test"])) or finetune_candidate(*a, **k))
+    assert main(args + ["--finetune-top", "1"]) == 0
+    trials = pd.read_csv(run / "trials.csv")
+    shortlist = pd.read_csv(run / "shortlist.csv")
+    # the three best proxies, ranked by their held-out accuracy after 4 steps (ties: the better proxy)
+    best = trials[trials["state"] == "complete"].sort_values(["proxy_acc", "number"], ascending=[False, True])
+    assert sorted(shortlist["number"]) == sorted(best["number"].head(3))
+    assert list(shortlist["rank"]) == [1, 2, 3]
+    keys = list(zip(-shortlist["shortlist_holdout_acc"], -shortlist["proxy_acc"], shortlist["number"], strict=True))
+    assert keys == sorted(keys)
+    assert list(shortlist["finetuned"]) == [True, False, False]
+    (spec,) = subnet_specs(run)
+    assert spec["trial"] == shortlist["number"].iloc[0]
+    # 4 steps of 64 images of the training split (the tiny set's 640 less 120 held out), without a test accuracy;
+    # then the one full fine-tune
+    assert jobs == [(pytest.approx(4 * 64 / 520), False)] * 3 + [(None, True)]
+
+    # resumed with one more subnet to fine-tune: the shortlist is read back, not trained again
+    jobs.clear()
+    assert main(["search", "--out", str(run), "--resume", "--finetune-top", "2"]) == 0
+    assert jobs == [(None, True)]
+    assert sorted(s["trial"] for s in subnet_specs(run)) == sorted(shortlist["number"].head(2))
+
+
+def test_a_shortlist_must_exceed_the_subnets_it_picks(tiny_search_args, tmp_path, capsys):
+    assert main(tiny_search_args + ["--shortlist", "2", "--finetune-top", "3", "--out", str(tmp_path / "r")]) == 2
+    assert "--shortlist M must exceed --finetune-top" in capsys.readouterr().err
