@@ -168,6 +168,12 @@ def candidates(study: optuna.Study, group_names: Iterable[str] | None = None,
     return [Candidate.from_trial(t, names) for t in study.get_trials(deepcopy=False, states=states)]
 
 
+def complete_scores(trials: pd.DataFrame) -> pd.DataFrame:
+    """The rows of a trials table (trials.csv) scored in full: ``complete``, with a proxy accuracy. A ``stopped``
+    candidate's proxy is of fewer images, and ranks with none of them."""
+    return trials[(trials["state"] == COMPLETE) & trials["proxy_acc"].notna()] if len(trials) else trials
+
+
 def trials_frame(study: optuna.Study, group_names: list[str]) -> pd.DataFrame:
     """trials.csv of ``study``: one ``Candidate.row`` per trial, the ``TRIAL_COLUMNS`` then one ratio per group."""
     columns = TRIAL_COLUMNS + [f"ratio:{n}" for n in group_names]

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from autoprune.budget import parse_budget
+from autoprune.candidate import complete_scores
 from autoprune.config import SearchConfig
 from autoprune.errors import UserError
 from autoprune.export import ExportCheck
@@ -213,7 +214,7 @@ def _table(run: _Run) -> str:
 
 def _pareto_plots(run: _Run) -> str:
     limits, images, notes = run.limits(), [], []
-    scored = run.trials[run.trials["proxy_acc"].notna()]
+    scored = complete_scores(run.trials)
     for cost, name in (("macs", "MACs"), ("latency_ms", "latency")):
         column = COSTS[cost][2]
         known = scored[scored[column].notna()] if column in scored else scored.iloc[:0]
@@ -288,7 +289,7 @@ def _progress(run: _Run) -> str:
     from matplotlib.ticker import MaxNLocator
 
     fig, ax = _figure(7.6, 3.6)
-    scored, stopped = (trials[trials["proxy_acc"].notna() & (trials["state"] == s)] for s in ("complete", "stopped"))
+    scored, stopped = complete_scores(trials), trials[trials["proxy_acc"].notna() & (trials["state"] == "stopped")]
     tuned = scored[scored["number"].isin([s.trial for s in run.subnets])]
     if len(scored):
         ax.scatter(scored["number"], scored["proxy_acc"] * 100, s=16, color="tab:blue",
@@ -312,8 +313,7 @@ def _progress(run: _Run) -> str:
     ax.set_ylabel("proxy accuracy (%)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
-    alt = (f"Search progress: proxy accuracy of {len(scored)} scored of {len(trials)} trials, "
-           "best so far")
+    alt = f"Search progress: proxy accuracy of {len(scored)} scored of {len(trials)} trials, best so far"
     return "<h2>Search progress</h2>" + _img(fig, "progress", alt)
 
 

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from autoprune.budget import Budget
+from autoprune.candidate import complete_scores
 from autoprune.pareto import non_dominated
 from autoprune.pruning.space import Cost
 from autoprune.results import SubnetSpec, atomic_write
@@ -93,7 +94,7 @@ def plot_pareto(path: Path, trials: pd.DataFrame, subnets: Sequence[SubnetSpec],
 
     fig = Figure(figsize=(7.5, 4.8), dpi=120, layout="tight")
     ax = fig.subplots()
-    draw_front(ax, "macs", trials[trials["proxy_acc"].notna()], subnets, baseline, limit)
+    draw_front(ax, "macs", complete_scores(trials), subnets, baseline, limit)
     ax.set_title("accuracy vs cost")
     fig.savefig(path)
 
@@ -295,7 +296,7 @@ def write_report(
         lines += ["", ("**No candidate met the budget**: no subnet was fine-tuned. Try `--warm-start`, "
                        "`--strategy random`, more `--trials` or a looser budget.")]
     states = trials["state"].value_counts().to_dict() if len(trials) else {}
-    scored = trials[trials["proxy_acc"].notna()] if len(trials) else trials
+    scored = complete_scores(trials)
     lines += [
         "",
         "![accuracy vs MACs](pareto.png)",

@@ -17,6 +17,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from autoprune.candidate import complete_scores
 from autoprune.config import SearchConfig
 from autoprune.errors import UserError
 from autoprune.finetuning import finetune
@@ -183,7 +184,7 @@ def best_searched(config: SearchConfig, bench: BenchDir, space: Space, budget: s
         search(config.model, config.data, budget=budget, out=str(run_dir), resume=(run_dir / "config.yaml").exists(),
                quiet=quiet, **settings)
     trials = pd.read_csv(run_dir / "trials.csv")
-    scored = trials[trials["proxy_acc"].notna()]
+    scored = complete_scores(trials)
     if scored.empty:
         return None
     best = scored.sort_values(["proxy_acc", "number"], ascending=[False, True]).iloc[0]
