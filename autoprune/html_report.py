@@ -178,8 +178,8 @@ def _notes(run: _Run) -> str:
     if not run.subnets and run.config["finetune_top"] == 0:
         notes.append("No subnet was fine-tuned: --finetune-top 0.")
     elif not run.subnets:
-        notes.append("No candidate met the budget: no subnet was fine-tuned. Try --warm-start, "
-                     "--strategy random, more --trials or a looser budget." if status == "complete"
+        notes.append("No candidate was scored in full within the budget: no subnet was fine-tuned. Try more "
+                     "--trials, --pruner none or a looser budget." if status == "complete"
                      else "No fine-tuned subnet yet.")
     items = "".join(f"<li>{_e(n)}</li>" for n in notes)
     return f'<div class="notes"><ul>{items}</ul></div>' if notes else ""

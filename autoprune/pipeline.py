@@ -186,6 +186,6 @@ def _print_summary(baseline: dict, subnets: list[SubnetSpec], run: RunDir, *, fi
         return
     console.print(subnets_table(baseline, subnets))
     if not subnets:
-        console.print("[bold yellow]no candidate met the budget: try --warm-start, --strategy random, "
-                      "more --trials or a looser budget[/]")
+        console.print("[bold yellow]no candidate was scored in full within the budget: try more --trials, "
+                      "--pruner none or a looser budget[/]")
     console.print(f"report: {run.path / 'report.html'}")

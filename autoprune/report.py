@@ -293,8 +293,8 @@ def write_report(
         )
     lines += predictor_lines(subnets, latency, budget, base)
     if not subnets and config["finetune_top"] > 0:
-        lines += ["", ("**No candidate met the budget**: no subnet was fine-tuned. Try `--warm-start`, "
-                       "`--strategy random`, more `--trials` or a looser budget.")]
+        lines += ["", ("**No candidate was scored in full within the budget**: no subnet was fine-tuned. Try "
+                       "more `--trials`, `--pruner none` or a looser budget.")]
     states = trials["state"].value_counts().to_dict() if len(trials) else {}
     scored = complete_scores(trials)
     lines += [

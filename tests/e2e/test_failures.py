@@ -63,7 +63,7 @@ def failing_args(tiny_npz, weights, out, trials: int) -> list[str]:
 
 
 # two trials, both within the budget and failed: fewer than the three that stop a search early, and not "no
-# candidate met the budget"
+# candidate was scored in full within the budget"
 EVERY_CANDIDATE_FAILED = ("autoprune: error: every candidate within the budget failed (2 failed, 0 over the budget); "
                           "the first, trial 0: ValueError: this model cannot run with (4, 9) channels")
 
@@ -73,7 +73,7 @@ def test_when_every_candidate_within_the_budget_fails_the_search_fails_with_the_
     assert main(failing_args(tiny_npz, picky_weights, tmp_path / "run", 2)) == 2
     err = capsys.readouterr().err
     assert err.strip().splitlines()[-1] == EVERY_CANDIDATE_FAILED
-    assert "no candidate met the budget" not in err
+    assert "no candidate was scored in full" not in err
     states = pd.read_csv(tmp_path / "run" / "trials.csv")["state"]
     assert list(states) == ["fail"] * 2
     # the run is kept for its trials, and says it failed and why
