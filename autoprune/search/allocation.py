@@ -8,6 +8,7 @@ up to the group's ``high`` (``space.config.step``, 0.05 by default), rounded to 
 - ``bisect_budget``: the largest cut along one parameter that still meets a budget.
 - ``scale_to_budget``: ratios along a direction, scaled to the budget (EagleEye's candidates).
 - ``uniform_at_budget``: the same ratio in every group, the largest that fits (the uniform baseline).
+- ``fill_budget``: an allocation given back the channels that still fit, one width at a time.
 - ``draw_in_budget``: EagleEye's random candidate (Li et al., ECCV 2020).
 - ``along_safe_ratios``: the budget spread along per-group safe ratios (AOFP, Ding et al. 2019).
 - ``neighbourhood``: the local search around an allocation, by random per-group factors.
@@ -117,6 +118,27 @@ def scale_to_budget(space: Space, budget: Budget, direction: Mapping[str, float]
     found = bisect_budget(ratios_at, _fits(space, budget), 0.0, max(g.high / direction[g.name] for g in groups),
                           iterations=SCALE_STEPS, try_low=True)
     return None if found is None else found[1]
+
+
+def fill_budget(space: Space, budget: Budget, ratios: Mapping[str, float]) -> dict[str, float]:
+    """``ratios`` with channels given back while every constraint of ``budget`` still holds: the most-pruned group
+    first, each step to the next wider width the group keeps (its next lower grid ratio that changes the width),
+    in passes until no group can widen. A direction scaled onto the budget stops where the next scale would
+    break it, and with coarse widths (efficient widths of 8 channels) that can leave a tenth of the budget
+    unused; filled, the candidate uses it. Returns every group's ratio; a group already at its ``low`` stays."""
+    step, fits = space.config.step, _fits(space, budget)
+    filled = {g.name: float(ratios.get(g.name, g.low)) for g in space.groups}
+    widened = True
+    while widened:
+        widened = False
+        for g in sorted(space.groups, key=lambda g: -filled[g.name]):
+            width = space.kept_channels({g.name: filled[g.name]})[g.name]
+            for lower in reversed([r for r in ratio_grid(g.low, g.high, step) if r < filled[g.name]]):
+                if space.kept_channels({g.name: lower})[g.name] > width:
+                    if fits({**filled, g.name: lower}):
+                        filled[g.name], widened = lower, True
+                    break
+    return filled
 
 
 def uniform_at_budget(space: Space, budget: Budget) -> dict[str, float] | None:

@@ -16,7 +16,7 @@ from autoprune.budget import Budget
 from autoprune.pruning.base import Space
 from autoprune.pruning.space import Cost
 from autoprune.registry import Registry
-from autoprune.search.allocation import grid_top, scale_to_budget, uniform_at_budget
+from autoprune.search.allocation import fill_budget, grid_top, scale_to_budget, uniform_at_budget
 
 DIRECTION = "direction:"  # a sampled parameter per group: its weight in the direction scaled onto the budget
 DIRECTION_RANGE = (0.01, 1.0)  # the weights' range: positive, so that every direction reaches the smallest subnet
@@ -85,7 +85,8 @@ class Strategy(ABC):
     def propose(self, study: optuna.Study) -> tuple[optuna.Trial, dict[str, float]]:
         """The sampler's candidate, within the budget by construction: the sampler chooses a direction over the
         groups (a weight in ``DIRECTION_RANGE`` each, parameters ``direction:<group>``), and the ratios along it
-        are scaled onto the budget (``allocation.scale_to_budget``, every constraint at once, latency included).
+        are scaled onto the budget (``allocation.scale_to_budget``, every constraint at once, latency included)
+        and given back the channels that still fit (``allocation.fill_budget``).
         With ``spans_budget`` the sampler also chooses the share of the budget's first constraint to fill
         (``budget_level``, from the smallest subnet's share up to 1), so that a front spans the costs below
         the budget. Where no ratios along the direction fit (the budget is out of the space's reach), the
@@ -100,7 +101,11 @@ class Strategy(ABC):
             if lowest < 1.0:
                 budget = budget.scaled(trial.suggest_float(BUDGET_LEVEL, lowest, 1.0))
         ratios = scale_to_budget(ctx.space, budget, direction)
-        return trial, smallest_ratios(ctx.space) if ratios is None else ratios
+        if ratios is None:
+            return trial, smallest_ratios(ctx.space)
+        if trial.user_attrs.get("warm_start"):  # the uniform ratios, as the uniform baseline has them
+            return trial, ratios
+        return trial, fill_budget(ctx.space, budget, ratios)
 
 
 class FixedStrategy(Strategy):

@@ -15,6 +15,7 @@ from autoprune.search.allocation import (
     along_safe_ratios,
     bisect_budget,
     draw_in_budget,
+    fill_budget,
     grid_top,
     neighbourhood,
     ratio_grid,
@@ -297,3 +298,27 @@ def test_the_neighbourhood_gives_up_after_its_tries():
     assert neighbourhood(np.random.default_rng(1), ["a"], lambda f: tries.append(f), first=False) is None
     assert len(tries) == allocation.NEIGHBOUR_TRIES == 100
     assert neighbourhood(np.random.default_rng(1), ["a"], lambda f: None, first=False, tries=3) is None
+
+
+# --- filling the budget ------------------------------------------------------------------------
+
+
+def test_filling_gives_back_every_width_that_still_fits_and_no_more():
+    torch.manual_seed(0)
+    space = PruningSpace(create_model("resnet20", in_channels=1, num_classes=10), torch.randn(1, 1, 28, 28))
+    space.keep_widths({g.name: list(range(8, g.channels, 8)) for g in space.groups})  # coarse: multiples of 8
+    budget = parse_budget("50%flops")
+    limit = budget.primary.limit(space.base_cost)
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        scaled = scale_to_budget(space, budget, {g.name: float(rng.uniform(0.01, 1)) for g in space.groups})
+        filled = fill_budget(space, budget, scaled)
+        before, after = space.kept_channels(scaled), space.kept_channels(filled)
+        assert all(after[n] >= before[n] for n in before)  # only ever gives channels back
+        assert space.cost(scaled).macs <= space.cost(filled).macs <= limit
+        # and no group can take its next wider width without breaking the budget
+        for g in space.groups:
+            wider = [w for w in (g.widths or []) if w > after[g.name]]
+            if wider:
+                trial = {**after, g.name: wider[0]}
+                assert space.cost_of_widths(trial).macs > limit, g.name

@@ -74,7 +74,7 @@ def test_tpe_fills_the_budget(timed_space, budget):
     constraints = parse_budget(budget).constraints
     for c in found:
         binding = max(getattr(c.cost, k.metric) / k.limit(timed_space.base_cost) for k in constraints)
-        assert 0.85 <= binding <= 1.0, binding
+        assert 0.97 <= binding <= 1.0, binding
 
 
 def test_nsga2_spreads_its_costs_below_the_budget(timed_space):
@@ -82,7 +82,7 @@ def test_nsga2_spreads_its_costs_below_the_budget(timed_space):
     uses = sorted(_use(timed_space, c, "50%flops") for c in found)
     assert uses[-1] <= 1.0 and uses[-1] > 0.95  # up to the budget
     assert uses[0] < 0.6  # and well below it: the front spans the costs
-    assert len({round(u, 2) for u in uses}) > 15
+    assert len({round(u, 2) for u in uses}) > 10
 
 
 def test_the_sampler_learns_from_the_directions_it_chose(space):
