@@ -2,8 +2,11 @@
 
 Every strategy runs the real search (the same pipeline as ``autoprune search``, fine-tuning off)
 for the same number of trials over several seeds. A label is a strategy, optionally with the pruner
-that stops its scores early (``tpe+median``, ``random+none``; a bare strategy takes the study's
-``--pruner``). The sensitivity that ``tpe-bounded`` (tpe with ``--bounds-from-sensitivity``) and
+that stops its scores early and the calibration batches of its scores (``tpe+median``, ``random+none``,
+``tpe+none@20``; a bare strategy takes the study's ``--pruner`` and ``--calib-batches``). Proxies of
+different calibrations are not on one scale: the candidate each run would pick at equal search times is
+scored again by one reference scorer (``REFERENCE_CALIB`` batches, every scoring image), so that runs
+compare whatever their own scorer. The sensitivity that ``tpe-bounded`` (tpe with ``--bounds-from-sensitivity``) and
 ``binary`` need is measured once and reused by every seed (``--sensitivity-from``); its one-off cost is
 reported on its own. Only complete candidates count toward the best proxy: a stopped one was scored on
 fewer images.
@@ -30,12 +33,17 @@ from autoprune.workbench import load_workbench, make_evaluator
 BOUNDED = "tpe-bounded"
 _PARTS = ("ask", "cost", "prune", "recalibrate", "evaluate", "bookkeeping")
 _TIME_FRACTIONS = (0.25, 0.5, 1.0)  # of the first label's median search time: where the best proxy is compared
+REFERENCE_CALIB = 20  # calibration batches of the reference score, which compares runs of any calibration
 
 
-def parse_label(label: str, default_pruner: str) -> tuple[str, str]:
-    """``(strategy label, pruner)`` of a label ``strategy[+pruner]``; a bare strategy takes ``default_pruner``."""
-    strategy, _, pruner = label.partition("+")
-    return strategy, pruner or default_pruner
+def parse_label(label: str, default_pruner: str, default_calib: int = 1) -> tuple[str, str, int]:
+    """``(strategy label, pruner, calibration batches)`` of a label ``strategy[+pruner][@batches]``; what a label
+    leaves out is ``default_pruner`` and ``default_calib``. A malformed count raises ``UserError``."""
+    rest, _, calib = label.partition("@")
+    strategy, _, pruner = rest.partition("+")
+    if calib and (not calib.isdigit() or int(calib) < 1):
+        raise UserError(f"--strategies: '{label}': the calibration batches after @ must be a positive integer")
+    return strategy, pruner or default_pruner, int(calib) if calib else default_calib
 
 
 def check(*, budget: str, strategies: list[str], trials: int, seeds: int, **_) -> None:
@@ -43,11 +51,12 @@ def check(*, budget: str, strategies: list[str], trials: int, seeds: int, **_) -
     budget, unknown or no strategies, or fewer than 1 trial or seed."""
     parse_budget(budget)
     labels = [parse_label(s, "none") for s in strategies]
-    unknown = [s for s, (name, pruner) in zip(strategies, labels, strict=True)
+    unknown = [s for s, (name, pruner, _) in zip(strategies, labels, strict=True)
                if name not in (*list_strategies(), BOUNDED) or pruner not in list_pruners()]
     if unknown or not strategies:
         raise UserError(f"--strategies: unknown {unknown or 'none given'} (choose from "
-                        f"{', '.join([*list_strategies(), BOUNDED])}, each optionally +{'/+'.join(list_pruners())})")
+                        f"{', '.join([*list_strategies(), BOUNDED])}, each optionally +{'/+'.join(list_pruners())} "
+                        "and @<calibration batches>)")
     if len(set(strategies)) < len(strategies):
         raise UserError("--strategies: a label is given twice")
     if trials < 1 or seeds < 1:
@@ -81,11 +90,12 @@ def run(config: SearchConfig, bench: BenchDir, *, budget: str, strategies: list[
     for offset in range(seeds):
         for label in strategies:
             seed = config.seed + offset
-            name, pruner = parse_label(label, config.pruner)
+            name, pruner, calib = parse_label(label, config.pruner, config.calib_batches)
             key, run_dir = f"{label} seed {seed}", runs / f"{label}-s{seed}"
             if bench.done(key) is None:
                 bench.log(f"{key}: {trials} trials")
                 options = {**base, "seed": seed, "strategy": "tpe" if name == BOUNDED else name, "pruner": pruner,
+                           "calib_batches": calib,
                            "bounds_from_sensitivity": name == BOUNDED,
                            "sensitivity_from": str(sensitivity_dir) if name in (BOUNDED, "binary") else None}
                 search(config.model, config.data, budget=budget, out=str(run_dir),
@@ -107,11 +117,14 @@ def run(config: SearchConfig, bench: BenchDir, *, budget: str, strategies: list[
     timed = _at_times(trials_all, strategies)
     bench.write_csv("curves_by_time.csv", timed)
     reached = _trials_to_reach(trials_all, strategies, strategies[0])
+    rescored = _rescored(config, bench, trials_all, strategies)
+    bench.write_csv("rescored.csv", rescored)
     cost_seconds, overhead = _offline(config, bench, trials_all, strategies, overhead_candidates)
     speed = _throughput(trials_all, strategies, cost_seconds)
     bench.write_csv("throughput.csv", speed)
     _plot(bench, curves, timed, speed, strategies)
-    _summary(bench, config, budget, trials, seeds, curves, timed, reached, speed, overhead, bench.done("sensitivity"))
+    _summary(bench, config, budget, trials, seeds, curves, timed, reached, rescored, speed, overhead,
+             bench.done("sensitivity"))
     return speed
 
 
@@ -137,6 +150,38 @@ def _at_times(frame: pd.DataFrame, strategies: list[str]) -> pd.DataFrame:
                      else 0.0 for _, run in runs.groupby("seed")]
             rows.append({"strategy": label, "seconds": round(t, 3), "fraction_of_reference": round(t / reference, 4),
                          "mean": float(np.mean(bests)), "min": min(bests), "max": max(bests)})
+    return pd.DataFrame(rows)
+
+
+def _rescored(config: SearchConfig, bench: BenchDir, frame: pd.DataFrame, strategies: list[str]) -> pd.DataFrame:
+    """The candidate each run would pick (its best complete one so far) at ``_TIME_FRACTIONS`` of the first label's
+    median search time, scored again by the reference scorer: ``REFERENCE_CALIB`` calibration batches and every
+    scoring image, built under the run's own widths (its latency.json). Each score is recorded in the journal."""
+    totals = frame.groupby(["strategy", "seed"])["elapsed_seconds"].max()
+    reference = float(totals.loc[strategies[0]].median())
+    data, _, space = load_workbench(config)
+    scorer = make_evaluator(config, data, calib_batches=REFERENCE_CALIB)
+    rows = []
+    for (label, seed), run in frame.groupby(["strategy", "seed"], sort=False):
+        run_dir = bench.path / "runs" / f"{label}-s{seed}"
+        full = pd.read_csv(run_dir / "trials.csv").set_index("number")
+        setup = run_dir / "latency.json"
+        widths = json.loads(setup.read_text())["widths"] if setup.is_file() else None
+        for fraction in _TIME_FRACTIONS:
+            seen = run[(run["elapsed_seconds"] <= fraction * reference) & (run["state"] == "complete")]
+            if seen.empty:
+                continue
+            pick = seen.sort_values(["proxy_acc", "number"], ascending=[False, True]).iloc[0]
+            number = int(pick["number"])
+            key = f"rescored {label} seed {seed} trial {number}"
+            if bench.done(key) is None:
+                ratios = {g: float(full.loc[number, f"ratio:{g}"]) for g in space.group_names}
+                with space.widths_of(widths):
+                    subnet = space.prune(ratios)[0]
+                bench.record(key, {"proxy_acc": scorer.score(subnet)})
+            rows.append({"strategy": label, "seed": seed, "fraction_of_reference": fraction,
+                         "seconds": round(fraction * reference, 3), "number": number, "own_proxy_acc": pick["proxy_acc"],
+                         "reference_proxy_acc": bench.done(key)["proxy_acc"]})
     return pd.DataFrame(rows)
 
 
@@ -274,7 +319,7 @@ def _cell(row) -> str:
     return f"{row['mean']:.1%} ({row['min']:.1%}-{row['max']:.1%})"
 
 
-def _summary(bench, config, budget, trials, seeds, curves, timed, reached, speed, overhead, sens) -> None:
+def _summary(bench, config, budget, trials, seeds, curves, timed, reached, rescored, speed, overhead, sens) -> None:
     checkpoints = sorted({max(1, trials // 4), max(1, trials // 2), trials})
     reference = speed["strategy"].iloc[0]
     lines = ["| strategy | " + " | ".join(f"best proxy after {n} trials" for n in checkpoints)
@@ -290,6 +335,13 @@ def _summary(bench, config, budget, trials, seeds, curves, timed, reached, speed
                "|---|" + "---:|" * len(seconds)]
     for label, c in marks.groupby("strategy", sort=False):
         by_time.append(f"| {label} | " + " | ".join(_cell(c[c["seconds"] == t].iloc[0]) for t in seconds) + " |")
+    again = ["| strategy | " + " | ".join(f"at {t:.0f} s" for t in seconds) + " |", "|---|" + "---:|" * len(seconds)]
+    for label, c in rescored.groupby("strategy", sort=False):
+        cells = []
+        for t in seconds:
+            v = c.loc[c["seconds"] == t, "reference_proxy_acc"]
+            cells.append(f"{v.mean():.1%} ({v.min():.1%}-{v.max():.1%}, {len(v)} seeds)" if len(v) else "none yet")
+        again.append(f"| {label} | " + " | ".join(cells) + " |")
     split = ["| strategy | scored / trials | stopped | infeasible | scored per minute | s per scored | "
              + " | ".join(_PARTS) + " |", "|---|---:|---:|---:|---:|---:|" + "---:|" * len(_PARTS)]
     for r in speed.itertuples():
@@ -298,9 +350,9 @@ def _summary(bench, config, budget, trials, seeds, curves, timed, reached, speed
                      + " | ".join(f"{getattr(r, f'{p}_seconds'):.4f}" for p in _PARTS) + " |")
     body = f"""
 {', '.join(speed['strategy'])} on {config.model} / {config.data} at {budget}: {trials} trials each, {seeds} seed(s)
-(from {config.seed}), adaptive BN with {config.calib_batches} batch(es) of {config.batch_size} and {config.score_images}
-scoring images; a label `strategy+pruner` stops scores early with that pruner (a bare strategy: `--pruner
-{config.pruner}`). Only complete candidates count toward the best proxy: a stopped one was scored on fewer
+(from {config.seed}), adaptive BN with {config.calib_batches} batch(es) of {config.batch_size} (a label's `@N`: N batches)
+and {config.score_images} scoring images; a label `strategy+pruner` stops scores early with that pruner (a bare
+strategy: `--pruner {config.pruner}`). Only complete candidates count toward the best proxy: a stopped one was scored on fewer
 images. Infeasible and stopped trials count as trials.
 
 """ + "\n".join(lines) + f"""
@@ -308,7 +360,12 @@ images. Infeasible and stopped trials count as trials.
 At equal search time (the sum of the trials' seconds; {', '.join(f'{f:g}' for f in _TIME_FRACTIONS)} of {reference}'s
 median search time):
 
-""" + "\n".join(by_time) + """
+""" + "\n".join(by_time) + f"""
+
+The candidate each run would pick at those times, scored again with {REFERENCE_CALIB} calibration batches on every
+scoring image (proxies of different calibrations compare on this one scale):
+
+""" + "\n".join(again) + """
 
 Time per scored candidate (all seeds; a stopped candidate counts as scored, and infeasible trials' time is spread
 over the scored ones). `ask` is the strategy choosing ratios (the samplers' and random's bisections onto the budget),
@@ -327,6 +384,6 @@ searches pay no extra storage write for it),
                  f"forward passes of its {overhead['images']} images (eval mode), timed beside it in alternating order: "
                  f"**overhead {overhead['overhead']:.2f}** (target: under 1.25).\n")
     body += ("\n![best proxy vs trials and vs search time, and time per candidate](efficiency.png)\n\n"
-             "Files: curves.csv (by trial), curves_by_time.csv, throughput.csv, trials.csv (all runs), runs/ (each "
-             "search's own run directory).\n")
+             "Files: curves.csv (by trial), curves_by_time.csv, rescored.csv, throughput.csv, trials.csv (all runs), "
+             "runs/ (each search's own run directory).\n")
     bench.write_summary("Search efficiency", body)

@@ -64,7 +64,7 @@ def test_fidelity(bench_args, tmp_path, one_thread):
 @pytest.mark.slow
 def test_efficiency(bench_args, tmp_path, one_thread):
     out = tmp_path / "efficiency"
-    labels = ["random+none", "tpe-bounded", "random+halving"]
+    labels = ["random+none@3", "tpe-bounded", "random+halving"]
     # a tight budget, so that the candidates of the tiny data score apart (at 50% every one scores 100%)
     assert main(bench_args("efficiency", out, "--strategies", ",".join(labels), "--trials", "4", "--budget", "25%flops",
                            "--seeds", "2", "--overhead-candidates", "2")) == 0
@@ -75,12 +75,13 @@ def test_efficiency(bench_args, tmp_path, one_thread):
         assert c["mean"].is_monotonic_increasing  # best so far never falls
         assert (c["count"] == 2).all()  # every seed ran
     speed = pd.read_csv(out / "throughput.csv").set_index("strategy")
-    assert speed.loc["random+none", "scored"] == 8 and speed.loc["random+none", "stopped"] == 0
+    assert speed.loc["random+none@3", "scored"] == 8 and speed.loc["random+none@3", "stopped"] == 0
     parts = ["ask", "cost", "prune", "recalibrate", "evaluate", "bookkeeping"]
     assert np.allclose(speed[[f"{p}_seconds" for p in parts]].sum(axis=1), speed["seconds_per_scored"])
     # each label ran with its pruner; successive halving stopped some scores, which never count toward the best
     configs = {label: (out / "runs" / f"{label}-s0" / "config.yaml").read_text() for label in labels}
-    assert "pruner: none" in configs["random+none"] and "pruner: halving" in configs["random+halving"]
+    assert "pruner: none" in configs["random+none@3"] and "pruner: halving" in configs["random+halving"]
+    assert "calib_batches: 3" in configs["random+none@3"] and "calib_batches: 2" in configs["random+halving"]
     assert "pruner: median" in configs["tpe-bounded"]  # a bare label: the study's --pruner, here the default
     trials = pd.read_csv(out / "trials.csv")
     stopped = trials[trials["state"] == "stopped"]
@@ -102,7 +103,15 @@ def test_efficiency(bench_args, tmp_path, one_thread):
         config = (out / "runs" / f"tpe-bounded-s{seed}" / "config.yaml").read_text()
         assert "sensitivity_from:" in config and "runs/sensitivity" in config
     summary = (out / "summary.md").read_text()
-    assert "overhead" in summary and "trials to reach random+none's best" in summary
+    assert "overhead" in summary and "trials to reach random+none@3's best" in summary
+    # the candidate each run would pick at equal times, scored again on one scale: 20 batches, every image
+    rescored = pd.read_csv(out / "rescored.csv")
+    assert set(rescored["fraction_of_reference"]) <= {0.25, 0.5, 1.0} and len(rescored) >= 6
+    assert rescored["reference_proxy_acc"].between(0, 1).all()
+    final = rescored[rescored["fraction_of_reference"] == 1.0].merge(
+        trials[trials["state"] == "complete"], left_on=["strategy", "seed", "number"],
+        right_on=["strategy", "seed", "number"])
+    assert (final["own_proxy_acc"] == final["proxy_acc"]).all()  # the pick is a complete trial of that run
 
 
 def test_baselines(bench_args, tmp_path, one_thread, flops_clock):
