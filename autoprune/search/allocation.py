@@ -26,7 +26,9 @@ from autoprune.pruning.base import Space
 
 T = TypeVar("T")
 
-SCALE_STEPS = 40  # bisection steps of scale_to_budget: the scale to 2**-40 of its range
+# bisection steps of scale_to_budget: the scale to 2**-24 of its range, a ratio to within 5e-4 even for a direction
+# weight of 1e-4 (a range of 8000), a hundredth of the grid's step; each step is one exact cost count
+SCALE_STEPS = 24
 MAX_DRAWS = 1000  # draw_in_budget's random directions before it gives up
 NEIGHBOURHOOD = (0.5, 1.5)  # a neighbour's per-group factors are drawn uniformly from this range
 NEIGHBOUR_TRIES = 100  # neighbourhood's draws before it gives up

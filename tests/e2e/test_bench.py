@@ -82,7 +82,7 @@ def test_efficiency(bench_args, tmp_path, one_thread):
     configs = {label: (out / "runs" / f"{label}-s0" / "config.yaml").read_text() for label in labels}
     assert "pruner: none" in configs["random+none@3"] and "pruner: halving" in configs["random+halving"]
     assert "calib_batches: 3" in configs["random+none@3"] and "calib_batches: 2" in configs["random+halving"]
-    assert "pruner: median" in configs["tpe-bounded"]  # a bare label: the study's --pruner, here the default
+    assert "pruner: halving" in configs["tpe-bounded"]  # a bare label: the study's --pruner, here the default
     trials = pd.read_csv(out / "trials.csv")
     stopped = trials[trials["state"] == "stopped"]
     assert len(stopped) > 0 and set(stopped["strategy"]) == {"random+halving"}

@@ -136,14 +136,14 @@ def test_scaled_random_directions_land_in_budget(space, budget):
     assert np.median(uses) > 0.95, uses
 
 
-def test_scaling_bisects_forty_times_on_the_exact_cost(space, monkeypatch):
+def test_scaling_bisects_twenty_four_times_on_the_exact_cost(space, monkeypatch):
     calls = []
     cost = space.cost
     monkeypatch.setattr(space, "cost", lambda ratios: calls.append(ratios) or cost(ratios))
     direction = dict.fromkeys(space.group_names, 1.0)
     ratios = scale_to_budget(space, parse_budget("50%flops"), direction)
-    assert allocation.SCALE_STEPS == 40
-    assert len(calls) == 2 + 40  # the top, the bottom, then the bisection
+    assert allocation.SCALE_STEPS == 24
+    assert len(calls) == 2 + 24  # the top, the bottom, then the bisection
     assert ratios in calls[2:]
 
 
