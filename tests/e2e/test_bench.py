@@ -64,7 +64,7 @@ def test_fidelity(bench_args, tmp_path, one_thread):
 @pytest.mark.slow
 def test_efficiency(bench_args, tmp_path, one_thread):
     out = tmp_path / "efficiency"
-    labels = ["random+none@3", "tpe-bounded", "random+halving"]
+    labels = ["random+none@3", "tpe-bounded"]  # the bare label takes the study's pruner, the default halving
     # a tight budget, so that the candidates of the tiny data score apart (at 50% every one scores 100%)
     assert main(bench_args("efficiency", out, "--strategies", ",".join(labels), "--trials", "4", "--budget", "25%flops",
                            "--seeds", "2", "--overhead-candidates", "2")) == 0
@@ -80,17 +80,16 @@ def test_efficiency(bench_args, tmp_path, one_thread):
     assert np.allclose(speed[[f"{p}_seconds" for p in parts]].sum(axis=1), speed["seconds_per_scored"])
     # each label ran with its pruner; successive halving stopped some scores, which never count toward the best
     configs = {label: (out / "runs" / f"{label}-s0" / "config.yaml").read_text() for label in labels}
-    assert "pruner: none" in configs["random+none@3"] and "pruner: halving" in configs["random+halving"]
-    assert "calib_batches: 3" in configs["random+none@3"] and "calib_batches: 2" in configs["random+halving"]
-    assert "pruner: halving" in configs["tpe-bounded"]  # a bare label: the study's --pruner, here the default
+    assert "pruner: none" in configs["random+none@3"] and "pruner: halving" in configs["tpe-bounded"]
+    assert "calib_batches: 3" in configs["random+none@3"] and "calib_batches: 2" in configs["tpe-bounded"]
     trials = pd.read_csv(out / "trials.csv")
     stopped = trials[trials["state"] == "stopped"]
-    assert len(stopped) > 0 and set(stopped["strategy"]) == {"random+halving"}
+    assert len(stopped) > 0 and set(stopped["strategy"]) == {"tpe-bounded"}
     assert (stopped["scored_images"] < 120).all()
     complete = trials["proxy_acc"].where(trials["state"] == "complete").fillna(0.0)
     assert (trials["best_so_far"] == complete.groupby([trials["strategy"], trials["seed"]]).cummax()).all()
     by_time = pd.read_csv(out / "curves_by_time.csv")
-    assert set(by_time["strategy"]) == set(labels) and (by_time["fraction_of_reference"] == 1.0).sum() == 3
+    assert set(by_time["strategy"]) == set(labels) and (by_time["fraction_of_reference"] == 1.0).sum() == 2
     for _, c in by_time.groupby("strategy"):
         assert c.sort_values("seconds")["mean"].is_monotonic_increasing
     overhead = next(json.loads(line)["value"] for line in (out / "journal.jsonl").read_text().splitlines()
@@ -106,7 +105,7 @@ def test_efficiency(bench_args, tmp_path, one_thread):
     assert "overhead" in summary and "trials to reach random+none@3's best" in summary
     # the candidate each run would pick at equal times, scored again on one scale: 20 batches, every image
     rescored = pd.read_csv(out / "rescored.csv")
-    assert set(rescored["fraction_of_reference"]) <= {0.25, 0.5, 1.0} and len(rescored) >= 6
+    assert set(rescored["fraction_of_reference"]) <= {0.25, 0.5, 1.0} and len(rescored) >= 4
     assert rescored["reference_proxy_acc"].between(0, 1).all()
     final = rescored[rescored["fraction_of_reference"] == 1.0].merge(
         trials[trials["state"] == "complete"], left_on=["strategy", "seed", "number"],

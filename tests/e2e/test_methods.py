@@ -76,7 +76,7 @@ def test_search_with_pfp_allocation(tmp_path, tiny_search_args):
     assert main(tiny_search_args + ["--strategy", "pfp", "--criterion", "pfp", "--trials", "3", "--finetune-top", "1",
                                "--finetune-epochs", "0.1", "--out", str(run)]) == 0
     trials = pd.read_csv(run / "trials.csv")
-    assert list(trials["state"]) == ["complete"] * 3  # each within the budget
+    assert trials["state"].isin(["complete", "stopped"]).all()  # each within the budget, and scored
     assert list(Path(run, "subnets").iterdir())
 
 
