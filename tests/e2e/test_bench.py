@@ -11,7 +11,9 @@ import pandas as pd
 import pytest
 from quick import QUICK_LATENCY, QUICK_OPTIONS
 
+from autoprune.bench.efficiency import parse_label
 from autoprune.cli import main
+from autoprune.errors import UserError
 
 
 @pytest.fixture
@@ -64,7 +66,7 @@ def test_fidelity(bench_args, tmp_path, one_thread):
 @pytest.mark.slow
 def test_efficiency(bench_args, tmp_path, one_thread):
     out = tmp_path / "efficiency"
-    labels = ["random+none@3", "tpe-bounded"]  # the bare label takes the study's pruner, the default halving
+    labels = ["random+halving", "tpe-bounded+none@3"]
     # a tight budget, so that the candidates of the tiny data score apart (at 50% every one scores 100%)
     assert main(bench_args("efficiency", out, "--strategies", ",".join(labels), "--trials", "4", "--budget", "25%flops",
                            "--seeds", "2", "--overhead-candidates", "2")) == 0
@@ -75,16 +77,16 @@ def test_efficiency(bench_args, tmp_path, one_thread):
         assert c["mean"].is_monotonic_increasing  # best so far never falls
         assert (c["count"] == 2).all()  # every seed ran
     speed = pd.read_csv(out / "throughput.csv").set_index("strategy")
-    assert speed.loc["random+none@3", "scored"] == 8 and speed.loc["random+none@3", "stopped"] == 0
+    assert speed.loc["tpe-bounded+none@3", "scored"] == 8 and speed.loc["tpe-bounded+none@3", "stopped"] == 0
     parts = ["ask", "cost", "prune", "recalibrate", "evaluate", "bookkeeping"]
     assert np.allclose(speed[[f"{p}_seconds" for p in parts]].sum(axis=1), speed["seconds_per_scored"])
     # each label ran with its pruner; successive halving stopped some scores, which never count toward the best
     configs = {label: (out / "runs" / f"{label}-s0" / "config.yaml").read_text() for label in labels}
-    assert "pruner: none" in configs["random+none@3"] and "pruner: halving" in configs["tpe-bounded"]
-    assert "calib_batches: 3" in configs["random+none@3"] and "calib_batches: 2" in configs["tpe-bounded"]
+    assert "pruner: none" in configs["tpe-bounded+none@3"] and "pruner: halving" in configs["random+halving"]
+    assert "calib_batches: 3" in configs["tpe-bounded+none@3"] and "calib_batches: 2" in configs["random+halving"]
     trials = pd.read_csv(out / "trials.csv")
     stopped = trials[trials["state"] == "stopped"]
-    assert len(stopped) > 0 and set(stopped["strategy"]) == {"tpe-bounded"}
+    assert len(stopped) > 0 and set(stopped["strategy"]) == {"random+halving"}
     assert (stopped["scored_images"] < 120).all()
     complete = trials["proxy_acc"].where(trials["state"] == "complete").fillna(0.0)
     assert (trials["best_so_far"] == complete.groupby([trials["strategy"], trials["seed"]]).cummax()).all()
@@ -99,10 +101,10 @@ def test_efficiency(bench_args, tmp_path, one_thread):
     assert (out / "runs" / "sensitivity" / "sensitivity.csv").exists()
     # the bounded runs reused the one sensitivity measurement
     for seed in (0, 1):
-        config = (out / "runs" / f"tpe-bounded-s{seed}" / "config.yaml").read_text()
+        config = (out / "runs" / f"tpe-bounded+none@3-s{seed}" / "config.yaml").read_text()
         assert "sensitivity_from:" in config and "runs/sensitivity" in config
     summary = (out / "summary.md").read_text()
-    assert "overhead" in summary and "trials to reach random+none@3's best" in summary
+    assert "overhead" in summary and "trials to reach random+halving's best" in summary
     # the candidate each run would pick at equal times, scored again on one scale: 20 batches, every image
     rescored = pd.read_csv(out / "rescored.csv")
     assert set(rescored["fraction_of_reference"]) <= {0.25, 0.5, 1.0} and len(rescored) >= 4
@@ -111,6 +113,15 @@ def test_efficiency(bench_args, tmp_path, one_thread):
         trials[trials["state"] == "complete"], left_on=["strategy", "seed", "number"],
         right_on=["strategy", "seed", "number"])
     assert (final["own_proxy_acc"] == final["proxy_acc"]).all()  # the pick is a complete trial of that run
+
+
+def test_an_efficiency_label_is_a_strategy_with_its_pruner_and_calibration():
+    assert parse_label("tpe", "halving", 1) == ("tpe", "halving", 1)  # a bare one: the study's own
+    assert parse_label("tpe+none", "halving", 1) == ("tpe", "none", 1)
+    assert parse_label("tpe-bounded+median@20", "halving", 1) == ("tpe-bounded", "median", 20)
+    assert parse_label("random@5", "none", 1) == ("random", "none", 5)
+    with pytest.raises(UserError, match="after @ must be a positive integer"):
+        parse_label("tpe@0", "none")
 
 
 def test_baselines(bench_args, tmp_path, one_thread, flops_clock):
