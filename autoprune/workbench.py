@@ -108,7 +108,9 @@ def check_budget(budget: Budget, space: Space, *, notes: bool = True) -> None:
     base = space.base_cost
     smallest = space.smallest_cost()
     if not budget.feasible(smallest, base):
-        latency = f" and {smallest.latency_ms:.2f} ms" if smallest.latency_ms is not None else ""
+        latency = "" if smallest.latency_ms is None else (
+            f" and {smallest.latency_ms:.3f} ms ({smallest.latency_ms / base.latency_ms:.1%} of the unpruned model's "
+            f"{base.latency_ms:.3f} ms, predicted)")
         raise UserError(
             f"budget {budget.text} cannot be met in this search space: the smallest subnet keeps "
             f"{smallest.macs / base.macs:.1%} of MACs and {smallest.params / base.params:.1%} "
