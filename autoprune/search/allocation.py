@@ -126,7 +126,7 @@ def fill_budget(space: Space, budget: Budget, ratios: Mapping[str, float]) -> di
     """``ratios`` with channels given back while every constraint of ``budget`` still holds: the most-pruned group
     first, each step to the next wider width the group keeps (its next lower grid ratio that changes the width),
     in passes until no group can widen. A direction scaled onto the budget stops where the next scale would
-    break it, and with coarse widths (efficient widths of 8 channels) that can leave a tenth of the budget
+    break it, and with coarse widths (efficient widths of 8 channels) that left up to a fifth of the budget
     unused; filled, the candidate uses it. Returns every group's ratio; a group already at its ``low`` stays."""
     step, fits = space.config.step, _fits(space, budget)
     filled = {g.name: float(ratios.get(g.name, g.low)) for g in space.groups}
