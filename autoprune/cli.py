@@ -136,7 +136,8 @@ def _add_bench(sub, fmt) -> None:
     e = parsers["efficiency"]
     e.add_argument("--budget", default="50%flops", help="the budget of every search")
     e.add_argument("--strategies", type=_words, default="random,tpe,nsga2,tpe-bounded",
-                   help="strategies to compare; tpe-bounded is tpe with --bounds-from-sensitivity")
+                   help="labels to compare, strategy[+pruner][@calibration batches] (tpe+halving, tpe+none@20); "
+                        "tpe-bounded is tpe with --bounds-from-sensitivity")
     e.add_argument("--trials", type=int, default=30, help="trials per search")
     e.add_argument("--seeds", type=int, default=3, help="search seeds per strategy")
     e.add_argument("--overhead-candidates", type=int, default=10,
