@@ -27,7 +27,7 @@ SCORE_FIELDS = ("proxy_acc", "scored_images", "prune_seconds", "recalibrate_seco
 ERROR_CHARS = 2000  # the end of a failed candidate's error that the study keeps
 
 TRIAL_COLUMNS = ["number", "state", "macs", "params", "proxy_acc", "scored_images", "seconds", "prune_seconds",
-                 "recalibrate_seconds", "evaluate_seconds", "draws", "predicted_latency_ms", "error"]
+                 "recalibrate_seconds", "evaluate_seconds", "draws", "same_as", "predicted_latency_ms", "error"]
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,8 @@ class Candidate:
     and the scoring split ``prune_seconds``, ``recalibrate_seconds``, ``evaluate_seconds``. A candidate's latency
     is predicted (``cost.latency_ms``), not measured: the search checks the predictor on held-out subnets
     (``autoprune.deployment``) and measures the fine-tuned subnets. ``draws``: random draws it took
-    (the ``random`` strategy only). ``error``: the end of a failed candidate's traceback
+    (the ``random`` strategy only). ``same_as``: the earlier trial of the same widths whose score it took rather
+    than scoring the same subnet again (``autoprune.runners.trial.begin_trial``). ``error``: the end of a failed candidate's traceback
     (``autoprune.runners.trial.describe_error``).
     """
 
@@ -62,6 +63,7 @@ class Candidate:
     recalibrate_seconds: float | None = None
     evaluate_seconds: float | None = None
     draws: int | None = None
+    same_as: int | None = None
     error: str | None = None
 
     @property
@@ -105,7 +107,7 @@ class Candidate:
         """The Optuna user attributes that record it, those known so far: once costed, its ``ratios`` (a sampler's
         trial has other parameters: ``autoprune.search.base.Strategy.propose``), ``macs``, ``params``, ``widths``,
         ``predicted_latency_ms`` (unrounded: it is compared with the budget) and ``feasible`` once costed;
-        then the score, the seconds, ``draws`` and ``error`` where it has them. ``from_trial`` reads them."""
+        then the score, the seconds, ``draws``, ``same_as`` and ``error`` where it has them. ``from_trial`` reads them."""
         attrs: dict[str, Any] = {}
         if self.cost is not None:
             attrs.update(ratios=dict(self.ratios), macs=self.cost.macs, params=self.cost.params)
@@ -115,7 +117,7 @@ class Candidate:
             if self.cost.latency_ms is not None:
                 attrs["predicted_latency_ms"] = self.cost.latency_ms
             attrs["feasible"] = self.feasible
-        for key in (*SCORE_FIELDS, "seconds", "draws", "error"):
+        for key in (*SCORE_FIELDS, "seconds", "draws", "same_as", "error"):
             if getattr(self, key) is not None:
                 attrs[key] = getattr(self, key)
         return attrs
@@ -146,7 +148,7 @@ class Candidate:
             cost = Cost(attrs.get("macs"), attrs.get("params"), attrs.get("predicted_latency_ms"))
         return cls(number=t.number, ratios={name: recorded.get(name) for name in names}, state=state,
                    widths=attrs.get("widths"), cost=cost,
-                   **{key: attrs.get(key) for key in (*SCORE_FIELDS, "seconds", "draws", "error")})
+                   **{key: attrs.get(key) for key in (*SCORE_FIELDS, "seconds", "draws", "same_as", "error")})
 
     def row(self) -> dict[str, Any]:
         """Its row of trials.csv: the ``TRIAL_COLUMNS`` (the error by its last line, the exception; the study
@@ -178,4 +180,4 @@ def trials_frame(study: optuna.Study, group_names: list[str]) -> pd.DataFrame:
     """trials.csv of ``study``: one ``Candidate.row`` per trial, the ``TRIAL_COLUMNS`` then one ratio per group."""
     columns = TRIAL_COLUMNS + [f"ratio:{n}" for n in group_names]
     frame = pd.DataFrame([c.row() for c in candidates(study, group_names)], columns=columns)
-    return frame.astype({"scored_images": "Int64"})  # a count, blank where never scored
+    return frame.astype({"scored_images": "Int64", "same_as": "Int64"})  # blank where never scored, or scored

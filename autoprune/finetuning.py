@@ -22,7 +22,7 @@ from autoprune.results import SubnetSpec, load_subnet
 from autoprune.retrain import retrain, retrain_record
 from autoprune.search import Strategy
 from autoprune.selection import choose_for_finetune
-from autoprune.train import TrainResult, train
+from autoprune.train import TrainResult, epochs_of_steps, train
 from autoprune.workbench import Workbench
 
 
@@ -65,11 +65,10 @@ def finetune_phase(bench: Workbench, study: optuna.Study, strategy: Strategy, ru
     def cost(c: Candidate) -> float:
         return getattr(space.cost(c.ratios_to_prune(space.groups)), metric)
 
-    if config.shortlist and config.finetune_top:
-        shortlisted = choose_for_finetune(scored, config.shortlist, cost, spread=strategy.spread_finetune)
-        chosen = shortlist_phase(bench, study, shortlisted, runner, quiet=quiet)
-    else:
-        chosen = choose_for_finetune(scored, config.finetune_top, cost, spread=strategy.spread_finetune)
+    size = max(config.finetune_top, config.shortlist_size) if config.finetune_top else 0
+    chosen = choose_for_finetune(scored, size, cost, spread=strategy.spread_finetune)
+    if len(chosen) > config.finetune_top:  # more candidates than fine-tunes: the short fine-tunes choose
+        chosen = shortlist_phase(bench, study, chosen, runner, quiet=quiet)
     specs: dict[int, SubnetSpec] = {}
     todo = []
     for rank, c in enumerate(chosen, 1):
@@ -103,7 +102,7 @@ def shortlist_phase(bench: Workbench, study: optuna.Study, shortlisted: list[Can
     key = f"shortlist_{config.shortlist_steps}_steps"  # trial number -> held-out accuracy after that many steps
     done = {int(k): v for k, v in study.user_attrs.get(key, {}).items()}
     todo = [c for c in shortlisted if c.number not in done]
-    epochs = config.shortlist_steps * config.batch_size / len(bench.data.train)
+    epochs = epochs_of_steps(config.shortlist_steps, len(bench.data.train), config.batch_size)
     jobs = [FinetuneJob(c.ratios_to_prune(bench.space.groups), config.seed, f"shortlist {c.id} ({i}/{len(todo)})",
                         epochs=epochs, test=False) for i, c in enumerate(todo, 1)]
     bar_here = not (quiet or runner.shows_finetune_progress)

@@ -32,6 +32,7 @@ from autoprune.train import TrainResult, rewind_weights_path
 if TYPE_CHECKING:
     from autoprune.config import SearchConfig
 
+SHORTLIST_FACTOR = 2  # the default --shortlist: this many times --finetune-top
 REWINDS = ("none", "lottery", "scratch-e", "scratch-b")
 SCHEDULES = ("oneshot", "iterative")
 
@@ -39,19 +40,22 @@ SCHEDULES = ("oneshot", "iterative")
 @dataclass(frozen=True)
 class RetrainSettings:
     """How the ``finetune_top`` best candidates are chosen and trained: from the best ``shortlist`` by proxy after a
-    short fine-tune of ``shortlist_steps`` steps each where set (multi-fidelity selection), otherwise by proxy;
+    short fine-tune of ``shortlist_steps`` steps each (multi-fidelity selection; ``shortlist`` 0: by proxy alone);
     ``finetune_epochs`` (fractions allowed) of SGD at
     ``finetune_lr``, from their trained weights or rewound (``rewind``, ``rewind_epoch``), in one shot or
     ``steps`` iterative steps (``schedule``), distilled from the unpruned model or not. All of them may change
-    when a run is resumed."""
+    when a run is resumed. The default ``shortlist`` (None) is ``SHORTLIST_FACTOR`` x ``finetune_top``, set from
+    ``bench fidelity`` (results/bench/fidelity-shortlist): there 100 steps ranked candidates at 0.84 of the
+    seed-to-seed ceiling (Spearman), the adaptive-BN proxy at 0.76."""
 
     finetune_top: int = setting(3, "fine-tune the best K feasible candidates")
     finetune_epochs: float = setting(0.5, "epochs of each fine-tune; fractions allowed, e.g. 0.1")
-    shortlist: int = setting(
-        0, "multi-fidelity selection: train the best M candidates by proxy for --shortlist-steps steps first, and "
-        "fine-tune the --finetune-top of them with the best held-out accuracy after it (0: the best by proxy)",
-        metavar="M")
-    shortlist_steps: int = setting(100, "training steps of each short fine-tune of --shortlist", metavar="STEPS")
+    shortlist: int | None = setting(
+        None, "multi-fidelity selection: train the best M candidates by proxy for --shortlist-steps steps first, and "
+        "fine-tune the --finetune-top of them with the best held-out accuracy after it (not given: twice "
+        "--finetune-top; 0: off, the best by proxy)", metavar="M", commands=(SEARCH, BENCH))
+    shortlist_steps: int = setting(100, "training steps of each short fine-tune of --shortlist", metavar="STEPS",
+                                   commands=(SEARCH, BENCH))
     finetune_lr: float = setting(0.01, "learning rate of the fine-tune (SGD)", commands=(SEARCH, BENCH))
     rewind: str = setting(
         "none", "what the chosen subnets train from: none, their trained weights (fine-tune); lottery, the kept "
@@ -68,6 +72,13 @@ class RetrainSettings:
     distill_temperature: float = setting(4.0, "temperature T of the distillation loss", metavar="T")
     distill_weight: float = setting(0.9, "loss = (1 - W) * cross-entropy + W * T^2 * KL(teacher || student)",
                                     metavar="W")
+
+    @property
+    def shortlist_size(self) -> int:
+        """M, the candidates the multi-fidelity stage trains briefly: ``shortlist``, or where not given
+        ``SHORTLIST_FACTOR`` x ``finetune_top``; 0 where the stage is off."""
+        return SHORTLIST_FACTOR * self.finetune_top if self.shortlist is None else self.shortlist
+
 
 Fit = Callable[[nn.Module, float], TrainResult]  # recalibrate BN, then train the subnet in place for the epochs
 
@@ -89,8 +100,11 @@ def check_retrain(config: SearchConfig) -> None:
     ``UserError`` (also where ``--rewind lottery`` lacks its saved initialisation file)."""
     if config.finetune_top < 0 or config.finetune_epochs < 0:
         raise UserError("--finetune-top and --finetune-epochs must not be negative")
-    if config.shortlist and (config.shortlist <= config.finetune_top or config.shortlist_steps < 1):
-        raise UserError("--shortlist M must exceed --finetune-top, and --shortlist-steps be at least 1")
+    if (config.shortlist is not None and config.shortlist < 0) or config.shortlist_steps < 1:
+        raise UserError("--shortlist must not be negative, and --shortlist-steps must be at least 1")
+    if config.shortlist and config.shortlist <= config.finetune_top:
+        raise UserError(f"--shortlist {config.shortlist} must exceed --finetune-top {config.finetune_top}: the stage "
+                        "chooses the fine-tuned among more candidates (0 turns it off)")
     if config.rewind not in REWINDS:
         raise UserError(f"--rewind must be one of {', '.join(REWINDS)}")
     if config.schedule not in SCHEDULES:

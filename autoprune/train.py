@@ -89,7 +89,7 @@ def train(
     hooks = _nchw_where_onednn_fails(model, device)
     n = len(data.train)
     steps_per_epoch = math.ceil(n / batch_size)
-    total_steps = max(1, math.ceil(epochs * steps_per_epoch))
+    total_steps = max(1, math.ceil(epochs * steps_per_epoch - 1e-9))  # epochs_of_steps(k) gives k steps exactly
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=True, weight_decay=weight_decay)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
@@ -146,6 +146,12 @@ def train(
         hook.remove()
     model.eval()
     return TrainResult(step, step / steps_per_epoch, running, time.perf_counter() - start)
+
+
+def epochs_of_steps(steps: int, images: int, batch_size: int) -> float:
+    """The ``epochs`` that make ``train`` take exactly ``steps`` steps over ``images`` training images in batches
+    of ``batch_size`` (an epoch is ``ceil(images / batch_size)`` steps, its last batch the remainder)."""
+    return steps / math.ceil(images / batch_size)
 
 
 def check_amp(amp: bool, device: str) -> None:

@@ -54,7 +54,7 @@ def test_a_scored_candidate_reads_back_from_its_trial_as_it_was_told(study):
         "number": 0, "state": "complete", "macs": 130, "params": 26, "proxy_acc": 0.8125, "scored_images": 2000,
         "seconds": 2.1235,
         "prune_seconds": 0.1235, "recalibrate_seconds": 0.2543, "evaluate_seconds": 0.3765,
-        "draws": 7, "predicted_latency_ms": 3.25, "error": None,
+        "draws": 7, "same_as": None, "predicted_latency_ms": 3.25, "error": None,
         "ratio:conv1": 0.123457, "ratio:fc": 0.5}
     assert list(back.row()) == [*TRIAL_COLUMNS, "ratio:conv1", "ratio:fc"]
 
@@ -146,16 +146,19 @@ def test_trials_frame_is_trials_csv_of_the_study(tmp_path):
     study.add_trial(_frozen(1, FAIL, {"g": 0.125}, feasible=True, macs=4, params=2, error="Trace\nE: x\n"))
     study.add_trial(_frozen(2, COMPLETE, {"g": 0.0}, feasible=False, macs=9, params=5, seconds=0.0012))
     study.add_trial(_frozen(3, PRUNED, {"g": 0.5}, feasible=True, macs=2, params=1, proxy_acc=0.25, scored_images=512))
+    study.add_trial(_frozen(4, COMPLETE, {"g": 0.25}, feasible=True, macs=3, params=1, proxy_acc=0.5, seconds=0.5,
+                            same_as=0))
     frame = trials_frame(study, ["g"])
     assert list(frame.columns) == [*TRIAL_COLUMNS, "ratio:g"]
     frame.to_csv(tmp_path / "trials.csv", index=False)
     assert (tmp_path / "trials.csv").read_text() == (
         "number,state,macs,params,proxy_acc,scored_images,seconds,prune_seconds,recalibrate_seconds,evaluate_seconds,"
-        "draws,predicted_latency_ms,error,ratio:g\n"
-        "0,complete,3,1,0.5,,1.5,,,,2.0,,,0.25\n"
-        "1,fail,4,2,,,,,,,,,E: x,0.125\n"
-        "2,infeasible,9,5,,,0.0012,,,,,,,0.0\n"
-        "3,stopped,2,1,0.25,512,,,,,,,,0.5\n")
+        "draws,same_as,predicted_latency_ms,error,ratio:g\n"
+        "0,complete,3,1,0.5,,1.5,,,,2.0,,,,0.25\n"
+        "1,fail,4,2,,,,,,,,,,E: x,0.125\n"
+        "2,infeasible,9,5,,,0.0012,,,,,,,,0.0\n"
+        "3,stopped,2,1,0.25,512,,,,,,,,,0.5\n"
+        "4,complete,3,1,0.5,,0.5,,,,,0,,,0.25\n")
     assert trials_frame(optuna.create_study(), ["g"]).columns.tolist() == [*TRIAL_COLUMNS, "ratio:g"]
 
 

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from quick import QUICK_LATENCY
+from quick import QUICK_FLAGS
 
 import autoprune
 from autoprune.cli import _parser, main
@@ -404,7 +404,7 @@ def demo_run(tmp_path_factory, one_thread) -> Path:
         code = main(["search", "--data", f"npz:{root / 'fmnist.npz'}", "--weights", str(weights), "--budget", "50%flops",
                      "--strategy", "random", "--trials", "3", "--holdout", "100", "--score-images", "100",
                      "--batch-size", "64", "--calib-batches", "1", "--finetune-top", "1", "--finetune-epochs", "0.05",
-                     *QUICK_LATENCY, "--out", str(run), "--quiet"])
+                     *QUICK_FLAGS, "--out", str(run), "--quiet"])
     assert code == 0 and list(run.glob("subnets/*/spec.json"))
     return run
 

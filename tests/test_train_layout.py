@@ -52,3 +52,17 @@ def test_only_strided_1x1_convolutions_on_few_channels_change_layout():
             assert m.weight.is_contiguous() and m.weight.stride() != stride
         else:
             assert m.weight.stride() == stride
+
+
+def test_epochs_of_steps_trains_exactly_that_many_steps():
+    # an epoch of 1000 images in batches of 128 is 8 steps (the last of 104 images): 4 steps are 0.5 epoch, not
+    # 4 * 128 / 1000 = 0.512, which trains 5
+    from autoprune.train import epochs_of_steps
+
+    net = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
+    for images, batch, steps in ((1000, 128, 4), (1000, 128, 8), (1000, 128, 13), (55000, 128, 100), (300, 64, 3),
+                                 (300, 64, 7), (7 * 64, 64, 29)):  # 29 / 7 * 7 is 29.000000000000004
+        split = Split(torch.rand(images, 1, 2, 2), torch.randint(0, 3, (images,)))
+        epochs = epochs_of_steps(steps, images, batch)
+        done = train(net, DataBundle("noise", split, split, split, 3), epochs=epochs, batch_size=batch, quiet=True)
+        assert done.steps == steps, (images, batch, steps)

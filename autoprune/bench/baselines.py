@@ -1,7 +1,8 @@
 """Is a searched subnet better than the simple ways to the same budget?
 
 At each budget four models are fine-tuned alike (same epochs, learning rate and seeds, BN
-recalibrated first): the best candidate of a search (adaptive-BN proxy), uniform per-group ratios
+recalibrated first): the candidate a search chooses (adaptive-BN proxy, then the short fine-tunes of
+its ``--shortlist`` stage), uniform per-group ratios
 ranked by the same criterion, Torch-Pruning's global magnitude pruning (L1, one threshold across
 groups, bisected to the same budget), and the unpruned model.
 """
@@ -204,13 +205,16 @@ def _summary(bench, config, table, seeds, strategy, trials, latency_batches, tar
                             + (" (seed ranges overlap: not a clear difference)" if overlap else "")
                             + (f", at {s[f'speedup_b{first}']:.2f}x vs {o[f'speedup_b{first}']:.2f}x measured"
                                if parse_budget(budget).needs_latency else ""))
+    chosen = (f"the best held-out accuracy after {config.shortlist_steps} training steps of the {config.shortlist_size} "
+              f"best by adaptive-BN proxy (the `--shortlist` stage)" if config.shortlist_size > 1
+              else "the best adaptive-BN proxy")
     where = "; ".join(f"batch {b}: {targets[str(b)]}" for b in latency_batches)
     widths = (f"multiples of {setup.multiple} channels, only the widths no wider one runs faster (global: rounded "
               f"to the same multiple)" if setup.widths is not None else "every width")
     body = f"""
 {config.model} on {config.data}. Every model was recalibrated (adaptive BN) and fine-tuned for
 {config.finetune_epochs} epochs (lr {config.finetune_lr}, SGD, cosine) with seeds {', '.join(map(str, seeds))}; test accuracy on
-the test split. `searched`: the best adaptive-BN proxy of {trials} `{strategy}` trials; `uniform`: the same ratio in
+the test split. `searched`: of {trials} `{strategy}` trials, {chosen}; `uniform`: the same ratio in
 every group (largest within budget, criterion {config.criterion}); `global`: Torch-Pruning MagnitudePruner, L1,
 global threshold, per-group cap as in the search space; `unpruned`: the baseline fine-tuned alike. Width rule, as
 the search set it up at batch {first}: {widths}. A latency budget is predicted at batch {first} for all three

@@ -158,7 +158,7 @@ def figure(ncols: int = 1, width: float = 6.0, height: float = 4.5):
 
 
 class Searched(NamedTuple):
-    """The best-proxy candidate of a study's search (``best_searched``)."""
+    """The candidate a study's search chooses to fine-tune first (``best_searched``)."""
 
     ratios: dict[str, float]  # per group: 1 - its searched width / its channels, the search's widths in any space
     row: pd.Series  # its row of trials.csv
@@ -168,8 +168,11 @@ class Searched(NamedTuple):
 
 def best_searched(config: SearchConfig, bench: BenchDir, space: Space, budget: str, *, quiet: bool = False,
                   **options: Any) -> Searched | None:
-    """The best-proxy candidate of a real search at ``budget`` (``autoprune search`` with fine-tuning off, in
-    ``runs/search-<budget>``; resumed if cut short). None where the search scored no candidate.
+    """The candidate a real search at ``budget`` chooses to fine-tune first (``autoprune search``, in
+    ``runs/search-<budget>``; resumed if cut short): where the search shortlists (``config.shortlist_size``, M), the
+    one with the best held-out accuracy after the short fine-tunes of the best M by proxy (the search runs its multi-fidelity
+    stage and saves that one subnet untrained, ``finetune_epochs`` 0: the study fine-tunes it); otherwise the best
+    proxy (fine-tuning off). None where the search scored no candidate.
 
     A search snaps ratios to the widths its own latency set-up kept (its latency.json), which another set-up
     (the study's, ``set_up_widths``) may not share: the subnet is built under the search's widths, and the
@@ -177,17 +180,28 @@ def best_searched(config: SearchConfig, bench: BenchDir, space: Space, budget: s
     candidate the search scored."""
     run_dir = bench.path / "runs" / ("search-" + "".join(c if c.isalnum() else "_" for c in budget.replace("%", "pct")))
     settings = {k: v for k, v in asdict(config).items() if k not in ("model", "data", "budget", "out")}
-    settings.update(finetune_top=0, **options)
+    settings.update(**options)
+    size = replace(config, **options).shortlist_size  # as a search of these settings would shortlist
+    shortlisted = size > 1
+    if shortlisted:
+        settings.update(finetune_top=1, finetune_epochs=0.0, shortlist=size)
+    else:
+        settings.update(finetune_top=0)
     status = run_dir / "run.json"
     if not status.exists() or json.loads(status.read_text()).get("status") != "complete":
-        bench.log(f"{budget}: searching {settings['trials']} trials ({settings['strategy']})")
+        bench.log(f"{budget}: searching {settings['trials']} trials ({settings['strategy']})"
+                  + (f", shortlist of {size}" if shortlisted else ""))
         search(config.model, config.data, budget=budget, out=str(run_dir), resume=(run_dir / "config.yaml").exists(),
                quiet=quiet, **settings)
     trials = pd.read_csv(run_dir / "trials.csv")
     scored = complete_scores(trials)
     if scored.empty:
         return None
-    best = scored.sort_values(["proxy_acc", "number"], ascending=[False, True]).iloc[0]
+    if shortlisted:  # the one subnet the search chose (by its shortlist, where it had more than one candidate)
+        (spec,) = run_dir.glob("subnets/*/spec.json")
+        best = scored[scored["number"] == json.loads(spec.read_text())["trial"]].iloc[0]
+    else:
+        best = scored.sort_values(["proxy_acc", "number"], ascending=[False, True]).iloc[0]
     setup = run_dir / "latency.json"
     widths = json.loads(setup.read_text())["widths"] if setup.is_file() else None
     ratios = {g: float(best[f"ratio:{g}"]) for g in space.group_names}

@@ -206,7 +206,8 @@ def _throughput(frame: pd.DataFrame, strategies: list[str], cost_seconds: float)
     rows = []
     for label in strategies:
         runs = frame[frame["strategy"] == label]
-        scored = runs[runs["proxy_acc"].notna()]
+        fresh = runs["same_as"].isna() if "same_as" in runs else True  # not a subnet that took an earlier score
+        scored = runs[runs["proxy_acc"].notna() & fresh]
         n = max(len(scored), 1)
         total = runs.groupby("seed")["search_seconds"].first().sum()
         parts = {

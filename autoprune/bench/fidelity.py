@@ -23,6 +23,7 @@ from autoprune.errors import UserError
 from autoprune.finetuning import finetune
 from autoprune.measure import accuracy
 from autoprune.search.allocation import draw_in_budget
+from autoprune.train import epochs_of_steps
 from autoprune.workbench import load_workbench, make_evaluator
 
 
@@ -93,7 +94,7 @@ def _measure(config, data, space, scorer, recalibrator, ratios, sweep, short, se
     for steps in short:  # the shortlist's stage: as finetuning.shortlist_phase trains and scores it
         subnet, _ = space.prune(ratios)
         result = finetune(subnet, config, data, recalibrator, seed=config.seed, quiet=True,
-                          epochs=steps * config.batch_size / len(data.train))
+                          epochs=epochs_of_steps(steps, len(data.train), config.batch_size))
         row[f"short_{steps}"] = accuracy(subnet, data.holdout, device=config.device)
         row[f"short_{steps}_seconds"] = round(result.seconds, 2)
     for seed in seeds:

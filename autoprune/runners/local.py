@@ -43,7 +43,7 @@ class LocalRunner:
         for _ in range(remaining):
             pending = begin_trial(study, strategy, space, bench.budget)
             scored, error = None, None
-            if pending.candidate.feasible:
+            if pending.to_score:
                 try:
                     scored = score_candidate(space, bench.evaluator, pending.candidate.ratios,
                                              stop_rule(pending.trial, bench.config.pruner))

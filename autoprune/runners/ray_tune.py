@@ -207,7 +207,7 @@ def make_searcher(study: optuna.Study, strategy: Strategy, space: Space, budget:
             while self.asked < d.remaining and self.fatal is None:
                 self.asked += 1
                 pending = begin_trial(d.study, d.strategy, d.space, d.budget)
-                if pending.candidate.feasible:
+                if pending.to_score:
                     self.pending[trial_id] = pending
                     return {"ratios": pending.candidate.ratios, "trial": pending.number, "early_stop": d.early_stop}
                 d.on_finish(finish_trial(d.study, d.strategy, d.run, d.space.group_names, pending, None))
@@ -219,14 +219,15 @@ def make_searcher(study: optuna.Study, strategy: Strategy, space: Space, budget:
             if pending is None:
                 return
             names = d.space.group_names
+            stopped = trial_id in self.stopped
+            self.stopped.discard(trial_id)
             if error or not result:
                 candidate = finish_trial(d.study, d.strategy, d.run, names, pending, None,
                                          error="RayTrialError: the trial's worker failed on every retry")
             elif result.get("error"):
                 candidate = finish_trial(d.study, d.strategy, d.run, names, pending, None, error=result["error"])
             else:  # the worker's report: the score, with Tune's own keys, which the candidate leaves out
-                stopped = trial_id in self.stopped or bool(result.get("partial"))
-                self.stopped.discard(trial_id)
+                stopped = stopped or bool(result.get("partial"))
                 candidate = finish_trial(d.study, d.strategy, d.run, names, pending, {**result, "stopped": stopped})
             d.on_finish(candidate)
             self.fatal = self.fatal or all_failing(d.study)

@@ -26,6 +26,9 @@ def open_study(bench: Workbench, strategy: Strategy) -> optuna.Study:
                                 directions=list(strategy.directions), sampler=strategy.sampler(),
                                 pruner=make_pruner(config.pruner), load_if_exists=True)
     close_left_behind(study)
+    held = len(study.get_trials(deepcopy=False))
+    if held:  # resumed: a sampler that goes on from where the run stopped, not one that repeats its first trials
+        study.sampler = strategy.sampler(resumed_at=held)
     for key, value in {"model": config.model, "data": config.data, "budget": config.budget,
                        "strategy": config.strategy, "criterion": config.criterion, "base_macs": space.base_cost.macs,
                        "base_params": space.base_cost.params, "base_latency_ms": bench.baseline["latency_ms"],

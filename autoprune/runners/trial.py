@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 import traceback
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import optuna
@@ -28,12 +28,19 @@ from autoprune.search import Strategy
 @dataclass
 class PendingTrial:
     """A trial between its ask and its tell: the live Optuna ``trial``, its ``candidate`` so far, the user
-    attributes already written from it, and ``started`` (``time.perf_counter()`` at the ask)."""
+    attributes already written from it, ``started`` (``time.perf_counter()`` at the ask), and ``reused``: the score
+    of an earlier trial of the same widths, which it takes rather than scoring the same subnet again (None: none)."""
 
     trial: optuna.Trial
     candidate: Candidate
     written: dict[str, Any]
     started: float
+    reused: dict[str, Any] | None = None
+
+    @property
+    def to_score(self) -> bool:
+        """Whether a runner scores it: within the budget, and not a subnet scored before."""
+        return self.candidate.feasible and self.reused is None
 
     @property
     def number(self) -> int:
@@ -42,7 +49,9 @@ class PendingTrial:
 
 
 def begin_trial(study: optuna.Study, strategy: Strategy, space: Space, budget: Budget) -> PendingTrial:
-    """Ask for the next candidate, cost it and record its cost, widths and budget violations on the trial."""
+    """Ask for the next candidate, cost it and record its cost, widths and budget violations on the trial. A
+    candidate within the budget whose widths an earlier trial scored (complete or stopped) takes that score
+    (``PendingTrial.reused``; ``same_as``): scoring is deterministic, so the same subnet would score the same."""
     started = time.perf_counter()
     trial, ratios = strategy.ask(study)
     widths = space.kept_channels(ratios)  # per group: channels (weights, if weight-pruned) kept
@@ -51,7 +60,21 @@ def begin_trial(study: optuna.Study, strategy: Strategy, space: Space, budget: B
         trial.set_constraint(name, violation)
     candidate = Candidate(trial.number, ratios).costed(widths, cost,
                                                        feasible=budget.feasible(cost, space.base_cost))
-    return PendingTrial(trial, candidate, candidate.write_attrs(trial), started)
+    earlier = _scored_before(study, widths) if candidate.feasible else None
+    if earlier is not None:
+        candidate = replace(candidate, same_as=earlier.number)
+    reused = None if earlier is None else {**{k: getattr(earlier, k) for k in ("proxy_acc", "scored_images")},
+                                           "stopped": earlier.state == STOPPED}
+    return PendingTrial(trial, candidate, candidate.write_attrs(trial), started, reused)
+
+
+def _scored_before(study: optuna.Study, widths: Mapping[str, int]) -> Candidate | None:
+    """The first trial of ``study`` scored at exactly ``widths`` (complete within the budget, or stopped)."""
+    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    for t in study.get_trials(deepcopy=False, states=states):
+        if t.user_attrs.get("widths") == widths and t.user_attrs.get("feasible", True):
+            return Candidate.from_trial(t)
+    return None
 
 
 def score_candidate(space: Space, evaluator: AdaptiveBNEvaluator, ratios: dict[str, float],
@@ -73,10 +96,11 @@ def score_candidate(space: Space, evaluator: AdaptiveBNEvaluator, ratios: dict[s
 
 def finish_trial(study: optuna.Study, strategy: Strategy, run: RunDir, group_names: list[str], pending: PendingTrial,
                  scored: Mapping[str, Any] | None, error: str | None = None) -> Candidate:
-    """Tell the study a scored (or infeasible, ``scored`` None) candidate, a stopped one (``scored["stopped"]``:
-    Optuna's ``PRUNED``), or a failed one with its ``error``; append its row to trials.csv. Returns the
-    candidate as the study now records it."""
+    """Tell the study a scored candidate (``scored``; None: the score it reused, or none, infeasible), a stopped
+    one (``scored["stopped"]``: Optuna's ``PRUNED``), or a failed one with its ``error``; append its row to
+    trials.csv. Returns the candidate as the study now records it."""
     trial = pending.trial
+    scored = pending.reused if scored is None else scored
     if error is not None:
         pending.candidate.failed(error).write_attrs(trial, pending.written)
         frozen = study.tell(trial, state=optuna.trial.TrialState.FAIL)

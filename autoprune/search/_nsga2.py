@@ -21,10 +21,10 @@ class NSGA2Strategy(Strategy):
     spread_finetune = True
     spans_budget = True
 
-    def sampler(self) -> optuna.samplers.BaseSampler:
+    def seeded_sampler(self, seed: int) -> optuna.samplers.BaseSampler:
         # a few generations even in short runs: 40 trials -> populations of 10
         population = max(4, min(50, self.context.trials // 4))
-        return optuna.samplers.NSGAIISampler(seed=self.context.seed, population_size=population)
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=population)
 
     def objectives(self, proxy_acc: float, cost: Cost) -> list[float]:
         return [proxy_acc, float(getattr(cost, self.context.budget.primary.metric))]

@@ -14,5 +14,5 @@ class TPEStrategy(Strategy):
     """TPE chooses each trial's direction over the groups; ``Strategy.propose`` scales it onto the budget, so
     every trial is within it and TPE learns only how to share the budget between the groups."""
 
-    def sampler(self) -> optuna.samplers.BaseSampler:
-        return optuna.samplers.TPESampler(seed=self.context.seed, multivariate=True, n_startup_trials=STARTUP_TRIALS)
+    def seeded_sampler(self, seed: int) -> optuna.samplers.BaseSampler:
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=STARTUP_TRIALS)

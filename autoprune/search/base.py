@@ -10,6 +10,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import optuna
 
 from autoprune.budget import Budget
@@ -57,9 +58,18 @@ class Strategy(ABC):
         self.context = context
         self._warm_started = not context.warm_start  # looked up in the study once, not per ask
 
+    def sampler(self, resumed_at: int = 0) -> optuna.samplers.BaseSampler:
+        """The Optuna sampler of the run's study, which holds ``resumed_at`` trials already. Seeded by the run's seed,
+        and on a resumed run by (seed, ``resumed_at``): a sampler's generator restarts with the process, and
+        seeded as before it would draw the first invocation's candidates again."""
+        seed = self.context.seed
+        if resumed_at:
+            seed = int(np.random.SeedSequence([seed, resumed_at]).generate_state(1)[0])
+        return self.seeded_sampler(seed)
+
     @abstractmethod
-    def sampler(self) -> optuna.samplers.BaseSampler:
-        """The Optuna sampler of the run's study."""
+    def seeded_sampler(self, seed: int) -> optuna.samplers.BaseSampler:
+        """The strategy's Optuna sampler, seeded with ``seed``."""
 
     def objectives(self, proxy_acc: float, cost: Cost) -> list[float]:
         """The values told to the study, one per entry of ``directions``: here the proxy accuracy alone."""
@@ -112,9 +122,9 @@ class FixedStrategy(Strategy):
     """A strategy that chooses each candidate's ratios itself and enqueues them (``ask_fixed``): the trial's
     parameters are the ratios, one per group, and Optuna's sampler only records them."""
 
-    def sampler(self) -> optuna.samplers.BaseSampler:
-        """Optuna's random sampler, seeded (the candidates themselves are enqueued, not sampled)."""
-        return optuna.samplers.RandomSampler(seed=self.context.seed)
+    def seeded_sampler(self, seed: int) -> optuna.samplers.BaseSampler:
+        """Optuna's random sampler (the candidates themselves are enqueued, not sampled)."""
+        return optuna.samplers.RandomSampler(seed=seed)
 
     def warm_start(self, study: optuna.Study) -> tuple[optuna.Trial, dict[str, float]]:
         """The uniform ratios (``allocation.uniform_at_budget``) as a fixed candidate, where they fit."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from quick import QUICK_LATENCY
+from quick import QUICK_FLAGS
 
 from autoprune.cli import main
 from autoprune.config import SHIPPED_WEIGHTS
@@ -69,7 +69,7 @@ def search_args(fmnist_npz):
     ResNet-20 on Fashion-MNIST images, 200 held out for scoring."""
     return ["search", "--model", "resnet20", "--data", fmnist_npz, "--weights", SHIPPED,
             "--budget", "50%flops", "--holdout", str(FMNIST_HOLDOUT), "--batch-size", "64", "--calib-batches", "2",
-            "--score-images", str(FMNIST_HOLDOUT), "--finetune-epochs", "0.3", *QUICK_LATENCY]
+            "--score-images", str(FMNIST_HOLDOUT), "--finetune-epochs", "0.3", *QUICK_FLAGS]
 
 
 @pytest.fixture
@@ -78,7 +78,7 @@ def tiny_search_args(tiny_npz, tiny_weights):
     bookkeeping (resume, bounds, phases) that compare no accuracies, at a third of the cost per image."""
     return ["search", "--model", "resnet20", "--data", tiny_npz, "--weights", tiny_weights,
             "--budget", "50%flops", "--holdout", "120", "--batch-size", "64", "--calib-batches", "2",
-            "--score-images", "120", "--finetune-epochs", "0.3", *QUICK_LATENCY]
+            "--score-images", "120", "--finetune-epochs", "0.3", *QUICK_FLAGS]
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-from quick import QUICK_LATENCY, QUICK_OPTIONS
+from quick import QUICK_FLAGS, QUICK_OPTIONS
 
 from autoprune.bench.efficiency import parse_label
 from autoprune.cli import main
@@ -21,7 +21,7 @@ def bench_args(tiny_npz, tiny_weights):
     def args(study: str, out, *extra: str) -> list[str]:
         return ["bench", study, "--data", tiny_npz, "--weights", tiny_weights, "--holdout", "120",
                 "--batch-size", "64", "--calib-batches", "2", "--score-images", "120", "--quiet",
-                *QUICK_LATENCY, "--out", str(out), *extra]
+                *QUICK_FLAGS, "--out", str(out), *extra]
 
     return args
 
@@ -169,6 +169,15 @@ def test_the_searched_subnet_is_the_one_its_search_scored_whatever_widths_the_st
     assert any(w % 8 for w in searched.values())  # widths the study's rule would have snapped elsewhere
     assert searched == {g: best.model.get_submodule(g).out_channels for g in space.group_names}
     assert [g.widths for g in space.groups] == [sorted({*study_widths[g.name], g.channels}) for g in space.groups]
+    # the search ran as a search with the defaults does (a shortlist of twice the three fine-tunes), fine-tuned
+    # nothing itself, and the study takes the candidate its shortlist chose
+    (spec,) = (best.run_dir / "subnets").glob("*/spec.json")
+    spec = json.loads(spec.read_text())
+    assert spec["finetune_epochs"] == 0 and best.row["number"] == spec["trial"]
+    shortlist = pd.read_csv(best.run_dir / "shortlist.csv")
+    trials = pd.read_csv(best.run_dir / "trials.csv")
+    assert len(shortlist) == ((trials["state"] == "complete") & trials["same_as"].isna()).sum() >= 2
+    assert shortlist.loc[shortlist["finetuned"], "number"].tolist() == [spec["trial"]]
 
 
 def test_speedup(bench_args, tmp_path, one_thread, flops_clock):

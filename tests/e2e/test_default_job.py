@@ -2,7 +2,8 @@
 
 ResNet-20 on the installed Fashion-MNIST with the shipped checkpoint, run by the installed console
 script in a pseudo-terminal, so that rich draws its live progress bars as in a user's terminal.
-Only the image and trial counts, the subnets fine-tuned (1) and the fine-tune's length are shrunk.
+Only the image and trial counts, the subnets fine-tuned (1), the fine-tune's length and the shortlist's steps
+are shrunk.
 """
 
 from __future__ import annotations
@@ -34,8 +35,8 @@ from autoprune.results import SubnetSpec
 
 AUTOPRUNE = Path(sys.executable).with_name("autoprune")  # the console script pip installed
 LIMIT_TRAIN, LIMIT_TEST, HOLDOUT, BATCH = 1000, 500, 300, 128  # BATCH: the default --batch-size
-SHRUNK = ["--trials", "3", "--finetune-top", "1", "--finetune-epochs", "0.05", "--limit-train", str(LIMIT_TRAIN),
-          "--limit-test", str(LIMIT_TEST), "--holdout", str(HOLDOUT), "--score-images", str(HOLDOUT)]
+SHRUNK = ["--trials", "5", "--finetune-top", "1", "--finetune-epochs", "0.05", "--shortlist-steps", "4",
+          "--limit-train", str(LIMIT_TRAIN), "--limit-test", str(LIMIT_TEST), "--holdout", str(HOLDOUT), "--score-images", str(HOLDOUT)]
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 HIDE_CURSOR = "\x1b[?25l"  # what rich's live display writes first on a terminal, never into a pipe
 
@@ -82,11 +83,23 @@ def test_the_default_job_as_make_demo_runs_it(tmp_path):
 
     # drawn live, as on a terminal: the search's bar and the fine-tune's, counted to the end
     assert HIDE_CURSOR in raw
-    assert re.search(r"^search\s+━+\s+3/3\b.*best proxy \d+\.\d+%", text, re.MULTILINE), text[-3000:]
+    assert re.search(r"^search\s+━+\s+5/5\b.*best proxy \d+\.\d+%", text, re.MULTILINE), text[-3000:]
     config = yaml.safe_load((out / "config.yaml").read_text())
     steps = math.ceil(0.05 * math.ceil(LIMIT_TRAIN / BATCH))  # 0.05 epochs of batches, rounded up, as train.py
     fine_tune = re.findall(rf"^fine-tune (t\d{{4}}) \(1/1\)\s+━+\s+{steps}/{steps}\b", text, re.MULTILINE)
     assert fine_tune, text[-3000:]
+    # the multi-fidelity stage, on by default: the two best by proxy trained 4 steps each, the better one
+    # fine-tuned (where the pruner let two candidates finish their scores; the widths kept depend on this machine)
+    trials = pd.read_csv(out / "trials.csv")
+    complete = trials[(trials["state"] == "complete") & trials["same_as"].isna()].sort_values(["proxy_acc", "number"], ascending=[False, True])
+    if len(complete) >= 2:
+        shortlist = pd.read_csv(out / "shortlist.csv")
+        assert shortlist["number"].tolist() in (complete["number"].tolist()[:2], complete["number"].tolist()[1::-1])
+        assert shortlist["finetuned"].tolist() == [True, False]
+        assert re.search(r"^shortlist t\d{4} \(2/2\)\s+━+\s+4/4\b", text, re.MULTILINE), text[-3000:]
+        assert fine_tune[-1] == shortlist["id"][0]
+    else:
+        assert not (out / "shortlist.csv").exists() and fine_tune[-1] == f"t{complete['number'].iloc[0]:04d}"
 
     # the default model, data and checkpoint, the counts asked for
     assert config["model"] == "resnet20" and config["data"] == "fashion-mnist"
@@ -127,7 +140,6 @@ def test_the_default_job_as_make_demo_runs_it(tmp_path):
     assert f"predictor error on 4 held-out subnets: MAPE {check['mape']:.1%}" in text
     smallest = next(m for m in latency["calibration"] if m["id"] == "smallest")
     assert f"smallest subnet of the space (every group at its smallest width): {smallest['ms']:.3f} ms" in text
-    trials = pd.read_csv(out / "trials.csv")
     assert "latency_ms" not in trials and trials["predicted_latency_ms"].notna().all()
     subnet = SubnetSpec.load(spec_path.parent)
     assert subnet.target == latency["describe"] and subnet.target.startswith("onnxruntime")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from quick import QUICK_LATENCY
+from quick import QUICK_FLAGS
 
 import autoprune
 from autoprune.cli import main
@@ -28,7 +28,7 @@ def run(tiny_npz, tiny_weights, tmp_path_factory) -> Path:
     assert main(["search", "--model", "resnet20", "--data", tiny_npz, "--weights", tiny_weights,
                  "--budget", "50%flops", "--holdout", "120", "--batch-size", "64", "--calib-batches", "2",
                  "--score-images", "120", "--finetune-epochs", "0.3", "--trials", "5", "--finetune-top", "2",
-                 "--export", "onnx,torch-export", *QUICK_LATENCY, "--out", str(out), "--quiet"]) == 0
+                 "--export", "onnx,torch-export", *QUICK_FLAGS, "--out", str(out), "--quiet"]) == 0
     return out
 
 

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 from custom_models import Picky, odd_first, pruned
-from quick import QUICK_LATENCY, QUICK_OPTIONS
+from quick import QUICK_FLAGS, QUICK_OPTIONS
 
 from autoprune.cli import main
 from autoprune.errors import UserError
@@ -59,7 +59,7 @@ def failing_args(tiny_npz, weights, out, trials: int) -> list[str]:
     return ["search", "--model", f"{CUSTOM_MODELS}:only_unpruned", "--weights", weights, "--data", tiny_npz,
             "--budget", "30%flops", "--trials", str(trials), "--finetune-top", "1", "--holdout", "120",
             "--batch-size", "64", "--calib-batches", "2", "--score-images", "120", "--out", str(out),
-            *QUICK_LATENCY]
+            *QUICK_FLAGS]
 
 
 # two trials, both within the budget and failed: fewer than the three that stop a search early, and not "no

@@ -8,7 +8,7 @@ import json
 import math
 
 import pytest
-from quick import QUICK_LATENCY
+from quick import LATENCY_FLAGS
 
 from autoprune.cli import main
 from autoprune.report import describe_speedup
@@ -20,7 +20,7 @@ pytestmark = pytest.mark.slow
 def _args(search_args, out, *extra):
     """The e2e search, with the latency options at their defaults (the fixture sets quick ones)."""
     args = list(search_args)
-    for option in QUICK_LATENCY[::2]:
+    for option in LATENCY_FLAGS:
         at = args.index(option)
         del args[at : at + 2]
     # random draws within the budget: a candidate to fine-tune whatever the widths kept

@@ -29,7 +29,7 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "token")  # as Ray's default; said explicitly so head and drivers agree
 
 from custom_models import MARKS, Picky, odd_first, slow
-from quick import QUICK_LATENCY, QUICK_OPTIONS
+from quick import QUICK_FLAGS, QUICK_OPTIONS
 from test_failures import EVERY_CANDIDATE_FAILED, failing_args
 
 from autoprune.cli import main
@@ -83,7 +83,7 @@ def _slow_args(tiny_npz, weights, out, trials):
     return ["search", "--model", f"{CUSTOM_MODELS}:slow", "--weights", weights, "--data", tiny_npz,
             "--budget", "60%flops", "--strategy", "random", "--trials", str(trials), "--finetune-top", "0",
             "--holdout", "120", "--batch-size", "64", "--calib-batches", "2", "--score-images", "120",
-            "--out", str(out), "--quiet", *QUICK_LATENCY]
+            "--out", str(out), "--quiet", *QUICK_FLAGS]
 
 
 @pytest.mark.slow

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 from PIL import Image
-from quick import QUICK_LATENCY
+from quick import QUICK_FLAGS
 from test_html_report import plot_images
 
 from autoprune.cli import main
@@ -29,7 +29,7 @@ def run(tiny_npz, tiny_weights, tmp_path_factory) -> Path:
                  "--budget", "50%flops", "--strategy", "binary", "--trials", "6",
                  "--finetune-top", "2", "--holdout", "120", "--batch-size", "64",
                  "--calib-batches", "2", "--score-images", "120", "--finetune-epochs", "0.3",
-                 *QUICK_LATENCY, "--quiet", "--out", str(out)]) == 0
+                 *QUICK_FLAGS, "--quiet", "--out", str(out)]) == 0
     assert (out / "report.html").is_file()  # every search writes it
     return out
 

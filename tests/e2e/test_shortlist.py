@@ -9,6 +9,7 @@ import pytest
 from run_checks import subnet_specs
 
 from autoprune.cli import main
+from autoprune.config import SearchConfig
 from autoprune.runners import local
 
 
@@ -36,9 +37,9 @@ def test_the_shortlist_picks_by_held_out_accuracy_after_a_short_fine_tune(search
     assert list(shortlist["finetuned"]) == [True, False, False, False]
     (spec,) = subnet_specs(run)
     assert spec["trial"] == shortlist["number"].iloc[0]
-    # 8 steps of 64 images of the training split (conftest's 1600 images less 200 held out), without a test
-    # accuracy; then the one full fine-tune
-    assert jobs == [(pytest.approx(8 * 64 / 1400), False)] * 4 + [(None, True)]
+    # 8 steps of 64 images of the training split (conftest's 1600 images less 200 held out: 22 steps an epoch),
+    # without a test accuracy; then the one full fine-tune
+    assert jobs == [(pytest.approx(8 / 22), False)] * 4 + [(None, True)]
 
     # resumed with one more subnet to fine-tune: the shortlist is read back, not trained again
     jobs.clear()
@@ -49,4 +50,12 @@ def test_the_shortlist_picks_by_held_out_accuracy_after_a_short_fine_tune(search
 
 def test_a_shortlist_must_exceed_the_subnets_it_picks(tiny_search_args, tmp_path, capsys):
     assert main(tiny_search_args + ["--shortlist", "2", "--finetune-top", "3", "--out", str(tmp_path / "r")]) == 2
-    assert "--shortlist M must exceed --finetune-top" in capsys.readouterr().err
+    assert "--shortlist 2 must exceed --finetune-top 3" in capsys.readouterr().err
+    assert main(tiny_search_args + ["--shortlist", "-1", "--out", str(tmp_path / "r")]) == 2
+    assert "--shortlist must not be negative" in capsys.readouterr().err
+
+
+def test_the_shortlist_is_twice_the_fine_tunes_unless_given():
+    assert SearchConfig().shortlist_size == 2 * SearchConfig().finetune_top == 6
+    assert SearchConfig(finetune_top=1).shortlist_size == 2 and SearchConfig(finetune_top=0).shortlist_size == 0
+    assert SearchConfig(shortlist=0).shortlist_size == 0 and SearchConfig(shortlist=5).shortlist_size == 5

@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 from custom_models import USER_MODELS, user_model
-from quick import QUICK_LATENCY
+from quick import QUICK_FLAGS
 
 from autoprune.cli import main
 from autoprune.measure.count import count_cost
@@ -37,7 +37,7 @@ def test_search_meets_the_budget_on_the_real_cost(name, images, tmp_path, capsys
     code = main(["search", "--model", f"{USER_MODELS / name}.py:build", "--data", images, "--weights", str(weights),
                  "--budget", budget, "--trials", "4", "--warm-start", "--finetune-top", "1", "--finetune-epochs",
                  "0.1", "--holdout", "60", "--score-images", "100", "--calib-batches", "1", "--batch-size", "64",
-                 "--out", str(out), *QUICK_LATENCY])
+                 "--out", str(out), *QUICK_FLAGS])
     assert code == 0, capsys.readouterr().err
     x = torch.randn(1, 1, 28, 28)
     base = count_cost(model, x)

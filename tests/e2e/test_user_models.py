@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 from custom_models import USER_MODELS, user_model
-from quick import QUICK_LATENCY
+from quick import QUICK_FLAGS
 
 import autoprune
 from autoprune.cli import main
@@ -55,7 +55,7 @@ def _search(model: str, data: str, weights: Path | str, out: Path, capsys, *extr
     return _run(["search", "--model", f"{USER_MODELS / model}", "--data", data, "--weights", str(weights),
                  "--budget", "50%flops", "--trials", "4", "--warm-start", "--finetune-top", "1",
                  "--finetune-epochs", "0.2", "--holdout", "60", "--score-images", "60", "--calib-batches", "1",
-                 "--batch-size", "64", "--out", str(out), *QUICK_LATENCY, *extra], capsys)
+                 "--batch-size", "64", "--out", str(out), *QUICK_FLAGS, *extra], capsys)
 
 
 

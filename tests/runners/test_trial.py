@@ -122,6 +122,40 @@ def test_begin_records_the_predicted_latency_unrounded():
     assert study.trials[0].constraints == {"40%latency": pytest.approx(3.0 / 4.0 - 1)}
 
 
+def _run_one(study, run, ratios, evaluator, *, budget="70%flops", stopped=False):
+    """One trial through the steps a runner takes: begin, score unless ``to_score`` says not, finish."""
+    pending = begin_trial(study, FakeStrategy(ratios), FakeSpace(), parse_budget(budget))
+    scored = None
+    if pending.to_score:
+        scored = {**score_candidate(FakeSpace(), evaluator, pending.candidate.ratios), "stopped": stopped}
+    return pending, finish_trial(study, FakeStrategy({}), run, ["a", "b"], pending, scored)
+
+
+def test_a_subnet_scored_before_takes_its_score_and_is_not_scored_again(tmp_path):
+    study, run, evaluator = _study(), RunDir(tmp_path), FakeEvaluator(0.625)
+    _run_one(study, run, {"a": 0.5, "b": 0.5}, evaluator)
+    evaluator.proxy = 0.25  # what a second scoring would say
+    pending, again = _run_one(study, run, {"a": 0.52, "b": 0.48}, evaluator)  # other ratios, the same widths (5, 5)
+    assert not pending.to_score and len(evaluator.scored) == 1
+    assert (again.state, again.proxy_acc, again.scored_images, again.same_as) == ("complete", 0.625, 2000, 0)
+    assert study.trials[1].values == [0.625, 100] and study.trials[1].user_attrs["same_as"] == 0
+    _, other = _run_one(study, run, {"a": 0.4, "b": 0.5}, evaluator)  # widths (6, 5): scored
+    assert (other.proxy_acc, other.same_as, len(evaluator.scored)) == (0.25, None, 2)
+    same_as = run.read_trials()["same_as"]
+    assert same_as.isna().tolist() == [True, False, True] and same_as[1] == 0
+
+
+def test_a_repeat_of_a_stopped_subnet_is_stopped_and_of_an_infeasible_one_is_not_reused(tmp_path):
+    study, run, evaluator = _study(), RunDir(tmp_path), FakeEvaluator(0.5)
+    _run_one(study, run, {"a": 0.5, "b": 0.5}, evaluator, stopped=True)
+    _, again = _run_one(study, run, {"a": 0.5, "b": 0.5}, evaluator)
+    assert (again.state, again.same_as, len(evaluator.scored)) == ("stopped", 0, 1)
+    assert study.trials[1].state == optuna.trial.TrialState.PRUNED
+    _run_one(study, run, {"a": 0.0, "b": 0.0}, evaluator)  # over the budget: never scored
+    pending, _ = _run_one(study, run, {"a": 0.0, "b": 0.0}, evaluator)
+    assert pending.candidate.state == "infeasible" and pending.reused is None and len(evaluator.scored) == 1
+
+
 # --- score -----------------------------------------------------------------------------------------
 
 
