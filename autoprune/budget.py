@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
 from autoprune.errors import UserError
@@ -104,6 +105,18 @@ class Budget:
                 unit = "MACs" if c.metric == "macs" else "params"
                 parts.append(f"{c.text} (<= {limit / 1e6:.3f}M {unit}, {share})")
         return ", ".join(parts)
+
+
+def all_of(budgets: Iterable[Budget]) -> Budget:
+    """One budget that a cost meets where it meets every one of ``budgets``: all their constraints, a metric perhaps
+    more than once, the relative ones first from the smallest fraction (its ``primary``, the one the allocations fill,
+    is then the tightest share of the unpruned model), then the absolute ones as given. What a width rule shared
+    by several budgets must reach."""
+    budgets = list(budgets)
+    constraints = [c for b in budgets for c in b.constraints]
+    ordered = sorted((c for c in constraints if c.fraction is not None), key=lambda c: c.fraction)
+    ordered += [c for c in constraints if c.fraction is None]
+    return Budget(tuple(ordered), ",".join(c.text for c in ordered))
 
 
 def parse_budget(text: str) -> Budget:

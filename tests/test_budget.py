@@ -129,3 +129,17 @@ def test_loose_constraints_are_those_the_unpruned_model_meets():
     assert [c.text for c in budget.loose(base)] == ["60MMACs", "4ms"]  # a limit equal to the baseline's value too
     assert parse_budget("14.9MMACs,0.3Mparams").loose(base) == [parse_budget("0.3Mparams").primary]
     assert parse_budget("50%flops,40%params").loose(base) == []
+
+
+def test_all_of_holds_where_every_budget_holds_and_fills_the_tightest_share_first():
+    from autoprune.budget import all_of
+
+    base = Cost(macs=1000, params=100, latency_ms=10.0)
+    budgets = [parse_budget("50%latency"), parse_budget("30%flops,60%params"), parse_budget("20%flops"),
+               parse_budget("150MMACs")]
+    every = all_of(budgets)
+    assert every.primary.text == "20%flops"
+    assert [c.text for c in every.constraints] == ["20%flops", "30%flops", "50%latency", "60%params", "150MMACs"]
+    for cost in (Cost(200, 60, 5.0), Cost(201, 60, 5.0), Cost(200, 61, 5.0), Cost(200, 60, 5.1), Cost(100, 10, 1.0)):
+        assert every.feasible(cost, base) == all(b.feasible(cost, base) for b in budgets), cost
+    assert every.feasible(Cost(200, 60, 5.0), base) and not every.feasible(Cost(201, 60, 5.0), base)

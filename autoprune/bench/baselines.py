@@ -68,7 +68,7 @@ def run(config: SearchConfig, bench: BenchDir, *, budgets: list[str], strategy: 
     config = replace(config, finetune_epochs=finetune_epochs, latency_batch=latency_batches[0])
     data, _, space = load_workbench(config)
     evaluator = make_evaluator(config, data)
-    setup = set_up_widths(config, bench, space, data.input_shape, latency_batches[0], budgets[-1], quiet=quiet)
+    setup = set_up_widths(config, bench, space, data.input_shape, latency_batches[0], budgets, quiet=quiet)
     seeds = [config.seed + 1 + j for j in range(finetune_seeds)]
     arms: list[tuple[str, str, nn.Module | None]] = [("100%", "unpruned", copy.deepcopy(space.model))]
     for text, budget in parsed.items():

@@ -227,18 +227,19 @@ def finetuned_accuracy(bench: BenchDir, key: str, model: nn.Module, config: Sear
 
 
 def set_up_widths(config: SearchConfig, bench: BenchDir, space: Space, input_shape: tuple[int, ...], batch: int,
-                  budget: str, *, quiet: bool = False) -> LatencySetup:
-    """The width rule and latency predictor a search at ``budget`` sets up (``autoprune.deployment``), on the
-    run's target at ``batch``, written to runs/widths/latency.json (read back on a resumed study): restricts
-    ``space`` to its efficient widths and attaches the calibrated predictor, so that the study's uniform and
-    global subnets follow the searched ones' rule. Returns the ``LatencySetup``."""
-    from autoprune.budget import parse_budget
+                  budgets: list[str], *, quiet: bool = False) -> LatencySetup:
+    """The width rule and latency predictor a search sets up (``autoprune.deployment``) at a budget of every
+    constraint of ``budgets`` (``budget.all_of``: a rule whose smallest subnet meets each of them), on the run's
+    target at ``batch``, written to runs/widths/latency.json (read back on a resumed study): restricts ``space`` to
+    its efficient widths and attaches the calibrated predictor, so that the study's uniform and global subnets
+    follow a searched one's rule at every budget. Returns the ``LatencySetup``."""
+    from autoprune.budget import all_of, parse_budget
     from autoprune.deployment import save_setup, set_up_latency
 
     setup_dir = bench.path / "runs" / "widths"
     setup_dir.mkdir(parents=True, exist_ok=True)
     setup = set_up_latency(replace(config, latency_batch=batch, latency_checks=0), space.model, space, input_shape,
-                           setup_dir, parse_budget(budget), quiet=quiet)
+                           setup_dir, all_of(parse_budget(b) for b in budgets), quiet=quiet)
     save_setup(setup, setup_dir)
     return setup
 

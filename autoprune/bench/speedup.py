@@ -65,7 +65,7 @@ def run(config: SearchConfig, bench: BenchDir, *, budgets: list[str], latency_bu
     from autoprune.bench.baselines import _global_magnitude
 
     data, _, space = load_workbench(config)
-    setup = set_up_widths(config, bench, space, data.input_shape, latency_batches[0], budgets[-1], quiet=quiet)
+    setup = set_up_widths(config, bench, space, data.input_shape, latency_batches[0], budgets, quiet=quiet)
     models = {"unpruned": ("", "unpruned", space.model)}
     predicted: dict[str, float] = {}
     for text in budgets:

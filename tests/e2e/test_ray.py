@@ -113,6 +113,13 @@ def test_search_on_the_cluster_writes_what_a_local_run_writes(head, tiny_search_
     assert theirs.loc[stopped, "scored_images"].between(1, 120).all()
     assert (theirs.loc[~stopped, "scored_images"] == 120).all()
     pd.testing.assert_series_equal(ours.loc[~stopped, "proxy_acc"], theirs.loc[~stopped, "proxy_acc"])
+    # the shortlist (on by default: twice the one fine-tune, where two candidates were scored in full) chose
+    # among the same candidates on the cluster
+    shortlisted = [sorted(pd.read_csv(run / "shortlist.csv")["number"]) if (run / "shortlist.csv").exists() else []
+                   for run in (local, remote)]
+    assert shortlisted[0] == shortlisted[1]
+    distinct = ((ours["state"] == "complete") & ours["same_as"].isna()).sum()
+    assert len(shortlisted[0]) == (2 if distinct >= 2 else 0)
     status = pd.read_json(remote / "run.json", typ="series")
     assert status["backend"] == "ray" and status["workers"] == 1
 
@@ -235,6 +242,7 @@ def test_a_private_local_ray_runs_the_search_as_users_type_it(head, tiny_search_
     assert len(trials) == 3 and (trials["state"] == "complete").all()
     # the search's bar advanced once a trial, as the trials finished on the workers
     assert re.search(r"^search\b.* 3/3 .*best proxy \d+\.\d+%", done.stderr, re.MULTILINE), done.stderr[-2000:]
+    assert re.search(r"^shortlist on Ray\b.* 2/2 ", done.stderr, re.MULTILINE), done.stderr[-2000:]
     assert re.search(r"^fine-tune on Ray\b.* 1/1 ", done.stderr, re.MULTILINE), done.stderr[-2000:]
     subnet = pd.read_csv(out / "pareto.csv")["id"].iloc[0]
     assert (out / "subnets" / subnet / "spec.json").is_file() and f"{subnet} " in done.stderr  # and its table
