@@ -65,8 +65,8 @@ def finetune_phase(bench: Workbench, study: optuna.Study, strategy: Strategy, ru
     def cost(c: Candidate) -> float:
         return getattr(space.cost(c.ratios_to_prune(space.groups)), metric)
 
-    size = max(config.finetune_top, config.shortlist_size) if config.finetune_top else 0
-    chosen = choose_for_finetune(scored, size, cost, spread=strategy.spread_finetune)
+    chosen = choose_for_finetune(scored, config.shortlist_size or config.finetune_top, cost,
+                                 spread=strategy.spread_finetune)
     if len(chosen) > config.finetune_top:  # more candidates than fine-tunes: the short fine-tunes choose
         chosen = shortlist_phase(bench, study, chosen, runner, quiet=quiet)
     specs: dict[int, SubnetSpec] = {}

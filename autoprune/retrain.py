@@ -76,7 +76,9 @@ class RetrainSettings:
     @property
     def shortlist_size(self) -> int:
         """M, the candidates the multi-fidelity stage trains briefly: ``shortlist``, or where not given
-        ``SHORTLIST_FACTOR`` x ``finetune_top``; 0 where the stage is off."""
+        ``SHORTLIST_FACTOR`` x ``finetune_top``; 0 where the stage is off, or nothing is fine-tuned."""
+        if not self.finetune_top:
+            return 0
         return SHORTLIST_FACTOR * self.finetune_top if self.shortlist is None else self.shortlist
 
 

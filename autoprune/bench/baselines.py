@@ -71,9 +71,12 @@ def run(config: SearchConfig, bench: BenchDir, *, budgets: list[str], strategy: 
     setup = set_up_widths(config, bench, space, data.input_shape, latency_batches[0], budgets, quiet=quiet)
     seeds = [config.seed + 1 + j for j in range(finetune_seeds)]
     arms: list[tuple[str, str, nn.Module | None]] = [("100%", "unpruned", copy.deepcopy(space.model))]
+    rules: dict[str, str] = {}  # budget -> the width rule its search set up, which its searched subnet keeps
     for text, budget in parsed.items():
         best = best_searched(config, bench, space, text, quiet=quiet, strategy=strategy, trials=trials)
         arms.append((text, "searched", None if best is None else best.model))
+        if best is not None:
+            rules[text] = _width_rule(best.multiple, best.widths)
         uniform = uniform_at_budget(space, budget)
         arms.append((text, "uniform", None if uniform is None else space.prune(uniform)[0]))
         arms.append((text, "global", _global_magnitude(space, budget, round_to=setup.multiple or 1)))
@@ -108,7 +111,7 @@ def run(config: SearchConfig, bench: BenchDir, *, budgets: list[str], strategy: 
     table = _table(runs)
     bench.write_csv("baselines.csv", table)
     _plot(bench, table, latency_batches[0])
-    _summary(bench, config, table, seeds, strategy, trials, latency_batches, latency["target"], setup)
+    _summary(bench, config, table, seeds, strategy, trials, latency_batches, latency["target"], setup, rules)
     return table
 
 
@@ -178,7 +181,13 @@ def _plot(bench: BenchDir, table: pd.DataFrame, batch: int) -> None:
     bench.save_figure(fig, "baselines.png")
 
 
-def _summary(bench, config, table, seeds, strategy, trials, latency_batches, targets, setup) -> None:
+def _width_rule(multiple: int | None, widths: dict | None) -> str:
+    """A width rule in words: efficient widths at a multiple (``autoprune.deployment``), or every width."""
+    return (f"multiples of {multiple} channels, only the widths no wider one runs faster" if widths is not None
+            else "every width")
+
+
+def _summary(bench, config, table, seeds, strategy, trials, latency_batches, targets, setup, rules) -> None:
     lines = ["| budget | method | MACs (M) | MACs % | params (M) | proxy before fine-tuning | test accuracy (mean, range) | "
              + " | ".join(f"b{b} ms | b{b} speedup" for b in latency_batches) + " |",
              "|---|---|---:|---:|---:|---:|---:|" + "---:|---:|" * len(latency_batches)]
@@ -209,16 +218,19 @@ def _summary(bench, config, table, seeds, strategy, trials, latency_batches, tar
               f"best by adaptive-BN proxy (the `--shortlist` stage)" if config.shortlist_size > 1
               else "the best adaptive-BN proxy")
     where = "; ".join(f"batch {b}: {targets[str(b)]}" for b in latency_batches)
-    widths = (f"multiples of {setup.multiple} channels, only the widths no wider one runs faster (global: rounded "
-              f"to the same multiple)" if setup.widths is not None else "every width")
+    widths = _width_rule(setup.multiple, setup.widths) + (" (global: rounded to the same multiple)"
+                                                          if setup.widths is not None else "")
+    searched_rules = "; ".join(f"{b}: {rule}" for b, rule in rules.items()) or "every width"
     body = f"""
 {config.model} on {config.data}. Every model was recalibrated (adaptive BN) and fine-tuned for
 {config.finetune_epochs} epochs (lr {config.finetune_lr}, SGD, cosine) with seeds {', '.join(map(str, seeds))}; test accuracy on
 the test split. `searched`: of {trials} `{strategy}` trials, {chosen}; `uniform`: the same ratio in
 every group (largest within budget, criterion {config.criterion}); `global`: Torch-Pruning MagnitudePruner, L1,
-global threshold, per-group cap as in the search space; `unpruned`: the baseline fine-tuned alike. Width rule, as
-the search set it up at batch {first}: {widths}. A latency budget is predicted at batch {first} for all three
-methods and then measured: the speedups show how near to equal latency they came.
+global threshold, per-group cap as in the search space; `unpruned`: the baseline fine-tuned alike. Width rule of
+uniform and global, as a search sets it up at batch {first} to reach every budget of the study at once: {widths}.
+Each searched subnet keeps the rule its own search set up ({searched_rules}); where the rules differ, the methods
+compare at equal MACs, not at equal speed. A latency budget is predicted at batch {first} for all three methods
+and then measured: the speedups show how near to equal latency they came.
 Target: {where}. Latency: each model exported as it ships and timed beside the unpruned model in
 {config.latency_rounds} interleaved rounds; speedup paired round by round, (lowest-highest round) after it.
 

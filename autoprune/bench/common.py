@@ -164,6 +164,8 @@ class Searched(NamedTuple):
     row: pd.Series  # its row of trials.csv
     run_dir: Path  # the search's run directory
     model: nn.Module  # the subnet as the search built it, under the search's own width rule
+    multiple: int | None  # that rule (the search's latency.json): widths a multiple of this, None: every width
+    widths: dict[str, list[int]] | None  # per group, the widths it keeps; None: every width
 
 
 def best_searched(config: SearchConfig, bench: BenchDir, space: Space, budget: str, *, quiet: bool = False,
@@ -203,12 +205,14 @@ def best_searched(config: SearchConfig, bench: BenchDir, space: Space, budget: s
     else:
         best = scored.sort_values(["proxy_acc", "number"], ascending=[False, True]).iloc[0]
     setup = run_dir / "latency.json"
-    widths = json.loads(setup.read_text())["widths"] if setup.is_file() else None
+    own = json.loads(setup.read_text()) if setup.is_file() else {}
+    widths = own.get("widths")
     ratios = {g: float(best[f"ratio:{g}"]) for g in space.group_names}
     with space.widths_of(widths):
         kept = space.kept_channels(ratios)
         model = space.prune(ratios)[0]
-    return Searched({g.name: 1.0 - kept[g.name] / g.channels for g in space.groups}, best, run_dir, model)
+    return Searched({g.name: 1.0 - kept[g.name] / g.channels for g in space.groups}, best, run_dir, model,
+                    own.get("multiple"), widths)
 
 
 def finetuned_accuracy(bench: BenchDir, key: str, model: nn.Module, config: SearchConfig, data, evaluator, *,

@@ -60,11 +60,12 @@ def begin_trial(study: optuna.Study, strategy: Strategy, space: Space, budget: B
         trial.set_constraint(name, violation)
     candidate = Candidate(trial.number, ratios).costed(widths, cost,
                                                        feasible=budget.feasible(cost, space.base_cost))
+    reused = None
     earlier = _scored_before(study, widths) if candidate.feasible else None
     if earlier is not None:
         candidate = replace(candidate, same_as=earlier.number)
-    reused = None if earlier is None else {**{k: getattr(earlier, k) for k in ("proxy_acc", "scored_images")},
-                                           "stopped": earlier.state == STOPPED}
+        reused = {"proxy_acc": earlier.proxy_acc, "scored_images": earlier.scored_images,
+                  "stopped": earlier.state == STOPPED}
     return PendingTrial(trial, candidate, candidate.write_attrs(trial), started, reused)
 
 

@@ -144,6 +144,7 @@ def test_baselines(bench_args, tmp_path, one_thread, flops_clock):
     assert (table["speedup_b1_low"] <= table["speedup_b1"]).all() and (table["speedup_b1"] <= table["speedup_b1_high"]).all()
     summary = (out / "summary.md").read_text()
     assert "- 60%latency: searched vs uniform" in summary and "x measured" in summary
+    assert "Each searched subnet keeps the rule its own search set up (50%flops: every width; 60%latency: " in summary
     runs = pd.read_csv(out / "runs.csv")
     assert len(runs) == 14 and runs["test_acc"].between(0, 1).all()
 

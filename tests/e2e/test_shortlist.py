@@ -58,4 +58,5 @@ def test_a_shortlist_must_exceed_the_subnets_it_picks(tiny_search_args, tmp_path
 def test_the_shortlist_is_twice_the_fine_tunes_unless_given():
     assert SearchConfig().shortlist_size == 2 * SearchConfig().finetune_top == 6
     assert SearchConfig(finetune_top=1).shortlist_size == 2 and SearchConfig(finetune_top=0).shortlist_size == 0
+    assert SearchConfig(finetune_top=0, shortlist=6).shortlist_size == 0  # nothing to choose for
     assert SearchConfig(shortlist=0).shortlist_size == 0 and SearchConfig(shortlist=5).shortlist_size == 5
