@@ -10,7 +10,9 @@ groups, bisected to the same budget), and the unpruned model.
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from dataclasses import replace
+from typing import NamedTuple
 
 import pandas as pd
 import torch_pruning as tp
@@ -24,9 +26,11 @@ from autoprune.bench.common import (
     measure_on_target,
     set_up_widths,
     timing_columns,
+    width_rule,
 )
 from autoprune.budget import Budget, parse_budget
 from autoprune.config import SearchConfig
+from autoprune.deployment import MULTIPLES
 from autoprune.errors import UserError
 from autoprune.measure.cost import Cost
 from autoprune.measure.count import count_cost
@@ -55,9 +59,10 @@ def run(config: SearchConfig, bench: BenchDir, *, budgets: list[str], strategy: 
     """Fine-tune the searched, uniform, global-magnitude and unpruned models alike at each budget, with
     ``finetune_seeds`` seeds; returns the table of baselines.csv.
 
-    Every method keeps the width rule a search sets up on the target at the first of ``latency_batches``
-    (``set_up_widths``); a latency budget is predicted there for all three (global: each bisection step's layer
-    widths), and the measurement shows how near to equal latency they came. Per budget and method: MACs of one
+    At each budget every method keeps the width rule that budget's search set up on the target at the first of
+    ``latency_batches`` (``heuristic_subnets``; the study's own ``set_up_widths`` where the search scored nothing);
+    a latency budget is predicted there for all three (global: each bisection step's layer widths), and the
+    measurement shows how near to equal latency they came. Per budget and method: MACs of one
     sample, MACs as % of the unpruned model, params, the adaptive-BN proxy accuracy and the test accuracy's mean,
     min and max over the seeds (fractions in [0, 1]), and at each of ``latency_batches`` the latency in ms and
     the speedup over the unpruned model, measured on the target beside it, with their lowest and highest
@@ -71,15 +76,14 @@ def run(config: SearchConfig, bench: BenchDir, *, budgets: list[str], strategy: 
     setup = set_up_widths(config, bench, space, data.input_shape, latency_batches[0], budgets, quiet=quiet)
     seeds = [config.seed + 1 + j for j in range(finetune_seeds)]
     arms: list[tuple[str, str, nn.Module | None]] = [("100%", "unpruned", copy.deepcopy(space.model))]
-    rules: dict[str, str] = {}  # budget -> the width rule its search set up, which its searched subnet keeps
+    rules: dict[str, str] = {}  # budget -> the width rule its search set up, which all three methods keep there
     for text, budget in parsed.items():
         best = best_searched(config, bench, space, text, quiet=quiet, strategy=strategy, trials=trials)
         arms.append((text, "searched", None if best is None else best.model))
-        if best is not None:
-            rules[text] = _width_rule(best.multiple, best.widths)
-        uniform = uniform_at_budget(space, budget)
-        arms.append((text, "uniform", None if uniform is None else space.prune(uniform)[0]))
-        arms.append((text, "global", _global_magnitude(space, budget, round_to=setup.multiple or 1)))
+        multiple, widths = (setup.multiple, setup.widths) if best is None else (best.multiple, best.widths)
+        made = heuristic_subnets(space, budget, multiple, widths)
+        rules[text] = width_rule(multiple, widths, made.global_multiple)
+        arms += [(text, "uniform", made.uniform), (text, "global", made.global_)]
     skipped = [f"{text} {method}" for text, method, model in arms if model is None]
     for name in skipped:
         bench.log(f"{name}: cannot meet the budget, skipped")
@@ -111,8 +115,36 @@ def run(config: SearchConfig, bench: BenchDir, *, budgets: list[str], strategy: 
     table = _table(runs)
     bench.write_csv("baselines.csv", table)
     _plot(bench, table, latency_batches[0])
-    _summary(bench, config, table, seeds, strategy, trials, latency_batches, latency["target"], setup, rules)
+    _summary(bench, config, table, seeds, strategy, trials, latency_batches, latency["target"], rules)
     return table
+
+
+class Heuristics(NamedTuple):
+    """The baselines at one budget under one width rule (``heuristic_subnets``); a model is None where it cannot
+    meet the budget."""
+
+    uniform: nn.Module | None
+    global_: nn.Module | None
+    global_multiple: int | None  # the multiple global's widths were rounded to
+
+
+def heuristic_subnets(space: PruningSpace, budget: Budget, multiple: int | None,
+                      widths: Mapping[str, list[int]] | None) -> Heuristics:
+    """The uniform subnet (``uniform_at_budget``: the largest uniform ratio within ``budget``, ranked by the space's
+    criterion) and the global-magnitude one (``_global_magnitude``) under a width rule: each group's kept
+    ``widths`` (None: every width) and, for global, which Torch-Pruning cannot restrict to a list, its widths
+    rounded to ``multiple`` (None: 1), or where rounding so cannot meet the budget (a narrow group rounds up
+    past the space's largest ratio), to the next smaller multiple of ``deployment.MULTIPLES`` that can, as a
+    search's set-up does. The rule is the one a search at ``budget`` set up (``best_searched``), so that the
+    baselines and the searched subnet differ in their per-group widths alone."""
+    with space.widths_of(widths):
+        uniform = uniform_at_budget(space, budget)
+        uniform = None if uniform is None else space.prune(uniform)[0]
+    for m in [m for m in MULTIPLES if m <= (multiple or 1)][::-1]:
+        pruned = _global_magnitude(space, budget, round_to=m)
+        if pruned is not None:
+            return Heuristics(uniform, pruned, m)
+    return Heuristics(uniform, None, None)
 
 
 def _global_magnitude(space: PruningSpace, budget: Budget, round_to: int = 1) -> nn.Module | None:
@@ -181,13 +213,7 @@ def _plot(bench: BenchDir, table: pd.DataFrame, batch: int) -> None:
     bench.save_figure(fig, "baselines.png")
 
 
-def _width_rule(multiple: int | None, widths: dict | None) -> str:
-    """A width rule in words: efficient widths at a multiple (``autoprune.deployment``), or every width."""
-    return (f"multiples of {multiple} channels, only the widths no wider one runs faster" if widths is not None
-            else "every width")
-
-
-def _summary(bench, config, table, seeds, strategy, trials, latency_batches, targets, setup, rules) -> None:
+def _summary(bench, config, table, seeds, strategy, trials, latency_batches, targets, rules) -> None:
     lines = ["| budget | method | MACs (M) | MACs % | params (M) | proxy before fine-tuning | test accuracy (mean, range) | "
              + " | ".join(f"b{b} ms | b{b} speedup" for b in latency_batches) + " |",
              "|---|---|---:|---:|---:|---:|---:|" + "---:|---:|" * len(latency_batches)]
@@ -218,19 +244,18 @@ def _summary(bench, config, table, seeds, strategy, trials, latency_batches, tar
               f"best by adaptive-BN proxy (the `--shortlist` stage)" if config.shortlist_size > 1
               else "the best adaptive-BN proxy")
     where = "; ".join(f"batch {b}: {targets[str(b)]}" for b in latency_batches)
-    widths = _width_rule(setup.multiple, setup.widths) + (" (global: rounded to the same multiple)"
-                                                          if setup.widths is not None else "")
-    searched_rules = "; ".join(f"{b}: {rule}" for b, rule in rules.items()) or "every width"
+    rules_text = "; ".join(f"{b}: {rule}" for b, rule in rules.items())
     body = f"""
 {config.model} on {config.data}. Every model was recalibrated (adaptive BN) and fine-tuned for
 {config.finetune_epochs} epochs (lr {config.finetune_lr}, SGD, cosine) with seeds {', '.join(map(str, seeds))}; test accuracy on
 the test split. `searched`: of {trials} `{strategy}` trials, {chosen}; `uniform`: the same ratio in
 every group (largest within budget, criterion {config.criterion}); `global`: Torch-Pruning MagnitudePruner, L1,
-global threshold, per-group cap as in the search space; `unpruned`: the baseline fine-tuned alike. Width rule of
-uniform and global, as a search sets it up at batch {first} to reach every budget of the study at once: {widths}.
-Each searched subnet keeps the rule its own search set up ({searched_rules}); where the rules differ, the methods
-compare at equal MACs, not at equal speed. A latency budget is predicted at batch {first} for all three methods
-and then measured: the speedups show how near to equal latency they came.
+global threshold, per-group cap as in the search space; `unpruned`: the baseline fine-tuned alike. At each budget
+the three methods keep the width rule that budget's search set up on the target at batch {first} ({rules_text}),
+so that they differ in their per-group widths alone: global, which Torch-Pruning cannot restrict to a list of
+widths, rounds to the rule's multiple, or the next smaller one where that cannot meet the budget. A latency
+budget is predicted at batch {first} for all three methods and then measured: the speedups show how near to
+equal latency they came.
 Target: {where}. Latency: each model exported as it ships and timed beside the unpruned model in
 {config.latency_rounds} interleaved rounds; speedup paired round by round, (lowest-highest round) after it.
 

@@ -9,6 +9,7 @@ import os
 import platform
 import statistics
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -213,6 +214,14 @@ def best_searched(config: SearchConfig, bench: BenchDir, space: Space, budget: s
         model = space.prune(ratios)[0]
     return Searched({g.name: 1.0 - kept[g.name] / g.channels for g in space.groups}, best, run_dir, model,
                     own.get("multiple"), widths)
+
+
+def width_rule(multiple: int | None, widths: Mapping[str, list[int]] | None, global_multiple: int | None = None) -> str:
+    """A width rule in words: efficient widths at a multiple (``autoprune.deployment``), or every width; and where
+    given, the multiple global magnitude pruning rounded to (``bench.baselines.heuristic_subnets``)."""
+    rule = (f"multiples of {multiple} channels, only the widths no wider one runs faster" if widths is not None
+            else "every width")
+    return rule + (f", global rounded to {global_multiple}" if global_multiple not in (None, multiple or 1) else "")
 
 
 def finetuned_accuracy(bench: BenchDir, key: str, model: nn.Module, config: SearchConfig, data, evaluator, *,

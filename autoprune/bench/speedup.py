@@ -4,11 +4,12 @@ At each budget three subnets of one width rule, timed at each batch beside the u
 target (``--target``: onnxruntime by default on the CPU), each exported as it would ship:
 
 - ``uniform``: one ratio in every group, the largest within the budget;
-- ``searched``: the best adaptive-BN proxy of a short ``random`` search at the budget;
+- ``searched``: the candidate a short ``random`` search at the budget chooses to fine-tune first;
 - ``global``: Torch-Pruning's MagnitudePruner, L1 with a global threshold, bisected to the budget.
 
-The width rule is the one a search sets up (``autoprune.deployment``): uniform and searched keep the
-efficient widths of the target at the first batch, global rounds its widths to the same channel multiple.
+The width rule at each budget is the one that budget's search set up (``autoprune.deployment``): uniform and
+searched keep its efficient widths of the target at the first batch, global rounds its widths to the same
+channel multiple.
 A search under a latency budget (predicted at the largest batch) is timed the same way, its prediction next
 to the measurement. Speedups are paired round by round with the unpruned model, with their spread.
 """
@@ -27,11 +28,11 @@ from autoprune.bench.common import (
     measure_on_target,
     set_up_widths,
     timing_columns,
+    width_rule,
 )
 from autoprune.budget import parse_budget
 from autoprune.config import SearchConfig
 from autoprune.errors import UserError
-from autoprune.search.allocation import uniform_at_budget
 from autoprune.workbench import load_workbench
 
 METHODS = ("uniform", "searched", "global")
@@ -62,23 +63,22 @@ def run(config: SearchConfig, bench: BenchDir, *, budgets: list[str], latency_bu
     with its spread and the speedup per MAC reduction; the latency search's predicted ms too. Also writes
     speedup.png and summary.md.
     """
-    from autoprune.bench.baselines import _global_magnitude
+    from autoprune.bench.baselines import heuristic_subnets
 
     data, _, space = load_workbench(config)
     setup = set_up_widths(config, bench, space, data.input_shape, latency_batches[0], budgets, quiet=quiet)
     models = {"unpruned": ("", "unpruned", space.model)}
     predicted: dict[str, float] = {}
+    rules: dict[str, str] = {}  # budget -> the width rule its search set up, which all three methods keep there
     for text in budgets:
-        budget = parse_budget(text)
-        uniform = uniform_at_budget(space, budget)
-        if uniform is not None:
-            models[f"{text} uniform"] = (text, "uniform", space.prune(uniform)[0])
         best = best_searched(config, bench, space, text, quiet=quiet, strategy="random", trials=trials)
-        if best is not None:
-            models[f"{text} searched"] = (text, "searched", best.model)
-        pruned = _global_magnitude(space, budget, round_to=setup.multiple or 1)
-        if pruned is not None:
-            models[f"{text} global"] = (text, "global", pruned)
+        multiple, widths = (setup.multiple, setup.widths) if best is None else (best.multiple, best.widths)
+        made = heuristic_subnets(space, parse_budget(text), multiple, widths)
+        rules[text] = width_rule(multiple, widths, made.global_multiple)
+        for method, model in (("uniform", made.uniform), ("searched", None if best is None else best.model),
+                              ("global", made.global_)):
+            if model is not None:
+                models[f"{text} {method}"] = (text, method, model)
     search_batch = max(latency_batches)
     if latency_budget:
         best = best_searched(replace(config, latency_batch=search_batch), bench, space, latency_budget, quiet=quiet,
@@ -108,7 +108,7 @@ def run(config: SearchConfig, bench: BenchDir, *, budgets: list[str], latency_bu
     frame = pd.DataFrame(rows)
     bench.write_csv("speedup.csv", frame)
     _plot(bench, frame, latency_batches)
-    _summary(bench, config, frame, latency_batches, trials, search_batch, latency["target"], setup, budgets[-1])
+    _summary(bench, config, frame, latency_batches, trials, search_batch, latency["target"], rules)
     return frame
 
 
@@ -142,7 +142,7 @@ def _plot(bench: BenchDir, frame: pd.DataFrame, batches: list[int]) -> None:
     bench.save_figure(fig, "speedup.png")
 
 
-def _summary(bench, config, frame, batches, trials, search_batch, targets, setup, setup_budget) -> None:
+def _summary(bench, config, frame, batches, trials, search_batch, targets, rules) -> None:
     head = ("| model | MACs % | MAC reduction | " + " | ".join(f"b{b} ms | b{b} speedup | b{b} speedup / MAC reduction"
                                                           for b in batches) + " |")
     lines = [head, "|---|---:|---:|" + "---:|---:|---:|" * len(batches)]
@@ -161,14 +161,13 @@ def _summary(bench, config, frame, batches, trials, search_batch, targets, setup
                       f"{r[f'speedup_b{search_batch}']:.2f}x ({r[f'speedup_b{search_batch}_low']:.2f}-"
                       f"{r[f'speedup_b{search_batch}_high']:.2f}); it kept {r['macs_pct']:.1f}% of MACs.\n")
     where = "; ".join(f"batch {b}: {targets[str(b)]}" for b in batches)
-    widths = (f"multiples of {setup.multiple} channels (the fastest rounding measured that reaches "
-              f"{setup_budget}), and only the widths no wider one runs faster"
-              if setup.widths is not None else "every width (no efficient widths reach the budget)")
+    widths = "; ".join(f"{b}: {rule}" for b, rule in rules.items())
     body = f"""
-{config.model} on {config.data}, {config.device}. Target: {where}. Width rule: {widths} (global: rounded to the
-same multiple). `uniform`: one ratio in every group; `searched`: best adaptive-BN proxy of {trials} `random`
-trials at that budget; `global`: Torch-Pruning MagnitudePruner, L1, global threshold. Latency: each model
-exported as it ships and timed beside the unpruned model in {config.latency_rounds} interleaved rounds; speedup paired round by
+{config.model} on {config.data}, {config.device}. Target: {where}. Width rule at each budget, the one its search
+set up, kept by all three methods there: {widths} (global: rounded to the same multiple unless said).
+`uniform`: one ratio in every group; `searched`: the candidate a search of {trials} `random` trials at that
+budget chooses to fine-tune first; `global`: Torch-Pruning MagnitudePruner, L1, global threshold. Latency: each
+model exported as it ships and timed beside the unpruned model in {config.latency_rounds} interleaved rounds; speedup paired round by
 round, (lowest-highest round) after it. A speedup / MAC reduction of 1.0 means the time fell as much as the MACs.
 
 """ + "\n".join(lines) + "\n" + extra + """

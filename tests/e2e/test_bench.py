@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 from quick import QUICK_FLAGS, QUICK_OPTIONS
 
+from autoprune.bench.common import width_rule
 from autoprune.bench.efficiency import parse_label
 from autoprune.cli import main
 from autoprune.errors import UserError
@@ -144,7 +145,13 @@ def test_baselines(bench_args, tmp_path, one_thread, flops_clock):
     assert (table["speedup_b1_low"] <= table["speedup_b1"]).all() and (table["speedup_b1"] <= table["speedup_b1_high"]).all()
     summary = (out / "summary.md").read_text()
     assert "- 60%latency: searched vs uniform" in summary and "x measured" in summary
-    assert "Each searched subnet keeps the rule its own search set up (50%flops: every width; 60%latency: " in summary
+    # each budget's three methods keep the rule that budget's search set up
+    rules = {b: json.loads((out / "runs" / f"search-{b.replace('%', 'pct')}" / "latency.json").read_text())
+             for b in ("50%flops", "60%latency")}
+    text = " ".join(summary.split())
+    assert "search set up on the target at batch 1 (50%flops: " in text
+    for b, rule in rules.items():
+        assert f"{b}: {width_rule(rule['multiple'], rule['widths'])}" in text
     runs = pd.read_csv(out / "runs.csv")
     assert len(runs) == 14 and runs["test_acc"].between(0, 1).all()
 
@@ -181,6 +188,42 @@ def test_the_searched_subnet_is_the_one_its_search_scored_whatever_widths_the_st
     assert shortlist.loc[shortlist["finetuned"], "number"].tolist() == [spec["trial"]]
 
 
+def test_the_baselines_keep_the_width_rule_they_are_given(tiny_npz, tiny_weights, one_thread):
+    from autoprune.bench.baselines import heuristic_subnets
+    from autoprune.budget import parse_budget
+    from autoprune.config import SearchConfig
+    from autoprune.measure.count import count_cost
+    from autoprune.workbench import load_workbench
+
+    config = SearchConfig(model="resnet20", data=tiny_npz, weights=tiny_weights, holdout=120, batch_size=64,
+                          calib_batches=2, score_images=120, **QUICK_OPTIONS)
+    _, _, space = load_workbench(config)
+    budget = parse_budget("30%flops")
+    own = [g.widths for g in space.groups]
+
+    def kept(model):
+        return {g: model.get_submodule(g).out_channels for g in space.group_names}
+
+    # a search's rule: multiples of 8, and in one group only some of them (as the efficient widths keep)
+    rule = {g.name: list(range(8, g.channels, 8)) for g in space.groups}
+    rule[space.group_names[-1]] = [16, 40]
+    made = heuristic_subnets(space, budget, 8, rule)
+    assert all(w in {*rule[g.name], g.channels} for g, w in zip(space.groups, kept(made.uniform).values()))
+    # global cannot reach 30% in multiples of 8 (a 16-channel group keeps 8 at the space's largest ratio, 0.7):
+    # it rounds to the next smaller multiple that can
+    assert made.global_multiple == 4 and all(w % 4 == 0 for w in kept(made.global_).values())
+    for model in (made.uniform, made.global_):
+        assert budget.feasible(count_cost(model, space.example_input), space.base_cost)
+    # at 50% both keep multiples of 8 under the rule, and other widths under every width: the rule made them so
+    half = parse_budget("50%flops")
+    ruled, free = heuristic_subnets(space, half, 8, rule), heuristic_subnets(space, half, None, None)
+    assert ruled.global_multiple == 8 and free.global_multiple == 1
+    for ruled_model, free_model in ((ruled.uniform, free.uniform), (ruled.global_, free.global_)):
+        assert all(w % 8 == 0 for w in kept(ruled_model).values())
+        assert any(w % 8 for w in kept(free_model).values())
+    assert [g.widths for g in space.groups] == own  # the space's own widths are back
+
+
 def test_speedup(bench_args, tmp_path, one_thread, flops_clock):
     out = tmp_path / "speedup"
     # eager PyTorch on the FLOPs clock (one ms per MFLOP): onnxruntime's passes are not PyTorch's to count
@@ -195,8 +238,10 @@ def test_speedup(bench_args, tmp_path, one_thread, flops_clock):
     for method in ("uniform", "searched", "global"):
         row = frame.loc[f"50%flops {method}"]
         assert row["speedup_b16"] == row["speedup_b16_low"] == row["speedup_b16_high"] > 1.9
-    setup = json.loads((out / "runs" / "widths" / "latency.json").read_text())
-    assert setup["multiple"] in (1, 4, 8, 16) and "Width rule: " in (out / "summary.md").read_text()
+    # the 50%flops search's rule, which its three subnets keep
+    rule = json.loads((out / "runs" / "search-50pctflops" / "latency.json").read_text())
+    assert rule["multiple"] in (1, 4, 8, 16)
+    assert f"50%flops: {width_rule(rule['multiple'], rule['widths'])}" in " ".join((out / "summary.md").read_text().split())
     assert frame.loc["90%latency searched", "macs_reduction"] > 1  # how much depends on the timings
     assert _timings(frame["predicted_b16_ms"].dropna())
     assert (out / "speedup.png").stat().st_size > 0
