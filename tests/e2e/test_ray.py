@@ -12,6 +12,7 @@ import json
 import os
 import pickle
 import re
+import secrets
 import signal
 import socket
 import subprocess
@@ -27,6 +28,9 @@ import yaml
 
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "token")  # as Ray's default; said explicitly so head and drivers agree
+# the cluster's token, shared by head, workers and drivers through the environment: `ray start` finds no token on
+# a fresh machine (~/.ray/auth_token is written by the first `ray.init` that starts a Ray, not by `ray start`)
+os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
 
 from custom_models import MARKS, Picky, odd_first, slow
 from quick import QUICK_FLAGS, QUICK_OPTIONS
@@ -59,9 +63,11 @@ def head(marks):
     """A Ray head with 2 CPUs on loopback; its address."""
     port = _free_port()
     env = {**os.environ, MARKS: str(marks)}  # its workers inherit the head's environment
-    subprocess.run([str(RAY), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
-                    "--include-dashboard=false", "--disable-usage-stats"], check=True, env=env,
-                   capture_output=True, timeout=120)
+    started = subprocess.run([str(RAY), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
+                              "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats"], env=env,
+                             capture_output=True, text=True, timeout=120)
+    if started.returncode != 0:
+        pytest.fail(f"ray start --head exited {started.returncode}:\n{started.stderr[-3000:]}", pytrace=False)
     try:
         yield f"127.0.0.1:{port}"
     finally:
