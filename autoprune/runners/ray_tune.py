@@ -70,7 +70,14 @@ def connect(settings: RaySettings) -> None:
             raise UserError("--ray-local: this process is already connected to a Ray cluster; use --ray-address")
         return
     if settings.address is not None:  # autoprune.config.validate has checked it answers (check_reachable)
-        ray.init(address=settings.address, log_to_driver=False)
+        refused = (ConnectionError, getattr(ray.exceptions, "AuthenticationError", ConnectionError))
+        try:
+            ray.init(address=settings.address, log_to_driver=False)
+        except refused as exc:
+            raise UserError(f"--ray-address {settings.address}: Ray could not join the cluster there ({exc}). "
+                            "Where the cluster uses token authentication, give this machine its token "
+                            "(RAY_AUTH_TOKEN, or ~/.ray/auth_token); where the head listens on 127.0.0.1 only, "
+                            f"set {LOOPBACK_ENV}=0 here as for the head (docs/ray.md)") from exc
     else:
         # "local": a new Ray for this run, even where this machine already runs a cluster
         ray.init(address="local", num_cpus=settings.local_workers, include_dashboard=False, log_to_driver=False,

@@ -65,7 +65,7 @@ def head(marks):
     env = {**os.environ, MARKS: str(marks)}  # its workers inherit the head's environment
     started = subprocess.run([str(RAY), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
                               "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats"], env=env,
-                             capture_output=True, text=True, timeout=120)
+                             capture_output=True, text=True, timeout=120, check=False)
     if started.returncode != 0:
         pytest.fail(f"ray start --head exited {started.returncode}:\n{started.stderr[-3000:]}", pytrace=False)
     try:
@@ -271,6 +271,22 @@ def test_ray_local_refuses_a_process_already_connected_to_a_cluster(head, tiny_s
     args = tiny_search_args + ["--trials", "2", "--finetune-top", "0", "--out", str(tmp_path / "run"), "--ray-local", "2"]
     assert main(args) == 2
     assert "already connected to a Ray cluster" in capsys.readouterr().err
+
+
+def test_a_driver_without_the_cluster_token_is_refused_in_one_line(head, tiny_search_args, tmp_path):
+    """The head takes tokens (RAY_AUTH_TOKEN above); a user who types the command without one, and has no
+    ~/.ray/auth_token, gets autoprune's error, not Ray's traceback."""
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_TOKEN", "RAY_AUTH_MODE")} | {"HOME": str(home)}
+    args = tiny_search_args + ["--trials", "2", "--finetune-top", "0", "--out", str(tmp_path / "run"),
+                               "--ray-address", head]
+    done = subprocess.run([sys.executable, "-m", "autoprune.cli", *args], capture_output=True, text=True,
+                          timeout=300, check=False, env=env)
+    assert done.returncode == 2, done.stderr[-2000:]
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"autoprune: error: --ray-address {head}: Ray could not join the cluster there"), last
+    assert "RAY_AUTH_TOKEN" in last and "Traceback" not in done.stderr
 
 
 def _tune_trials(run: Path) -> list[dict]:
