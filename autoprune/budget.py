@@ -23,6 +23,9 @@ _ABSOLUTE = re.compile(r"^(?P<num>\d+(?:\.\d+)?)\s*(?P<prefix>[kmg]?)\s*(?P<metr
 _LATENCY = re.compile(r"^\d+(?:\.\d+)?\s*ms$", _FLAGS)
 
 
+TIGHT_SHARE = 0.9  # a budget the smallest subnet of a space fills beyond this leaves a search little to choose
+
+
 @dataclass(frozen=True)
 class Constraint:
     """A ceiling on one cost metric, ``macs``, ``params`` or ``latency_ms``: a fraction of the
@@ -64,6 +67,12 @@ class Budget:
         """``Constraint.violation`` of ``cost`` against ``base`` (the unpruned model's cost), keyed by each
         constraint's text: <= 0 means within it."""
         return {c.text: c.violation(cost, base) for c in self.constraints}
+
+    def share(self, cost: Cost, base: Cost) -> float:
+        """The share of the budget ``cost`` takes: the largest value / limit over the constraints (``base``: the
+        unpruned model's cost). At most 1 within the budget; ``TIGHT_SHARE`` and above for a space's smallest
+        subnet, a budget that leaves a search little to choose."""
+        return 1.0 + max(self.violations(cost, base).values())
 
     def feasible(self, cost: Cost, base: Cost) -> bool:
         """Whether ``cost`` meets every constraint (``base``: the unpruned model's cost), to within 1e-12."""

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
-from autoprune.budget import Budget
+from autoprune.budget import TIGHT_SHARE, Budget
 from autoprune.config import SearchConfig
 from autoprune.measure.latency import LatencyTable, default_cache
 from autoprune.measure.predictor import (
@@ -125,8 +125,9 @@ def set_up_latency(config: SearchConfig, model: nn.Module, space: Space, input_s
                    run_path: Path, budget: Budget, *, quiet: bool = True) -> LatencySetup:
     """Prepare ``model`` for the run's target, time it, and for channel pruning attach the target's latency table
     to ``space``, keep its groups to efficient widths (``config.widths``), calibrate and check the predictor.
-    Where ``budget`` cannot be met with the efficient widths at the fastest rounding, those at the next smaller
-    multiple are kept, and with none of them every width (``_widths_for``). A run directory that holds
+    Where the efficient widths at the fastest rounding leave ``budget`` no room (their smallest subnet fills more
+    than ``TIGHT_SHARE`` of it, or misses it), those at the next smaller multiple are kept, and with none of them
+    every width (``_widths_for``). A run directory that holds
     latency.json (a resumed run) gives back its widths and calibration."""
     with _steps(quiet) as say:
         return _set_up(config, model, space, input_shape, run_path, budget, say)
@@ -262,16 +263,19 @@ def _prepared(space: Space, target: Target, subnets: Mapping[str, Mapping[str, f
 def _widths_for(space: Space, table: LatencyTable, budget: Budget, multiple: int
                 ) -> tuple[int | None, dict[str, list[int]] | None]:
     """The widths each group keeps, and the multiple they are of: the efficient widths at ``multiple``, or where
-    the smallest subnet would then miss ``budget`` (groups too narrow to round), at the next smaller multiple of
-    ``MULTIPLES``; every width at ``multiple`` where even the efficient ones at 1 miss it; (None, None), no
-    restriction, where nothing else meets it. Restricts ``space`` so."""
-    for m in [m for m in MULTIPLES if m <= multiple][::-1]:
-        for g in space.groups:
-            g.widths = None
-        widths = efficient_widths(space, table, m)
-        space.keep_widths(widths)
-        if budget.feasible(space.smallest_cost(), space.base_cost):
-            return m, widths
+    the smallest subnet would then fill more than ``TIGHT_SHARE`` of ``budget`` (groups too narrow to round, so
+    that every candidate is about that subnet), at the next smaller multiple of ``MULTIPLES`` that leaves room;
+    where none does, at the largest whose smallest subnet meets the budget; (None, None), no restriction, where
+    none meets it. Restricts ``space`` so."""
+    base = space.base_cost
+    for accepts in (lambda cost: budget.share(cost, base) <= TIGHT_SHARE, lambda cost: budget.feasible(cost, base)):
+        for m in [m for m in MULTIPLES if m <= multiple][::-1]:
+            for g in space.groups:
+                g.widths = None
+            widths = efficient_widths(space, table, m)
+            space.keep_widths(widths)
+            if accepts(space.smallest_cost()):
+                return m, widths
     for g in space.groups:
         g.widths = None
     return None, None

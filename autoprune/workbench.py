@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from autoprune.budget import Budget
+from autoprune.budget import TIGHT_SHARE, Budget
 from autoprune.config import SearchConfig, shipped_weights
 from autoprune.data import DataBundle, load_data
 from autoprune.deployment import LatencySetup, save_setup, set_up_latency
@@ -104,7 +104,8 @@ def open_workbench(config: SearchConfig, budget: Budget, run: RunDir, module: nn
 def check_budget(budget: Budget, space: Space, *, notes: bool = True) -> None:
     """Raise ``UserError`` where even the smallest subnet of ``space`` is over ``budget``, or where the unpruned
     model is already within it (as ``150%flops`` is refused); a part of a joined budget that the unpruned model
-    meets (``60MMACs`` on a 15M-MAC model) constrains nothing, and is said where ``notes``."""
+    meets (``60MMACs`` on a 15M-MAC model) constrains nothing, and is said where ``notes``, as is a budget whose
+    smallest subnet takes more than ``TIGHT_SHARE`` of it (the candidates differ little)."""
     base = space.base_cost
     smallest = space.smallest_cost()
     if not budget.feasible(smallest, base):
@@ -123,6 +124,11 @@ def check_budget(budget: Budget, space: Space, *, notes: bool = True) -> None:
     for c in loose if notes else ():
         console.print(f"[yellow]budget part {Budget((c,), c.text).describe(base)} constrains nothing: the unpruned "
                       "model is within it[/]", soft_wrap=True)
+    share = budget.share(smallest, base)
+    if notes and share > TIGHT_SHARE:
+        console.print(f"[yellow]budget {budget.text} leaves the search little room: the smallest subnet of the space "
+                      f"(every group at its smallest width) already takes {share:.1%} of it, so the candidates "
+                      "differ little (raise ratio.max in the space file, or loosen the budget)[/]", soft_wrap=True)
 
 
 def load_workbench(config: SearchConfig, module: nn.Module | None = None, *,

@@ -52,6 +52,13 @@ def test_violation_is_value_over_limit_minus_one():
     assert budget.violations(Cost(25_000_000, 1), BASE) == {"50%flops": pytest.approx(-0.5)}
 
 
+def test_share_is_the_largest_value_over_its_limit():
+    budget = parse_budget("50%flops, 40%params")
+    assert budget.share(Cost(45_000_000, 800_000), BASE) == pytest.approx(0.9)  # MACs 0.9, params 0.5
+    assert budget.share(Cost(10_000_000, 1_600_000), BASE) == pytest.approx(1.0)  # params at their limit
+    assert budget.share(Cost(75_000_000, 3_200_000), BASE) == pytest.approx(2.0)  # params twice theirs
+
+
 def test_joined_budget_honours_every_constraint():
     budget = parse_budget("50%flops, 40%params")
     assert [c.metric for c in budget.constraints] == ["macs", "params"]

@@ -71,6 +71,26 @@ def test_a_budget_part_the_unpruned_model_meets_is_said(tmp_path, capsys, tiny_s
         "of baseline) constrains nothing: the unpruned model is within it") for line in lines), lines
 
 
+@pytest.mark.parametrize("share", [0.8, 0.95])
+def test_a_budget_the_smallest_subnet_nearly_fills_is_said(tmp_path, capsys, tiny_search_args, share):
+    from autoprune.models import model_family
+    from autoprune.pruning.config import load_space_config
+    from autoprune.pruning.space import PruningSpace
+
+    model = create_model("resnet20", in_channels=1, num_classes=4).eval()
+    space = PruningSpace(model, torch.randn(1, 1, 16, 16), load_space_config(None, model_family("resnet20")))
+    smallest = space.smallest_cost().macs  # the search's own space: the family's space file
+    budget = f"{smallest / share:.0f}MACs"
+    args = _replace(tiny_search_args, "--budget", budget) + ["--trials", "1", "--finetune-top", "0",
+                                                            "--out", str(tmp_path / "r")]
+    code, lines = _run(args, capsys)
+    assert code == 0, lines
+    note = (f"budget {budget} leaves the search little room: the smallest subnet of the space (every group at its "
+            f"smallest width) already takes {share:.1%} of it, so the candidates differ little (raise ratio.max in "
+            "the space file, or loosen the budget)")
+    assert [line for line in lines if "little room" in line] == ([] if share < 0.9 else [note]), lines
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="there is a GPU here")
 def test_cuda_without_a_gpu(tmp_path, capsys, tiny_search_args):
     code, lines = _run(tiny_search_args + ["--device", "cuda", "--out", str(tmp_path / "r")], capsys)

@@ -160,3 +160,19 @@ def test_a_budget_the_rounding_cannot_reach_takes_the_next_smaller_multiple():
     # beyond every rounding's reach: no restriction at all
     assert _widths_for(space, table, parse_budget("1%flops"), 16) == (None, None)
     assert all(g.widths is None for g in space.groups)
+
+
+def test_a_rounding_whose_smallest_subnet_fills_the_budget_gives_way_to_one_that_leaves_room():
+    from autoprune.budget import parse_budget
+    from autoprune.deployment import _widths_for
+
+    space = _space()
+    table = OddTable(space.latency_layers(), TorchTarget())
+    # smallest subnets keep 50.0% of the MACs at multiples of 16, 13.8% at 8, 8.1% at 4 and 1
+    # 54%: 16 meets it, at 92.6% of it, so every candidate would be about that one subnet; 8 leaves room
+    assert _widths_for(space, table, parse_budget("54%flops"), 16) == (8, {"0": [8, 16, 24, 32], "3": [8, 16]})
+    # 56%: 16 at 89.3% of it is room enough
+    assert _widths_for(space, table, parse_budget("56%flops"), 16)[0] == 16
+    # 9%: 4 fills 90.3% of it and no rounding does better: the largest that meets it
+    multiple, _ = _widths_for(space, table, parse_budget("9%flops"), 16)
+    assert multiple == 4 and space.smallest_cost().macs <= 0.09 * space.base_cost.macs
