@@ -89,7 +89,10 @@ class LatencySetup:
         lines = [f"latency on {self.target.describe()}: unpruned {self.baseline.describe(digits=3)}"]
         if self.widths is not None:
             kept = sum(len(w) for w in self.widths.values())
-            lines.append(f"efficient widths: multiples of {self.multiple} channels (the fastest rounding measured), "
+            fastest = _fastest(self.roundings) if self.roundings else self.multiple
+            why = ("the fastest rounding measured" if fastest == self.multiple else
+                   f"multiples of {fastest} ran fastest, but their narrowest subnet leaves the budget no room")
+            lines.append(f"efficient widths: multiples of {self.multiple} channels ({why}), "
                          f"{kept} kept over {len(self.widths)} groups: none that a wider width runs faster")
         elif self.roundings:  # efficient widths were looked for
             lines.append("efficient widths: none kept, as the budget is out of reach with them at every rounding: "
@@ -298,9 +301,14 @@ def _fastest_multiple(space: Space, target: Target, base_call: Call, input_shape
     if not subnets:  # the model runs at none of them: no rounding
         return 1, []
     _, measured = measure_beside(target, base_call, subnets)
-    best = min(m.ms for m in measured)
-    fastest = next(m for m in measured if m.ms <= best * 1.05)  # MULTIPLES ascend: the least rounding that is fast
-    return int(fastest.id), measured
+    return _fastest(measured), measured
+
+
+def _fastest(roundings: list[Measured]) -> int:
+    """The multiple of the fastest of ``roundings`` (timed in the order of ``MULTIPLES``, ascending): the least
+    rounding within 5% of the fastest time."""
+    best = min(m.ms for m in roundings)
+    return int(next(m for m in roundings if m.ms <= best * 1.05).id)
 
 
 def _held_out(space: Space, count: int, seed: int) -> dict[str, dict[str, float]]:

@@ -74,3 +74,19 @@ def test_the_set_up_says_where_no_efficient_widths_were_kept():
     assert any(line.startswith("efficient widths: none kept") for line in setup.describe())
     setup.roundings = []  # --widths all: nothing looked for, nothing said
     assert not any("efficient widths" in line for line in setup.describe())
+
+
+def test_the_set_up_says_why_it_kept_a_rounding_other_than_the_fastest():
+    from autoprune.measure.predictor import Measured
+
+    roundings = [Measured(str(m), None, ms, ms, ms, 2.0 / ms, 2.0 / ms, 2.0 / ms)
+                 for m, ms in ((1, 1.5), (4, 1.3), (8, 1.0), (16, 1.04))]  # 8 fastest; 16 within 5% but wider
+
+    def line(multiple):
+        setup = LatencySetup(TorchTarget(threads=1), lambda: None, Timing(2.0, 2.0, 2.0, 3), {"g": [8, 16]}, 0.0, 1.0,
+                             [], PredictorCheck(), 0.0, multiple, roundings)
+        return next(text for text in setup.describe() if text.startswith("efficient widths"))
+
+    assert "multiples of 8 channels (the fastest rounding measured), 2 kept over 1 groups" in line(8)
+    assert ("multiples of 1 channels (multiples of 8 ran fastest, but their narrowest subnet leaves the budget no "
+            "room)") in line(1)
