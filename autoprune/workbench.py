@@ -124,8 +124,8 @@ def check_budget(budget: Budget, space: Space, *, notes: bool = True) -> None:
     for c in loose if notes else ():
         console.print(f"[yellow]budget part {Budget((c,), c.text).describe(base)} constrains nothing: the unpruned "
                       "model is within it[/]", soft_wrap=True)
-    share = budget.share(smallest, base)
-    if notes and share > TIGHT_SHARE:
+    share = budget.share(smallest, base) if notes else 0.0
+    if share > TIGHT_SHARE:
         console.print(f"[yellow]budget {budget.text} leaves the search little room: the smallest subnet of the space "
                       f"(every group at its smallest width) already takes {share:.1%} of it, so the candidates "
                       "differ little (raise ratio.max in the space file, or loosen the budget)[/]", soft_wrap=True)
