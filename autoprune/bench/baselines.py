@@ -10,7 +10,7 @@ groups, bisected to the same budget), and the unpruned model.
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import NamedTuple
 
@@ -30,7 +30,7 @@ from autoprune.bench.common import (
 )
 from autoprune.budget import Budget, parse_budget
 from autoprune.config import SearchConfig
-from autoprune.deployment import MULTIPLES
+from autoprune.deployment import MULTIPLES, measure_beside, run_target
 from autoprune.errors import UserError
 from autoprune.measure.cost import Cost
 from autoprune.measure.count import count_cost
@@ -41,6 +41,7 @@ from autoprune.search.allocation import bisect_budget, uniform_at_budget
 from autoprune.workbench import load_workbench, make_evaluator
 
 METHODS = ("searched", "uniform", "global", "unpruned")
+MATCH_STEPS = 8  # halvings of a baseline's ratio when matching a measured latency: within 0.7 / 2**8 of the boundary
 
 
 def check(*, budgets: list[str], strategy: str, trials: int, finetune_seeds: int, latency_batches: list[int], **_) -> None:
@@ -60,9 +61,10 @@ def run(config: SearchConfig, bench: BenchDir, *, budgets: list[str], strategy: 
     ``finetune_seeds`` seeds; returns the table of baselines.csv.
 
     At each budget every method keeps the width rule that budget's search set up on the target at the first of
-    ``latency_batches`` (``heuristic_subnets``; the study's own ``set_up_widths`` where the search scored nothing);
-    a latency budget is predicted there for all three (global: each bisection step's layer widths), and the
-    measurement shows how near to equal latency they came. Per budget and method: MACs of one
+    ``latency_batches`` (``heuristic_subnets``; the study's own ``set_up_widths`` where the search scored nothing).
+    At a latency budget the search meets it as predicted at that batch, and uniform and global are then matched to
+    the searched subnet's measured latency there (``match_latency``), so that the three compare at equal measured
+    latency (where the search scored nothing, they meet the predicted budget). Per budget and method: MACs of one
     sample, MACs as % of the unpruned model, params, the adaptive-BN proxy accuracy and the test accuracy's mean,
     min and max over the seeds (fractions in [0, 1]), and at each of ``latency_batches`` the latency in ms and
     the speedup over the unpruned model, measured on the target beside it, with their lowest and highest
@@ -83,6 +85,17 @@ def run(config: SearchConfig, bench: BenchDir, *, budgets: list[str], strategy: 
         multiple, widths = (setup.multiple, setup.widths) if best is None else (best.multiple, best.widths)
         made = heuristic_subnets(space, budget, multiple, widths)
         rules[text] = width_rule(multiple, widths, made.global_multiple)
+        if budget.needs_latency and best is not None:
+            families = baseline_families(space, widths, made.global_multiple)
+            matched = bench.done(f"{text} matched")
+            if matched is None:
+                bench.log(f"{text}: matching uniform and global to the searched subnet's measured latency at batch "
+                          f"{latency_batches[0]}")
+                high = max(g.high for g in space.groups)
+                matched = bench.record(f"{text} matched",
+                                       match_latency(config, families, high, best.model, data.input_shape))
+            built = {name: None if x is None else families[name](x) for name, x in matched.items()}
+            made = made._replace(uniform=built["uniform"], global_=built["global"])
         arms += [(text, "uniform", made.uniform), (text, "global", made.global_)]
     skipped = [f"{text} {method}" for text, method, model in arms if model is None]
     for name in skipped:
@@ -148,28 +161,15 @@ def heuristic_subnets(space: PruningSpace, budget: Budget, multiple: int | None,
 
 
 def _global_magnitude(space: PruningSpace, budget: Budget, round_to: int = 1) -> nn.Module | None:
-    """Torch-Pruning's MagnitudePruner (L1, global threshold), its ratio bisected to the budget, every width
-    rounded to a multiple of ``round_to``.
+    """Torch-Pruning's MagnitudePruner (``global_magnitude``), its ratio bisected to the budget.
 
-    Each group may lose at most the space's largest ratio, and the classifier is kept, as in the
-    search. A latency budget is judged by the space's predictor at each step's layer widths (``built_dims``).
+    A latency budget is judged by the space's predictor at each step's layer widths (``built_dims``).
     None when the budget needs latency and the space has no predictor, or cannot be met.
     """
     table = space.costs.latency
     if budget.needs_latency and table is None:
         return None
     base = space.base_cost
-    cap = max(g.high for g in space.groups)
-
-    def pruned(ratio: float) -> nn.Module:
-        model = copy.deepcopy(space.model)
-        modules = dict(model.named_modules())
-        ignored = [modules[n] for n in (space.classifier, *space.unprunable) if n in modules]
-        pruner = tp.pruner.MagnitudePruner(model, space.example_input, importance=tp.importance.MagnitudeImportance(p=1),
-                                           global_pruning=True, pruning_ratio=ratio, max_pruning_ratio=cap,
-                                           ignored_layers=ignored, round_to=round_to if round_to > 1 else None)
-        pruner.step()
-        return model
 
     def fits(model: nn.Module) -> bool:
         cost = count_cost(model, space.example_input)
@@ -177,8 +177,60 @@ def _global_magnitude(space: PruningSpace, budget: Budget, round_to: int = 1) ->
             cost = Cost(cost.macs, cost.params, table.predict(built_dims(model, table.layers)))
         return budget.feasible(cost, base)
 
-    found = bisect_budget(pruned, fits, 0.0, cap, iterations=14)
+    found = bisect_budget(lambda ratio: global_magnitude(space, ratio, round_to), fits, 0.0,
+                          max(g.high for g in space.groups), iterations=14)
     return None if found is None else found[1]
+
+
+def global_magnitude(space: PruningSpace, ratio: float, round_to: int = 1) -> nn.Module:
+    """A copy of the space's model pruned by Torch-Pruning's MagnitudePruner (L1, one global threshold) at
+    ``ratio`` (a fraction of the prunable channels, in [0, 1)), every width rounded to a multiple of ``round_to``.
+    Each group may lose at most the space's largest ratio, and the classifier is kept, as in the search."""
+    model = copy.deepcopy(space.model)
+    modules = dict(model.named_modules())
+    ignored = [modules[n] for n in (space.classifier, *space.unprunable) if n in modules]
+    pruner = tp.pruner.MagnitudePruner(model, space.example_input, importance=tp.importance.MagnitudeImportance(p=1),
+                                       global_pruning=True, pruning_ratio=ratio,
+                                       max_pruning_ratio=max(g.high for g in space.groups), ignored_layers=ignored,
+                                       round_to=round_to if round_to > 1 else None)
+    pruner.step()
+    return model
+
+
+def baseline_families(space: PruningSpace, widths: Mapping[str, list[int]] | None,
+                      global_multiple: int | None) -> dict[str, Callable[[float], nn.Module]]:
+    """Each baseline as a family of subnets along one ratio ``x`` in [0, the space's largest ratio], pruning more as
+    ``x`` grows: ``uniform`` (``x`` in every group, ranked by the space's criterion, under ``widths``; None: every
+    width) and ``global`` (``global_magnitude`` at ``x``, widths rounded to ``global_multiple``; None: 1)."""
+
+    def uniform(x: float) -> nn.Module:
+        with space.widths_of(widths):
+            return space.prune(space.uniform_ratios(x))[0]
+
+    return {"uniform": uniform, "global": lambda x: global_magnitude(space, x, global_multiple or 1)}
+
+
+def match_latency(config: SearchConfig, families: Mapping[str, Callable[[float], nn.Module]], high: float,
+                  reference: nn.Module, input_shape: tuple[int, ...]) -> dict[str, float | None]:
+    """Per family (``baseline_families``), the smallest ratio in [0, ``high``] whose subnet runs no slower than ``reference`` (the
+    searched subnet) on the run's target at its latency batch: bisected in ``MATCH_STEPS`` halvings, each step's
+    subnet prepared as it ships and timed beside ``reference`` in interleaved rounds (no slower: the median of the
+    paired per-round speedups is 1 or more). The least-pruned baseline as fast as the searched subnet, so that
+    the methods compare at equal measured latency up to the family's step and the timing noise. None for a family
+    whose most-pruned subnet is still slower."""
+    target = run_target(config)
+    reference_call = target.prepare(reference, input_shape)
+
+    def no_slower(model: nn.Module) -> bool:
+        _, (measured,) = measure_beside(target, reference_call,
+                                        {"baseline": (target.prepare(model, input_shape), None, None)})
+        return measured.speedup >= 1.0
+
+    found = {}
+    for name, build in families.items():
+        hit = bisect_budget(build, no_slower, 0.0, high, iterations=MATCH_STEPS)
+        found[name] = None if hit is None else round(hit[0], 6)
+    return found
 
 
 def _table(runs: pd.DataFrame) -> pd.DataFrame:
@@ -253,9 +305,11 @@ every group (largest within budget, criterion {config.criterion}); `global`: Tor
 global threshold, per-group cap as in the search space; `unpruned`: the baseline fine-tuned alike. At each budget
 the three methods keep the width rule that budget's search set up on the target at batch {first} ({rules_text}),
 so that they differ in their per-group widths alone: global, which Torch-Pruning cannot restrict to a list of
-widths, rounds to the rule's multiple, or the next smaller one where that cannot meet the budget. A latency
-budget is predicted at batch {first} for all three methods and then measured: the speedups show how near to
-equal latency they came.
+widths, rounds to the rule's multiple, or the next smaller one where that cannot meet the budget. At a latency
+budget the search meets it as predicted at batch {first}; uniform and global are then matched to the searched
+subnet's measured latency there: each is the least-pruned of its family (its one ratio bisected {MATCH_STEPS} times)
+that runs no slower than the searched subnet, timed beside it in interleaved rounds, so that the three compare
+at equal measured latency up to the family's step and the timing noise.
 Target: {where}. Latency: each model exported as it ships and timed beside the unpruned model in
 {config.latency_rounds} interleaved rounds; speedup paired round by round, (lowest-highest round) after it.
 

@@ -140,6 +140,12 @@ def test_baselines(bench_args, tmp_path, one_thread, flops_clock):
         # the latency budget, predicted for each method, holds as measured beside the unpruned model: a
         # speedup of 1 / 0.6 or more, and not far beyond it (each uses most of the budget)
         assert 1 / 0.6 * 0.97 <= table.loc[("60%latency", method), "speedup_b1"] <= 2.3
+    # at the latency budget uniform and global are matched to the searched subnet's measured latency: each the
+    # least-pruned of its family that runs no slower than it (on the FLOPs clock, within a step of a bisection)
+    searched = table.loc[("60%latency", "searched"), "speedup_b1"]
+    for method in ("uniform", "global"):
+        assert searched <= table.loc[("60%latency", method), "speedup_b1"] <= 1.02 * searched
+    assert "matched to the searched subnet's measured latency" in " ".join((out / "summary.md").read_text().split())
     assert (table["seeds"] == 2).all()
     assert _timings(table["latency_b1_ms"])
     assert (table["speedup_b1_low"] <= table["speedup_b1"]).all() and (table["speedup_b1"] <= table["speedup_b1_high"]).all()
