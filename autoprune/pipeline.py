@@ -127,6 +127,10 @@ def _prepare(model: str | nn.Module | None, data: str | None, budget: str | None
             console.print(f"--resume: {change}", markup=False)
     config, budget_obj = validate(config)
     config = replace(config, out=str(run.path), weights=config.weights or shipped_weights(config))  # as recorded
+    if config.ray_address is not None:  # a cluster that refuses this driver says so before the set-up's minutes
+        from autoprune.runners.ray_tune import connect
+
+        connect(config.ray_settings())
     return open_workbench(config, budget_obj, run, module, resume=resume, quiet=quiet)
 
 

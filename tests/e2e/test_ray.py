@@ -275,12 +275,15 @@ def test_ray_local_refuses_a_process_already_connected_to_a_cluster(head, tiny_s
 
 def test_a_driver_without_the_cluster_token_is_refused_in_one_line(head, tiny_search_args, tmp_path):
     """The head takes tokens (RAY_AUTH_TOKEN above); a user who types the command without one, and has no
-    ~/.ray/auth_token, gets autoprune's error, not Ray's traceback."""
+    ~/.ray/auth_token, gets autoprune's error, not Ray's traceback, and gets it before the set-up loads the
+    model: the weights here are not a state dict, which the set-up would refuse first."""
     home = tmp_path / "home"
     home.mkdir()
+    unreadable = tmp_path / "weights.pt"
+    unreadable.write_bytes(b"not a state dict")
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_TOKEN", "RAY_AUTH_MODE")} | {"HOME": str(home)}
     args = tiny_search_args + ["--trials", "2", "--finetune-top", "0", "--out", str(tmp_path / "run"),
-                               "--ray-address", head]
+                               "--ray-address", head, "--weights", str(unreadable)]
     done = subprocess.run([sys.executable, "-m", "autoprune.cli", *args], capture_output=True, text=True,
                           timeout=300, check=False, env=env)
     assert done.returncode == 2, done.stderr[-2000:]
