@@ -319,7 +319,7 @@ def load_subnet(path: str | Path, base_model: nn.Module | None = None) -> nn.Mod
     not a subnet spec (``SubnetSpec.load``), a spec of a Python model object without ``base_model``, or a
     base model of other widths than the spec's ``channels``.
     """
-    from autoprune.models import create_model
+    from autoprune.models import create_model, read_tensors
     from autoprune.models.contract import RunContract, materialize, set_contract, unwrap_compiled
     from autoprune.pruning.space import apply_kept
 
@@ -335,7 +335,7 @@ def load_subnet(path: str | Path, base_model: nn.Module | None = None) -> nn.Mod
     materialize(model, example)  # lazy layers take their shapes before they are pruned
     if spec.granularity == "filter":
         apply_kept(model.eval(), example, spec.kept, spec.channels)
-    state = torch.load(Path(spec.path) / "weights.pt", map_location="cpu", weights_only=True)
+    state = read_tensors(Path(spec.path) / "weights.pt", "subnet weights")
     model.load_state_dict(state)
     if spec.contract is not None:  # runs as the search ran it; older specs: the default
         set_contract(model, RunContract.from_record(spec.contract))

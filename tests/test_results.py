@@ -357,6 +357,17 @@ def test_a_saved_subnet_loads_pruned_with_its_weights(tmp_path, pruned, subnet_s
     assert model[0].out_channels == 8  # the base model is copied, not pruned
 
 
+def test_a_subnet_whose_weights_were_cut_short_is_refused_in_one_line(tmp_path, pruned, subnet_spec):
+    model, subnet = pruned
+    subnet_spec().save(tmp_path, subnet)
+    weights = tmp_path / "weights.pt"
+    weights.write_bytes(weights.read_bytes()[:100])  # a copy that stopped part way
+    with pytest.raises(UserError) as info:
+        load_subnet(tmp_path, base_model=model)
+    assert str(info.value) == (f"subnet weights {weights} cannot be read as a state dict: its archive is damaged "
+                               "(cut short, or not saved fully)")
+
+
 def test_a_subnet_keeps_the_contract_it_ran_with(tmp_path, pruned, subnet_spec):
     model, subnet = pruned
     subnet_spec().save(tmp_path, set_contract(copy.deepcopy(subnet), RunContract("contiguous", "logits")))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import torch
@@ -20,7 +21,7 @@ from autoprune.models.registry import MODELS, list_models, register_model
 from autoprune.specs import call_with_supported, is_callable_spec, load_callable
 
 __all__ = ["RunContract", "check_model", "contract_of", "create_model", "list_models", "load_weights", "logits_of",
-           "model_family", "prepare_model", "register_model"]
+           "model_family", "prepare_model", "read_tensors", "register_model"]
 
 
 def create_model(spec: str, *, in_channels: int, num_classes: int) -> nn.Module:
@@ -55,10 +56,7 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
     path = Path(path).expanduser()
     if not path.is_file():
         raise UserError(f"weights file {path} not found")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise UserError(f"weights {path} cannot be read as a state dict: {exc}") from exc
+    state = read_tensors(path, "weights")
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
@@ -87,3 +85,27 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
             parts.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]})")
         raise UserError(f"weights {path} do not fit the model: " + "; ".join(parts))
     model.load_state_dict(state)
+
+
+def read_tensors(path: Path, what: str) -> object:
+    """``torch.load`` of ``path`` on the CPU with ``weights_only`` (tensors and plain containers, never arbitrary
+    objects unpickled). A file it cannot read raises ``UserError`` in one line naming ``what`` and why: pickled
+    objects (a whole model saved with ``torch.save(model)``), a damaged archive, an empty file, or not a file
+    ``torch.save`` wrote; not torch's advice to load it unsafely."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        text = str(exc)
+        pickled = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+        if pickled:
+            why = (f"it holds a pickled {pickled.group(1)}, and autoprune unpickles no objects (a whole model "
+                   "saved with torch.save(model)?): save model.state_dict() instead")
+        elif "PytorchStreamReader" in text:
+            why = "its archive is damaged (cut short, or not saved fully)"
+        elif isinstance(exc, EOFError) or path.stat().st_size == 0:
+            why = "it is empty"
+        elif "Weights only load failed" in text:
+            why = "it is not a file torch.save wrote"
+        else:
+            why = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+        raise UserError(f"{what} {path} cannot be read as a state dict: {why}") from exc

@@ -1,5 +1,6 @@
 import json
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -173,6 +174,36 @@ def test_load_weights_of_something_else(tmp_path):
     torch.save([1, 2, 3], path)
     with pytest.raises(UserError, match="not a state dict"):
         load_weights(nn.Linear(2, 2), path)
+
+
+def _whole_model(path):
+    torch.save(nn.Linear(2, 2), path)
+
+
+def _cut_short(path):
+    torch.save(nn.Linear(2, 2).state_dict(), path)
+    path.write_bytes(path.read_bytes()[:200])
+
+
+def _numpy_array(path):
+    with open(path, "wb") as fh:
+        np.save(fh, np.zeros(3))
+
+
+@pytest.mark.parametrize(("write", "why"), [
+    (_whole_model, ("it holds a pickled torch.nn.modules.linear.Linear, and autoprune unpickles no objects (a whole "
+                   "model saved with torch.save(model)?): save model.state_dict() instead")),
+    (_cut_short, "its archive is damaged (cut short, or not saved fully)"),
+    (lambda path: path.write_bytes(b""), "it is empty"),
+    (lambda path: path.write_bytes(b"not a state dict"), "it is not a file torch.save wrote"),
+    (_numpy_array, "it is not a file torch.save wrote"),
+])
+def test_unreadable_weights_are_refused_in_one_line_that_says_why(tmp_path, write, why):
+    path = tmp_path / "weights.pt"
+    write(path)
+    with pytest.raises(UserError) as info:
+        load_weights(nn.Linear(2, 2), path)
+    assert str(info.value) == f"weights {path} cannot be read as a state dict: {why}"  # not torch's unsafe advice
 
 
 @pytest.mark.parametrize("name", ["resnet20", "resnet56"])
