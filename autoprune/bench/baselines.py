@@ -2,9 +2,9 @@
 
 At each budget four models are fine-tuned alike (same epochs, learning rate and seeds, BN
 recalibrated first): the candidate a search chooses (adaptive-BN proxy, then the short fine-tunes of
-its ``--shortlist`` stage), uniform per-group ratios
-ranked by the same criterion, Torch-Pruning's global magnitude pruning (L1, one threshold across
-groups, bisected to the same budget), and the unpruned model.
+its ``--shortlist`` stage), uniform per-group ratios ranked by the same criterion, Torch-Pruning's
+global magnitude pruning (L1, one threshold across groups), and the unpruned model. Uniform and global
+are bisected to the same budget, or at a latency budget to the searched subnet's measured latency.
 """
 
 from __future__ import annotations
@@ -212,12 +212,12 @@ def baseline_families(space: PruningSpace, widths: Mapping[str, list[int]] | Non
 
 def match_latency(config: SearchConfig, families: Mapping[str, Callable[[float], nn.Module]], high: float,
                   reference: nn.Module, input_shape: tuple[int, ...]) -> dict[str, float | None]:
-    """Per family (``baseline_families``), the smallest ratio in [0, ``high``] whose subnet runs no slower than ``reference`` (the
-    searched subnet) on the run's target at its latency batch: bisected in ``MATCH_STEPS`` halvings, each step's
-    subnet prepared as it ships and timed beside ``reference`` in interleaved rounds (no slower: the median of the
-    paired per-round speedups is 1 or more). The least-pruned baseline as fast as the searched subnet, so that
-    the methods compare at equal measured latency up to the family's step and the timing noise. None for a family
-    whose most-pruned subnet is still slower."""
+    """Per family (``baseline_families``), the smallest ratio in [0, ``high``] whose subnet runs no slower than
+    ``reference`` (the searched subnet) on the run's target at its latency batch: bisected in ``MATCH_STEPS``
+    halvings, each step's subnet prepared as it ships and timed beside ``reference`` in interleaved rounds (no
+    slower: the median of the paired per-round speedups is 1 or more). The least-pruned baseline as fast as the
+    searched subnet, so that the methods compare at equal measured latency up to the family's step and the
+    timing noise. None for a family whose most-pruned subnet is still slower."""
     target = run_target(config)
     reference_call = target.prepare(reference, input_shape)
 
