@@ -317,7 +317,8 @@ def load_subnet(path: str | Path, base_model: nn.Module | None = None) -> nn.Mod
     ``path`` is a ``subnets/<id>`` directory (or its spec.json). ``base_model`` is needed only when
     the search was given a Python model object rather than a model spec. Raises ``ValueError`` for what is
     not a subnet spec (``SubnetSpec.load``), a spec of a Python model object without ``base_model``, or a
-    base model of other widths than the spec's ``channels``.
+    base model of other widths than the spec's ``channels``; ``UserError`` for weights.pt missing or unreadable
+    (``autoprune.models.read_tensors``).
     """
     from autoprune.models import create_model, read_tensors
     from autoprune.models.contract import RunContract, materialize, set_contract, unwrap_compiled

@@ -367,6 +367,15 @@ def test_a_subnet_whose_weights_were_cut_short_is_refused_in_one_line(tmp_path, 
                                "(cut short, or not saved fully)")
 
 
+def test_a_subnet_without_its_weights_is_refused_in_one_line(tmp_path, pruned, subnet_spec):
+    model, subnet = pruned
+    subnet_spec().save(tmp_path, subnet)
+    (tmp_path / "weights.pt").unlink()
+    with pytest.raises(UserError) as info:
+        load_subnet(tmp_path, base_model=model)
+    assert str(info.value) == f"subnet weights {tmp_path / 'weights.pt'} cannot be read as a state dict: No such file or directory"
+
+
 def test_a_subnet_keeps_the_contract_it_ran_with(tmp_path, pruned, subnet_spec):
     model, subnet = pruned
     subnet_spec().save(tmp_path, set_contract(copy.deepcopy(subnet), RunContract("contiguous", "logits")))

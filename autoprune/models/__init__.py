@@ -90,8 +90,8 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
 def read_tensors(path: Path, what: str) -> object:
     """``torch.load`` of ``path`` on the CPU with ``weights_only`` (tensors and plain containers, never arbitrary
     objects unpickled). A file it cannot read raises ``UserError`` in one line naming ``what`` and why: pickled
-    objects (a whole model saved with ``torch.save(model)``), a damaged archive, an empty file, or not a file
-    ``torch.save`` wrote; not torch's advice to load it unsafely."""
+    objects (a whole model saved with ``torch.save(model)``), a damaged archive, a file that cannot be opened, an
+    empty file, or not a file ``torch.save`` wrote; not torch's advice to load it unsafely."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
@@ -102,6 +102,8 @@ def read_tensors(path: Path, what: str) -> object:
                    "saved with torch.save(model)?): save model.state_dict() instead")
         elif "PytorchStreamReader" in text:
             why = "its archive is damaged (cut short, or not saved fully)"
+        elif isinstance(exc, OSError):
+            why = exc.strerror or text
         elif isinstance(exc, EOFError) or path.stat().st_size == 0:
             why = "it is empty"
         elif "Weights only load failed" in text:
