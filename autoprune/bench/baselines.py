@@ -40,7 +40,7 @@ from autoprune.search import list_strategies
 from autoprune.search.allocation import bisect_budget, uniform_at_budget
 from autoprune.workbench import load_workbench, make_evaluator
 
-METHODS = ("searched", "uniform", "global", "unpruned")
+METHODS = ("searched", "uniform", "uniform wider", "global", "unpruned")
 MATCH_STEPS = 8  # halvings of a baseline's ratio when matching a measured latency: within 0.7 / 2**8 of the boundary
 
 
@@ -64,7 +64,10 @@ def run(config: SearchConfig, bench: BenchDir, *, budgets: list[str], strategy: 
     ``latency_batches`` (``heuristic_subnets``; the study's own ``set_up_widths`` where the search scored nothing).
     At a latency budget the search meets it as predicted at that batch, and uniform and global are then matched to
     the searched subnet's measured latency there (``match_latency``), so that the three compare at equal measured
-    latency (where the search scored nothing, they meet the predicted budget). Per budget and method: MACs of one
+    latency (where the search scored nothing, they meet the predicted budget); the uniform subnet one step
+    wider (``next_wider``, method ``uniform wider``) is fine-tuned too, so that the two bracket that latency.
+    Arms a resumed study gains after its timing are timed beside the unpruned model on their own. Per budget
+    and method: MACs of one
     sample, MACs as % of the unpruned model, params, the adaptive-BN proxy accuracy and the test accuracy's mean,
     min and max over the seeds (fractions in [0, 1]), and at each of ``latency_batches`` the latency in ms and
     the speedup over the unpruned model, measured on the target beside it, with their lowest and highest
@@ -85,28 +88,42 @@ def run(config: SearchConfig, bench: BenchDir, *, budgets: list[str], strategy: 
         multiple, widths = (setup.multiple, setup.widths) if best is None else (best.multiple, best.widths)
         made = heuristic_subnets(space, budget, multiple, widths)
         rules[text] = width_rule(multiple, widths, made.global_multiple)
+        wider = None
         if budget.needs_latency and best is not None:
-            families = baseline_families(space, widths, made.global_multiple)
+            families, high = baseline_families(space, widths, made.global_multiple), max(g.high for g in space.groups)
             matched = bench.done(f"{text} matched")
             if matched is None:
                 bench.log(f"{text}: matching uniform and global to the searched subnet's measured latency at batch "
                           f"{latency_batches[0]}")
-                high = max(g.high for g in space.groups)
                 matched = bench.record(f"{text} matched",
                                        match_latency(config, families, high, best.model, data.input_shape))
             built = {name: None if x is None else families[name](x) for name, x in matched.items()}
             made = made._replace(uniform=built["uniform"], global_=built["global"])
+            wider = next_wider(families["uniform"], matched["uniform"], high)
         arms += [(text, "uniform", made.uniform), (text, "global", made.global_)]
+        if wider is not None:
+            arms.append((text, "uniform wider", wider))
     skipped = [f"{text} {method}" for text, method, model in arms if model is None]
     for name in skipped:
         bench.log(f"{name}: cannot meet the budget, skipped")
     arms = [(text, method, model) for text, method, model in arms if model is not None]
+    models = {f"{text} {method}": model for text, method, model in arms}
     latency = bench.done("latency")
     if latency is None:
         bench.log(f"timing {len(arms)} models at batch {', '.join(map(str, latency_batches))}")
-        timed, described = measure_on_target(config, {f"{text} {method}": model for text, method, model in arms},
-                                             data.input_shape, latency_batches)
+        timed, described = measure_on_target(config, models, data.input_shape, latency_batches)
         latency = bench.record("latency", {"models": timed, "target": described})
+    added = [name for name in models if name not in latency["models"]]
+    if added:  # arms a resumed study gained after its timing: timed beside the unpruned model on their own
+        key = "latency of " + ", ".join(added)
+        extra = bench.done(key)
+        if extra is None:
+            bench.log(f"timing {', '.join(added)} at batch {', '.join(map(str, latency_batches))}")
+            timed, _ = measure_on_target(config, {"100% unpruned": models["100% unpruned"],
+                                                  **{name: models[name] for name in added}},
+                                         data.input_shape, latency_batches)
+            extra = bench.record(key, {"models": {name: timed[name] for name in added}})
+        latency = {**latency, "models": {**latency["models"], **extra["models"]}}
     rows = []
     for text, method, model in arms:
         arm = bench.done(f"{text} {method}")
@@ -210,6 +227,19 @@ def baseline_families(space: PruningSpace, widths: Mapping[str, list[int]] | Non
     return {"uniform": uniform, "global": lambda x: global_magnitude(space, x, global_multiple or 1)}
 
 
+def next_wider(build: Callable[[float], nn.Module], matched: float | None, high: float) -> nn.Module | None:
+    """The subnet of a family (``baseline_families``) one bisection step wider than its ``matched`` ratio
+    (``match_latency`` over [0, ``high``]): the last step the matching measured slower than the searched subnet.
+    With the matched one it brackets the searched subnet's latency where one ratio moves in coarse steps. None
+    where nothing was matched, where that step is the unpruned model (never measured), or where it builds the
+    matched subnet again."""
+    if matched is None or matched - high / 2**MATCH_STEPS <= 0:
+        return None
+    wider, same = build(matched - high / 2**MATCH_STEPS), build(matched)
+    shapes = [[tuple(p.shape) for p in m.parameters()] for m in (wider, same)]
+    return None if shapes[0] == shapes[1] else wider
+
+
 def match_latency(config: SearchConfig, families: Mapping[str, Callable[[float], nn.Module]], high: float,
                   reference: nn.Module, input_shape: tuple[int, ...]) -> dict[str, float | None]:
     """Per family (``baseline_families``), the smallest ratio in [0, ``high``] whose subnet runs no slower than
@@ -252,7 +282,7 @@ def _plot(bench: BenchDir, table: pd.DataFrame, batch: int) -> None:
             b = base.iloc[0]
             ax.axhspan(100 * b["test_min"], 100 * b["test_max"], color="grey", alpha=0.2)
             ax.axhline(100 * b["test_mean"], color="grey", linestyle="--", label="unpruned (fine-tuned alike)")
-        for method, marker in (("searched", "o"), ("uniform", "s"), ("global", "^")):
+        for method, marker in (("searched", "o"), ("uniform", "s"), ("uniform wider", "v"), ("global", "^")):
             t = table[table["method"] == method].sort_values(x)
             if len(t):
                 ax.errorbar(t[x], 100 * t["test_mean"],
@@ -282,7 +312,7 @@ def _summary(bench, config, table, seeds, strategy, trials, latency_batches, tar
         if "searched" not in rows.index:
             continue
         s = rows.loc["searched"]
-        for other in ("uniform", "global"):
+        for other in ("uniform", "uniform wider", "global"):
             if other not in rows.index:
                 continue
             o = rows.loc[other]
@@ -309,7 +339,9 @@ widths, rounds to the rule's multiple, or the next smaller one where that cannot
 budget the search meets it as predicted at batch {first}; uniform and global are then matched to the searched
 subnet's measured latency there: each is the least-pruned of its family (its one ratio bisected {MATCH_STEPS} times)
 that runs no slower than the searched subnet, timed beside it in interleaved rounds, so that the three compare
-at equal measured latency up to the family's step and the timing noise.
+at equal measured latency up to the family's step and the timing noise. `uniform wider`: the uniform subnet one
+bisection step wider, which the matching measured slower than the searched subnet; with `uniform` it brackets
+the searched subnet's latency where one ratio cannot reach it (shown where it differs from `uniform`).
 Target: {where}. Latency: each model exported as it ships and timed beside the unpruned model in
 {config.latency_rounds} interleaved rounds; speedup paired round by round, (lowest-highest round) after it.
 

@@ -128,11 +128,12 @@ def test_an_efficiency_label_is_a_strategy_with_its_pruner_and_calibration():
 def test_baselines(bench_args, tmp_path, one_thread, flops_clock):
     out = tmp_path / "baselines"
     # on the FLOPs clock (one ms per MFLOP), so that the latency budget's verdicts do not rest on this machine
-    assert main(bench_args("baselines", out, "--budgets", "50%flops,60%latency", "--trials", "3",
-                           "--finetune-epochs", "0.1", "--latency-batches", "1")) == 0
+    args = bench_args("baselines", out, "--budgets", "50%flops,60%latency", "--trials", "3", "--finetune-epochs", "0.1",
+                      "--latency-batches", "1")
+    assert main(args) == 0
     table = pd.read_csv(out / "baselines.csv").set_index(["budget", "method"])
-    assert set(table.index) == {("100%", "unpruned")} | {(b, m) for b in ("50%flops", "60%latency")
-                                                          for m in ("searched", "uniform", "global")}
+    assert set(table.index) == {("100%", "unpruned"), ("60%latency", "uniform wider")} | {
+        (b, m) for b in ("50%flops", "60%latency") for m in ("searched", "uniform", "global")}
     assert table.loc[("100%", "unpruned"), "macs_pct"] == 100
     assert table.loc[("100%", "unpruned"), "speedup_b1"] == 1.0
     for method in ("searched", "uniform", "global"):
@@ -145,6 +146,9 @@ def test_baselines(bench_args, tmp_path, one_thread, flops_clock):
     searched = table.loc[("60%latency", "searched"), "speedup_b1"]
     for method in ("uniform", "global"):
         assert searched <= table.loc[("60%latency", method), "speedup_b1"] <= 1.02 * searched
+    # and the uniform subnet one step wider, measured slower than the searched one: the two bracket its latency
+    assert table.loc[("60%latency", "uniform wider"), "speedup_b1"] < searched
+    assert table.loc[("60%latency", "uniform wider"), "macs"] > table.loc[("60%latency", "uniform"), "macs"]
     assert "matched to the searched subnet's measured latency" in " ".join((out / "summary.md").read_text().split())
     assert (table["seeds"] == 2).all()
     assert _timings(table["latency_b1_ms"])
@@ -159,7 +163,19 @@ def test_baselines(bench_args, tmp_path, one_thread, flops_clock):
     for b, rule in rules.items():
         assert f"{b}: {width_rule(rule['multiple'], rule['widths'])}" in text
     runs = pd.read_csv(out / "runs.csv")
-    assert len(runs) == 14 and runs["test_acc"].between(0, 1).all()
+    assert len(runs) == 16 and runs["test_acc"].between(0, 1).all()
+
+    # a study timed before it had an arm (as one from before `uniform wider`) times that arm on its own on resume
+    journal = out / "journal.jsonl"
+    entries = [json.loads(line) for line in journal.read_text().splitlines()]
+    for entry in entries:
+        if entry["key"] == "latency":
+            del entry["value"]["models"]["60%latency uniform wider"]
+    journal.write_text("".join(json.dumps(entry) + "\n" for entry in entries))
+    assert main(args + ["--resume"]) == 0
+    assert _journal(out)[len(entries):] == ["latency of 60%latency uniform wider"]
+    again = pd.read_csv(out / "baselines.csv").set_index(["budget", "method"])
+    assert again.loc[("60%latency", "uniform wider"), "speedup_b1"] == table.loc[("60%latency", "uniform wider"), "speedup_b1"]
 
 
 def test_the_searched_subnet_is_the_one_its_search_scored_whatever_widths_the_study_keeps(tiny_npz, tiny_weights,
