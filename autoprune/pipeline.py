@@ -64,7 +64,7 @@ def search(model: str | nn.Module | None = None, data: str | None = None, *, bud
     ``UserError`` for bad input, before anything is written.
     """
     started = time.perf_counter()
-    bench = _prepare(model, data, budget, options, resume, quiet)
+    bench = _prepare(model, data, budget, options, resume, quiet, join_cluster=True)
     run, config = bench.run, bench.config
     timings = dict(run.read_status().get("timings", {})) if resume else {}
     timings["setup"] = timings.get("setup", 0.0) + bench.seconds
@@ -110,9 +110,10 @@ def sensitivity(model: str | nn.Module | None = None, data: str | None = None, *
 
 
 def _prepare(model: str | nn.Module | None, data: str | None, budget: str | None, options: dict, resume: bool,
-             quiet: bool) -> Workbench:
+             quiet: bool, *, join_cluster: bool = False) -> Workbench:
     """The validated, frozen config (on resume, the run's own, with ``options`` over it where allowed), and
-    the workbench of the run it opens."""
+    the workbench of the run it opens. ``join_cluster`` (a search, whose trials run on Ray): join the cluster of
+    ``ray_address`` first, so that one that refuses this driver says so before the set-up's minutes."""
     unknown = set(options) - set(SearchConfig.__dataclass_fields__)
     if unknown:
         raise TypeError(f"unknown search options: {sorted(unknown)}")
@@ -127,7 +128,7 @@ def _prepare(model: str | nn.Module | None, data: str | None, budget: str | None
             console.print(f"--resume: {change}", markup=False)
     config, budget_obj = validate(config)
     config = replace(config, out=str(run.path), weights=config.weights or shipped_weights(config))  # as recorded
-    if config.ray_address is not None:  # a cluster that refuses this driver says so before the set-up's minutes
+    if join_cluster and config.ray_address is not None:
         from autoprune.runners.ray_tune import connect
 
         connect(config.ray_settings())

@@ -40,7 +40,7 @@ from autoprune.search import list_strategies
 from autoprune.search.allocation import bisect_budget, uniform_at_budget
 from autoprune.workbench import load_workbench, make_evaluator
 
-METHODS = ("searched", "uniform", "uniform wider", "global", "unpruned")
+MARKERS = {"searched": "o", "uniform": "s", "uniform wider": "v", "global": "^"}  # the pruned methods, as plotted
 MATCH_STEPS = 8  # halvings of a baseline's ratio when matching a measured latency: within 0.7 / 2**8 of the boundary
 
 
@@ -99,7 +99,7 @@ def run(config: SearchConfig, bench: BenchDir, *, budgets: list[str], strategy: 
                                        match_latency(config, families, high, best.model, data.input_shape))
             built = {name: None if x is None else families[name](x) for name, x in matched.items()}
             made = made._replace(uniform=built["uniform"], global_=built["global"])
-            wider = next_wider(families["uniform"], matched["uniform"], high)
+            wider = next_wider(families["uniform"], matched["uniform"], high, made.uniform)
         arms += [(text, "uniform", made.uniform), (text, "global", made.global_)]
         if wider is not None:
             arms.append((text, "uniform wider", wider))
@@ -227,16 +227,18 @@ def baseline_families(space: PruningSpace, widths: Mapping[str, list[int]] | Non
     return {"uniform": uniform, "global": lambda x: global_magnitude(space, x, global_multiple or 1)}
 
 
-def next_wider(build: Callable[[float], nn.Module], matched: float | None, high: float) -> nn.Module | None:
+def next_wider(build: Callable[[float], nn.Module], matched: float | None, high: float,
+               matched_model: nn.Module | None) -> nn.Module | None:
     """The subnet of a family (``baseline_families``) one bisection step wider than its ``matched`` ratio
-    (``match_latency`` over [0, ``high``]): the last step the matching measured slower than the searched subnet.
-    With the matched one it brackets the searched subnet's latency where one ratio moves in coarse steps. None
-    where nothing was matched, where that step is the unpruned model (never measured), or where it builds the
-    matched subnet again."""
-    if matched is None or matched - high / 2**MATCH_STEPS <= 0:
+    (``match_latency`` over [0, ``high``]; ``matched_model`` its subnet): the lower end of the bisection's last
+    interval, the last step the matching measured slower than the searched subnet. With the matched one it
+    brackets the searched subnet's latency where one ratio moves in coarse steps. None where nothing was
+    matched, where that end is ratio 0 (the unpruned model, never measured; the journal keeps ratios to 6
+    decimals), or where it builds the matched subnet again."""
+    if matched is None or matched_model is None or matched - high / 2**MATCH_STEPS < 1e-6:
         return None
-    wider, same = build(matched - high / 2**MATCH_STEPS), build(matched)
-    shapes = [[tuple(p.shape) for p in m.parameters()] for m in (wider, same)]
+    wider = build(matched - high / 2**MATCH_STEPS)
+    shapes = [[tuple(p.shape) for p in m.parameters()] for m in (wider, matched_model)]
     return None if shapes[0] == shapes[1] else wider
 
 
@@ -282,7 +284,7 @@ def _plot(bench: BenchDir, table: pd.DataFrame, batch: int) -> None:
             b = base.iloc[0]
             ax.axhspan(100 * b["test_min"], 100 * b["test_max"], color="grey", alpha=0.2)
             ax.axhline(100 * b["test_mean"], color="grey", linestyle="--", label="unpruned (fine-tuned alike)")
-        for method, marker in (("searched", "o"), ("uniform", "s"), ("uniform wider", "v"), ("global", "^")):
+        for method, marker in MARKERS.items():
             t = table[table["method"] == method].sort_values(x)
             if len(t):
                 ax.errorbar(t[x], 100 * t["test_mean"],
@@ -312,7 +314,7 @@ def _summary(bench, config, table, seeds, strategy, trials, latency_batches, tar
         if "searched" not in rows.index:
             continue
         s = rows.loc["searched"]
-        for other in ("uniform", "uniform wider", "global"):
+        for other in [m for m in MARKERS if m != "searched"]:
             if other not in rows.index:
                 continue
             o = rows.loc[other]

@@ -210,6 +210,27 @@ def test_the_searched_subnet_is_the_one_its_search_scored_whatever_widths_the_st
     assert shortlist.loc[shortlist["finetuned"], "number"].tolist() == [spec["trial"]]
 
 
+def test_the_next_wider_subnet_is_one_measured_step_and_never_the_unpruned_end():
+    from torch import nn
+
+    from autoprune.bench.baselines import MATCH_STEPS, next_wider
+
+    high = 0.6
+    step = high / 2**MATCH_STEPS  # 0.00234375: the journal keeps 0.002344, just above one step
+    built = []
+
+    def build(x):  # a family whose subnets narrow as the ratio grows
+        built.append(x)
+        return nn.Linear(2, 4 if x < 0.005 else 3)
+
+    matched = nn.Linear(2, 3)
+    assert next_wider(build, round(step, 6), high, matched) is None  # the lower end is ratio 0, never measured
+    assert next_wider(build, None, high, None) is None  # nothing matched
+    wider = next_wider(build, round(3 * step, 6), high, matched)
+    assert wider.out_features == 4 and built == [pytest.approx(2 * step, abs=1e-6)]
+    assert next_wider(build, round(4 * step, 6), high, matched) is None  # one step wider builds the matched subnet
+
+
 def test_the_baselines_keep_the_width_rule_they_are_given(tiny_npz, tiny_weights, one_thread):
     from autoprune.bench.baselines import heuristic_subnets
     from autoprune.budget import parse_budget
